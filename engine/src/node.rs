@@ -1,0 +1,274 @@
+//! The node library contract. The engine never names a concrete node: every node type
+//! implements [`Node`] and is registered with one line, `registry.register(MyNode)`.
+
+use schemars::JsonSchema;
+use serde::de::DeserializeOwned;
+use serde_json::Value as Json;
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use tokio_util::sync::CancellationToken;
+
+/// One declared output of a node type.
+#[derive(Clone, Copy, Debug)]
+pub struct OutputSpec {
+    /// The output's name, as in `${NODE.OUTPUT}`.
+    pub name: &'static str,
+    /// What the output directory holds.
+    pub description: &'static str,
+}
+
+/// Why a node failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct NodeError {
+    /// What went wrong, for the user.
+    pub message: String,
+}
+
+impl NodeError {
+    /// A failure with a message.
+    pub fn new(message: impl Into<String>) -> Self {
+        NodeError { message: message.into() }
+    }
+}
+
+impl From<std::io::Error> for NodeError {
+    fn from(e: std::io::Error) -> Self {
+        NodeError::new(e.to_string())
+    }
+}
+
+/// A node type: typed params, declared outputs and an async `run`.
+///
+/// The version string enters every cache key: bump it when the node's results change
+/// for the same params and inputs.
+pub trait Node: Send + Sync + 'static {
+    /// Params, from the node's `with:` after references are resolved (input artifacts arrive as paths).
+    type Params: DeserializeOwned + JsonSchema + Send + 'static;
+    /// The type name used in `uses:`.
+    const TYPE: &'static str;
+    /// The implementation version; it enters the cache key.
+    const VERSION: &'static str;
+    /// One paragraph for `flow nodes` and the README.
+    const DESCRIPTION: &'static str;
+    /// The output directories the node writes.
+    const OUTPUTS: &'static [OutputSpec];
+
+    /// Does the work: reads inputs through `params`, writes each output into `ctx.output_dir(name)`.
+    fn run(&self, ctx: NodeContext, params: Self::Params) -> impl Future<Output = Result<(), NodeError>> + Send;
+}
+
+/// A param that failed to deserialize: where (path below `with`) and why.
+#[derive(Debug)]
+pub struct ParamError {
+    /// Keys and indices below `with`.
+    pub path: Vec<crate::yaml::PathStep>,
+    /// serde's message (`missing field`, `unknown field`, `invalid type`).
+    pub message: String,
+}
+
+type BoxFuture = Pin<Box<dyn Future<Output = Result<(), NodeError>> + Send>>;
+
+/// A type-erased node type, as the engine sees it.
+pub trait DynNode: Send + Sync {
+    /// `uses:` name.
+    fn type_name(&self) -> &'static str;
+    /// Version that enters the cache key.
+    fn version(&self) -> &'static str;
+    /// Description for docs.
+    fn description(&self) -> &'static str;
+    /// Declared outputs.
+    fn outputs(&self) -> &'static [OutputSpec];
+    /// JSON Schema of the params.
+    fn params_schema(&self) -> schemars::Schema;
+    /// Checks params against the typed struct.
+    fn check_params(&self, params: &Json) -> Result<(), ParamError>;
+    /// Runs with params given as JSON.
+    fn run_json(self: Arc<Self>, ctx: NodeContext, params: Json) -> BoxFuture;
+}
+
+struct Erased<N>(N);
+
+fn deserialize_params<P: DeserializeOwned>(params: &Json) -> Result<P, ParamError> {
+    serde_path_to_error::deserialize(params).map_err(|e| {
+        let path = e
+            .path()
+            .iter()
+            .filter_map(|segment| match segment {
+                serde_path_to_error::Segment::Map { key } => Some(crate::yaml::PathStep::Key(key.clone())),
+                serde_path_to_error::Segment::Seq { index } => Some(crate::yaml::PathStep::Index(*index)),
+                _ => None,
+            })
+            .collect();
+        ParamError { path, message: e.into_inner().to_string() }
+    })
+}
+
+impl<N: Node> DynNode for Erased<N> {
+    fn type_name(&self) -> &'static str {
+        N::TYPE
+    }
+    fn version(&self) -> &'static str {
+        N::VERSION
+    }
+    fn description(&self) -> &'static str {
+        N::DESCRIPTION
+    }
+    fn outputs(&self) -> &'static [OutputSpec] {
+        N::OUTPUTS
+    }
+    fn params_schema(&self) -> schemars::Schema {
+        schemars::generate::SchemaSettings::draft2020_12()
+            .into_generator()
+            .into_root_schema_for::<N::Params>()
+    }
+    fn check_params(&self, params: &Json) -> Result<(), ParamError> {
+        deserialize_params::<N::Params>(params).map(|_| ())
+    }
+    fn run_json(self: Arc<Self>, ctx: NodeContext, params: Json) -> BoxFuture {
+        Box::pin(async move {
+            let typed = deserialize_params::<N::Params>(&params).map_err(|e| NodeError::new(e.message))?;
+            self.0.run(ctx, typed).await
+        })
+    }
+}
+
+/// The node library: node types by name.
+#[derive(Default, Clone)]
+pub struct Registry {
+    nodes: BTreeMap<&'static str, Arc<dyn DynNode>>,
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a node type.
+    pub fn register<N: Node>(&mut self, node: N) -> &mut Self {
+        self.nodes.insert(N::TYPE, Arc::new(Erased(node)));
+        self
+    }
+
+    /// The node type called `name`.
+    pub fn get(&self, name: &str) -> Option<&Arc<dyn DynNode>> {
+        self.nodes.get(name)
+    }
+
+    /// All node types, by name.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<dyn DynNode>> {
+        self.nodes.values()
+    }
+
+    /// All type names.
+    pub fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.nodes.keys().copied()
+    }
+}
+
+/// Receives progress reports from running nodes.
+pub trait ProgressSink: Send + Sync {
+    /// `done` of `total` units (`total` 0 when unknown) for node `node`.
+    fn progress(&self, node: &str, done: u64, total: u64);
+}
+
+/// A node's log file; secret values are masked in everything written to it.
+#[derive(Clone)]
+pub struct LogSink {
+    file: Arc<Mutex<std::fs::File>>,
+    secrets: Arc<Vec<String>>,
+}
+
+impl LogSink {
+    /// A log writing to `path` (appending), masking `secrets`.
+    pub fn create(path: &Path, secrets: Vec<String>) -> std::io::Result<LogSink> {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+        Ok(LogSink { file: Arc::new(Mutex::new(file)), secrets: Arc::new(secrets) })
+    }
+
+    /// Replaces every secret value in `text` with `***`.
+    pub fn mask(&self, text: &str) -> String {
+        mask_secrets(text, &self.secrets)
+    }
+
+    /// Appends one line.
+    pub fn line(&self, text: &str) {
+        let masked = self.mask(text.trim_end_matches('\n'));
+        if let Ok(mut file) = self.file.lock() {
+            let _ = writeln!(file, "{masked}");
+        }
+    }
+}
+
+/// Replaces every occurrence of each secret value in `text` with `***`.
+pub fn mask_secrets(text: &str, secrets: &[String]) -> String {
+    secrets
+        .iter()
+        .filter(|s| !s.is_empty())
+        .fold(text.to_string(), |acc, secret| acc.replace(secret.as_str(), "***"))
+}
+
+/// What a running node can see and use.
+#[derive(Clone)]
+pub struct NodeContext {
+    /// The node's id in the workflow.
+    pub node_id: String,
+    /// A scratch directory that is removed after the node finishes.
+    pub work_dir: PathBuf,
+    outputs: BTreeMap<String, PathBuf>,
+    log: LogSink,
+    cancel: CancellationToken,
+    progress: Arc<dyn ProgressSink>,
+}
+
+impl NodeContext {
+    /// A context; the engine makes these (and `flow exec`, and tests of node types).
+    pub fn new(
+        node_id: &str,
+        work_dir: PathBuf,
+        outputs: BTreeMap<String, PathBuf>,
+        log: LogSink,
+        cancel: CancellationToken,
+        progress: Arc<dyn ProgressSink>,
+    ) -> Self {
+        NodeContext { node_id: node_id.to_string(), work_dir, outputs, log, cancel, progress }
+    }
+
+    /// The directory to write output `name` into.
+    pub fn output_dir(&self, name: &str) -> Result<&Path, NodeError> {
+        self.outputs
+            .get(name)
+            .map(PathBuf::as_path)
+            .ok_or_else(|| NodeError::new(format!("node has no declared output `{name}`")))
+    }
+
+    /// The node's log.
+    pub fn log(&self) -> &LogSink {
+        &self.log
+    }
+
+    /// Fires when the run is cancelled (Ctrl-C, fail-fast) or the node timed out.
+    pub fn cancellation(&self) -> &CancellationToken {
+        &self.cancel
+    }
+
+    /// Reports progress (`total` 0 when unknown).
+    pub fn progress(&self, done: u64, total: u64) {
+        self.progress.progress(&self.node_id, done, total);
+    }
+}
+
+/// A progress sink that drops reports.
+pub struct NoProgress;
+
+impl ProgressSink for NoProgress {
+    fn progress(&self, _: &str, _: u64, _: u64) {}
+}

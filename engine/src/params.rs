@@ -1,0 +1,106 @@
+//! Workflow params: defaults from the file, typed overrides from `--set NAME=VALUE`.
+
+use serde_json::Value as Json;
+use std::collections::BTreeMap;
+
+use crate::diagnostic::{Diagnostic, Span};
+use crate::reference::interpolate;
+use crate::yaml::SpannedMap;
+use crate::yaml::Yaml;
+
+/// Parses `NAME=VALUE`; VALUE is read as YAML, so `0.2` is a number, `true` a bool,
+/// `[1, 2]` a list and `{a: 1}` a map; anything else is a string.
+pub fn parse_override(text: &str) -> Result<(String, Json), String> {
+    let (name, raw) = text
+        .split_once('=')
+        .ok_or_else(|| format!("invalid --set `{text}`: expected NAME=VALUE"))?;
+    let name = name.trim();
+    if name.is_empty() {
+        return Err(format!("invalid --set `{text}`: the name before `=` is empty"));
+    }
+    let value = if raw.trim().is_empty() {
+        Json::String(String::new())
+    } else {
+        serde_saphyr::from_str::<Json>(raw).unwrap_or_else(|_| Json::String(raw.to_string()))
+    };
+    Ok((name.to_string(), value))
+}
+
+/// The kind of a JSON value, for type checks and messages.
+pub fn kind_of(value: &Json) -> &'static str {
+    match value {
+        Json::Null => "null",
+        Json::Bool(_) => "a bool",
+        Json::Number(_) => "a number",
+        Json::String(_) => "a string",
+        Json::Array(_) => "a list",
+        Json::Object(_) => "a map",
+    }
+}
+
+/// The workflow's effective params: defaults with `--set` overrides applied.
+/// An override must name a declared param and keep its type (a null default takes anything).
+pub fn effective_params(defaults: &SpannedMap<Yaml>, overrides: &[String]) -> Result<BTreeMap<String, Json>, Vec<Diagnostic>> {
+    let mut errors = Vec::new();
+    let mut params = BTreeMap::new();
+    for (key, value) in defaults.iter() {
+        let field = format!("params.{}", key.value);
+        let mut no_references = |_: &crate::reference::Reference| -> Result<Json, String> {
+            Err("param defaults are plain values: references are not allowed here".to_string())
+        };
+        match interpolate(value, &field, &mut no_references) {
+            Ok(json) => {
+                params.insert(key.value.clone(), json);
+            }
+            Err(mut e) => errors.append(&mut e),
+        }
+        if !crate::reference_name_ok(&key.value) {
+            errors.push(Diagnostic::at(Span::of(&key.referenced), field, "param names use letters, digits, `_` and `-`"));
+        }
+    }
+    for text in overrides {
+        match parse_override(text) {
+            Ok((name, value)) => match params.get(&name) {
+                None => {
+                    let declared: Vec<&str> = params.keys().map(String::as_str).collect();
+                    let mut d = Diagnostic::general(format!(
+                        "invalid --set `{text}`: the workflow declares no param `{name}` (declared: {})",
+                        if declared.is_empty() { "none".to_string() } else { declared.join(", ") }
+                    ));
+                    if let Some(hint) = crate::diagnostic::did_you_mean(&name, declared) {
+                        d = d.with_hint(hint);
+                    }
+                    errors.push(d);
+                }
+                Some(default) if !default.is_null() && kind_of(default) != kind_of(&value) => {
+                    errors.push(Diagnostic::general(format!(
+                        "invalid --set `{text}`: param `{name}` is {} (default {default}), got {}",
+                        kind_of(default),
+                        kind_of(&value)
+                    )));
+                }
+                Some(_) => {
+                    params.insert(name, value);
+                }
+            },
+            Err(message) => errors.push(Diagnostic::general(message)),
+        }
+    }
+    if errors.is_empty() { Ok(params) } else { Err(errors) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_values_are_typed() {
+        assert_eq!(parse_override("beta=0.2").unwrap(), ("beta".into(), Json::from(0.2)));
+        assert_eq!(parse_override("on=true").unwrap().1, Json::Bool(true));
+        assert_eq!(parse_override("xs=[1, 2]").unwrap().1, serde_json::json!([1, 2]));
+        assert_eq!(parse_override("m={a: 1}").unwrap().1, serde_json::json!({"a": 1}));
+        assert_eq!(parse_override("s=hello world").unwrap().1, Json::from("hello world"));
+        assert!(parse_override("novalue").is_err());
+        assert!(parse_override("=3").is_err());
+    }
+}

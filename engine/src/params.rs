@@ -38,9 +38,10 @@ pub fn kind_of(value: &Json) -> &'static str {
     }
 }
 
-/// The workflow's effective params: defaults with `--set` overrides applied.
+/// The workflow's effective params: defaults with `--set` overrides applied, and every problem
+/// found (the params are still usable for checking the rest of the file when there are some).
 /// An override must name a declared param and keep its type (a null default takes anything).
-pub fn effective_params(defaults: &SpannedMap<Yaml>, overrides: &[String]) -> Result<BTreeMap<String, Json>, Vec<Diagnostic>> {
+pub fn effective_params(defaults: &SpannedMap<Yaml>, overrides: &[String]) -> (BTreeMap<String, Json>, Vec<Diagnostic>) {
     let mut errors = Vec::new();
     let mut params = BTreeMap::new();
     for (key, value) in defaults.iter() {
@@ -86,7 +87,7 @@ pub fn effective_params(defaults: &SpannedMap<Yaml>, overrides: &[String]) -> Re
             Err(message) => errors.push(Diagnostic::general(message)),
         }
     }
-    if errors.is_empty() { Ok(params) } else { Err(errors) }
+    (params, errors)
 }
 
 #[cfg(test)]

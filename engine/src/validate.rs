@@ -82,11 +82,7 @@ pub fn param_value(params: &BTreeMap<String, Json>, name: &str, path: &[String])
 
 /// Validates a parsed workflow against the node library, with `--set` overrides.
 pub fn validate(file: WorkflowFile, registry: &Registry, overrides: &[String]) -> Result<ValidWorkflow, Diagnostics> {
-    let mut errors = Vec::new();
-    let params = effective_params(&file.spec.params, overrides).unwrap_or_else(|mut e| {
-        errors.append(&mut e);
-        BTreeMap::new()
-    });
+    let (params, mut errors) = effective_params(&file.spec.params, overrides);
     let spec_nodes = &file.spec.nodes;
     if spec_nodes.value.is_empty() {
         errors.push(Diagnostic::at(Span::of(&spec_nodes.referenced), "nodes", "empty workflow: `nodes` has no entries"));

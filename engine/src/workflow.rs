@@ -102,6 +102,10 @@ fn yaml_error(error: &serde_saphyr::Error) -> Diagnostic {
         None => message,
     };
     let message = message.replace(", set DuplicateKeyPolicy in Options if acceptable", "");
+    let message = match message.rfind(" at line ") {
+        Some(at) if message[at..].contains(", column ") => message[..at].to_string(),
+        _ => message,
+    };
     let message = if message.starts_with("unknown field") {
         message.replacen("unknown field", "unknown key", 1)
     } else {

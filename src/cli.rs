@@ -1,0 +1,168 @@
+//! The command line, as clap definitions only; what each command does lives in `commands`.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+/// flow runs LLM preference-tuning pipelines from YAML: a cached, parallel DAG of nodes.
+#[derive(Debug, Parser)]
+#[command(name = "flow", version, about, propagate_version = true)]
+pub struct Cli {
+    /// The artifact store (default `.flow` in the current directory).
+    #[arg(long, global = true, env = "FLOW_STORE", value_name = "DIR")]
+    pub store: Option<PathBuf>,
+    /// More log output on stderr (repeat for more).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a workflow: nodes whose fingerprint is cached are reused, the rest run.
+    Run(RunArgs),
+    /// Show, for every node, whether a run would run it or reuse its cached outputs, and why.
+    Plan(PlanArgs),
+    /// Check workflow files; exits 2 and lists every error when one is invalid.
+    Validate {
+        /// Workflow files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// List the node library, or document one node type.
+    Nodes {
+        /// A node type to document in full.
+        node_type: Option<String>,
+        /// Print the whole reference as Markdown (the README's node reference).
+        #[arg(long)]
+        markdown: bool,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Draw a workflow's DAG.
+    Graph {
+        /// Workflow file.
+        file: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = GraphFormat::Mermaid)]
+        format: GraphFormat,
+        /// Override a workflow param.
+        #[arg(long = "set", value_name = "NAME=VALUE")]
+        set: Vec<String>,
+    },
+    /// List past runs.
+    Runs {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one run: per node status, duration, cache hit, artifact digests, log path.
+    Show {
+        /// Run id, a unique prefix of one, or `last`.
+        run: String,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run one node outside a workflow (for debugging and scripting).
+    Exec(ExecArgs),
+    /// Write the JSON Schemas (workflow and one per node type).
+    Schema {
+        /// Where to write them.
+        #[arg(long, default_value = "schemas")]
+        dir: PathBuf,
+        /// Only check that the files there are up to date (exit 1 when stale).
+        #[arg(long)]
+        check: bool,
+    },
+    /// Remove artifacts that no run record references.
+    Gc {
+        /// Only report what would be removed.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+/// Selecting and forcing nodes (shared by `run` and `plan`).
+#[derive(Debug, Args)]
+pub struct SelectArgs {
+    /// Workflow file.
+    pub file: PathBuf,
+    /// Override a workflow param (`--set beta=0.2`); the value is read as YAML.
+    #[arg(long = "set", value_name = "NAME=VALUE")]
+    pub set: Vec<String>,
+    /// Run this node even if cached (repeatable).
+    #[arg(long, value_name = "NODE")]
+    pub force: Vec<String>,
+    /// Run every node even if cached.
+    #[arg(long)]
+    pub force_all: bool,
+    /// Only this node and what it needs (repeatable).
+    #[arg(long, value_name = "NODE")]
+    pub only: Vec<String>,
+    /// Rehash cached artifacts instead of trusting size and mtime.
+    #[arg(long)]
+    pub verify: bool,
+    /// Machine-readable output on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `flow run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Which nodes.
+    #[command(flatten)]
+    pub select: SelectArgs,
+    /// Nodes running at once (default: number of cores).
+    #[arg(long, short = 'j')]
+    pub jobs: Option<usize>,
+    /// After a failure, finish every node that does not depend on it.
+    #[arg(long)]
+    pub keep_going: bool,
+    /// Print the plan and run nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Fail at once if another flow process holds the store, instead of waiting.
+    #[arg(long)]
+    pub no_wait: bool,
+    /// Resource capacities, `gpu=1,mem_gb=20`; a resource not named holds the largest single request.
+    #[arg(long, value_name = "NAME=N,…")]
+    pub resources: Option<String>,
+}
+
+/// `flow plan`.
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// Which nodes.
+    #[command(flatten)]
+    pub select: SelectArgs,
+}
+
+/// `flow exec`.
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// Node type.
+    pub node_type: String,
+    /// A param, `NAME=VALUE` (value read as YAML; `a.b=1` sets a nested key).
+    #[arg(long = "with", value_name = "NAME=VALUE")]
+    pub with: Vec<String>,
+    /// An input artifact directory, `NAME=PATH`.
+    #[arg(long = "input", value_name = "NAME=PATH")]
+    pub inputs: Vec<String>,
+    /// Directory to write the outputs to, one subdirectory per output.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// Graph output formats.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum GraphFormat {
+    /// Mermaid flowchart.
+    Mermaid,
+    /// Graphviz dot.
+    Dot,
+}

@@ -1,0 +1,100 @@
+//! What each subcommand does.
+
+mod exec;
+mod inspect;
+mod run;
+
+use flow_engine::diagnostic::Diagnostics;
+use flow_engine::store::{Store, StoreError};
+use flow_engine::validate::{ValidWorkflow, validate};
+use flow_engine::workflow::WorkflowFile;
+use std::path::Path;
+use std::process::ExitCode;
+
+use crate::cli::Command;
+
+/// How a command failed; decides the exit status.
+#[derive(Debug)]
+pub enum Failure {
+    /// Bad input (workflow, flags, store path): exit 2, nothing was run or written.
+    Input(String),
+    /// The work itself failed (a node, the store): exit 1.
+    Run(String),
+    /// Cancelled by Ctrl-C / SIGTERM: exit 130.
+    Cancelled(String),
+}
+
+impl Failure {
+    /// The process exit status.
+    pub fn exit_code(&self) -> ExitCode {
+        ExitCode::from(match self {
+            Failure::Input(_) => 2,
+            Failure::Run(_) => 1,
+            Failure::Cancelled(_) => 130,
+        })
+    }
+
+    /// The message, ending in a newline.
+    pub fn message_with_newline(&self) -> String {
+        let (Failure::Input(m) | Failure::Run(m) | Failure::Cancelled(m)) = self;
+        if m.ends_with('\n') { m.clone() } else { format!("{m}\n") }
+    }
+}
+
+impl From<Diagnostics> for Failure {
+    fn from(d: Diagnostics) -> Self {
+        Failure::Input(d.to_string())
+    }
+}
+
+impl From<StoreError> for Failure {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotWritable { .. } => Failure::Input(format!("error: {e}")),
+            other => Failure::Run(format!("error: {other}")),
+        }
+    }
+}
+
+/// Runs a subcommand.
+pub fn dispatch(command: Command, store: &Store) -> Result<(), Failure> {
+    match command {
+        Command::Run(args) => run::run(args, store),
+        Command::Plan(args) => run::plan(args, store),
+        Command::Exec(args) => exec::exec(args),
+        Command::Validate { files } => inspect::validate_files(&files),
+        Command::Nodes { node_type, markdown, json } => inspect::nodes(node_type.as_deref(), markdown, json),
+        Command::Graph { file, format, set } => inspect::graph(&file, format, &set),
+        Command::Runs { json } => inspect::runs(store, json),
+        Command::Show { run, json } => inspect::show(store, &run, json),
+        Command::Schema { dir, check } => inspect::schema(&dir, check),
+        Command::Gc { dry_run } => inspect::gc(store, dry_run),
+    }
+}
+
+/// Loads and validates a workflow file against the node library.
+pub fn load_workflow(file: &Path, overrides: &[String]) -> Result<ValidWorkflow, Failure> {
+    let parsed = WorkflowFile::load(file)?;
+    Ok(validate(parsed, &flow_nodes::library(), overrides)?)
+}
+
+/// Prints JSON to stdout.
+pub fn print_json<T: serde::Serialize>(value: &T) {
+    println!("{}", serde_json::to_string_pretty(value).expect("plain data serializes"));
+}
+
+/// Prints rows as left-aligned columns.
+pub fn print_table(rows: &[Vec<String>]) {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0))
+        .collect();
+    for row in rows {
+        let cells: Vec<String> = row
+            .iter()
+            .enumerate()
+            .map(|(c, s)| if c + 1 == row.len() { s.clone() } else { format!("{s:<w$}", w = widths[c]) })
+            .collect();
+        println!("{}", cells.join("  ").trim_end());
+    }
+}

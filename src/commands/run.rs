@@ -1,0 +1,153 @@
+//! `flow run` and `flow plan`.
+
+use flow_engine::executor::{CancellationToken, RunOptions, execute};
+use flow_engine::plan::{Action, PlannedNode, Selection, plan as plan_nodes};
+use flow_engine::record::{NodeStatus, RunRecord, RunStatus};
+use flow_engine::store::Store;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use super::{Failure, load_workflow, print_json, print_table};
+use crate::cli::{PlanArgs, RunArgs, SelectArgs};
+use crate::progress::ProgressUi;
+
+fn selection(args: &SelectArgs) -> Selection {
+    Selection { force: args.force.iter().cloned().collect(), force_all: args.force_all, only: args.only.clone(), verify: args.verify }
+}
+
+/// `flow plan`: prints `run` / `cached` per node with reasons; runs and writes nothing.
+pub fn plan(args: PlanArgs, store: &Store) -> Result<(), Failure> {
+    let wf = load_workflow(&args.select.file, &args.select.set)?;
+    let planned = plan_nodes(&wf, store, &selection(&args.select))?;
+    print_plan(&planned, args.select.json);
+    Ok(())
+}
+
+fn print_plan(planned: &[PlannedNode], json: bool) {
+    if json {
+        print_json(&serde_json::json!({ "nodes": planned }));
+        return;
+    }
+    let rows: Vec<Vec<String>> = planned
+        .iter()
+        .map(|p| {
+            let action = match p.action {
+                Action::Run => "run",
+                Action::Cached => "cached",
+            };
+            vec![p.id.clone(), p.node_type.clone(), action.to_string(), p.reasons.join("; ")]
+        })
+        .collect();
+    print_table(&rows);
+}
+
+/// Parses `gpu=1,mem_gb=20`.
+fn parse_resources(text: Option<&str>) -> Result<BTreeMap<String, u32>, Failure> {
+    let mut resources = BTreeMap::new();
+    for item in text.unwrap_or_default().split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let parsed = item.split_once('=').and_then(|(k, v)| Some((k.trim(), v.trim().parse::<u32>().ok()?)));
+        match parsed {
+            Some((name, amount)) if !name.is_empty() => {
+                resources.insert(name.to_string(), amount);
+            }
+            _ => return Err(Failure::Input(format!("error: invalid --resources `{item}`: expected NAME=N with N a whole number, e.g. gpu=1,mem_gb=20"))),
+        }
+    }
+    Ok(resources)
+}
+
+/// `flow run`.
+pub fn run(args: RunArgs, store: &Store) -> Result<(), Failure> {
+    let wf = load_workflow(&args.select.file, &args.select.set)?;
+    let resources = parse_resources(args.resources.as_deref())?;
+    let select = selection(&args.select);
+    if args.dry_run {
+        let planned = plan_nodes(&wf, store, &select)?;
+        print_plan(&planned, args.select.json);
+        return Ok(());
+    }
+    select.nodes(&wf)?;
+    store.create()?;
+    let ui = Arc::new(ProgressUi::new(args.select.json));
+    let _lock = store.lock(!args.no_wait, &|message| ui.message(message))?;
+    let options = RunOptions {
+        jobs: args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        selection: select,
+        keep_going: args.keep_going,
+        resources,
+        trigger: "manual".into(),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Run(format!("error: cannot start the async runtime: {e}")))?;
+    let record = runtime.block_on(async {
+        let cancel = CancellationToken::new();
+        spawn_signal_handler(cancel.clone(), ui.clone());
+        execute(Arc::new(wf), store.clone(), options, ui.clone(), cancel).await
+    });
+    let record = record.map_err(|e| match e {
+        flow_engine::executor::RunError::Store(e) => Failure::from(e),
+        other => Failure::Input(format!("error: {other}")),
+    })?;
+    ui.finish();
+    report(&record, args.select.json)
+}
+
+/// Ctrl-C or SIGTERM cancels running nodes; the store stays consistent.
+fn spawn_signal_handler(cancel: CancellationToken, ui: Arc<ProgressUi>) {
+    tokio::spawn(async move {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(_) => return,
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        ui.message("cancelling: stopping running nodes…");
+        cancel.cancel();
+    });
+}
+
+/// Prints the run's summary (and the failed nodes' last log lines); decides the exit status.
+fn report(record: &RunRecord, json: bool) -> Result<(), Failure> {
+    if json {
+        print_json(record);
+    }
+    let count = |s: NodeStatus| record.nodes.iter().filter(|n| n.status == s).count();
+    let summary = format!(
+        "run {} {}: {} ran, {} cached, {} failed, {} skipped (flow show {})",
+        record.id,
+        serde_json::to_value(record.status).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
+        count(NodeStatus::Succeeded),
+        count(NodeStatus::Cached),
+        count(NodeStatus::Failed),
+        count(NodeStatus::Skipped) + count(NodeStatus::Cancelled),
+        record.id,
+    );
+    let mut failures = String::new();
+    for node in record.nodes.iter().filter(|n| n.status == NodeStatus::Failed) {
+        failures.push_str(&format!("error: node `{}` failed: {}\n", node.id, node.error.as_deref().unwrap_or("unknown error")));
+        if let Some(log) = &node.log {
+            failures.push_str(&log_tail(log, 20));
+            failures.push_str(&format!("  full log: {}\n", log.display()));
+        }
+    }
+    match record.status {
+        RunStatus::Succeeded => {
+            eprintln!("{summary}");
+            Ok(())
+        }
+        RunStatus::Cancelled => Err(Failure::Cancelled(format!("{failures}{summary}"))),
+        _ => Err(Failure::Run(format!("{failures}{summary}"))),
+    }
+}
+
+/// The last `n` lines of a log, indented.
+fn log_tail(path: &std::path::Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    let start = lines.len().saturating_sub(n);
+    lines[start..].iter().map(|l| format!("  | {l}\n")).collect()
+}

@@ -275,14 +275,7 @@ fn check_typed_params(id: &str, spec: &NodeSpec, node_type: &Arc<dyn DynNode>, p
             Some(with) => locate(with, &e.path),
             None => Span::of(&spec.uses.referenced),
         };
-        let path: String = e
-            .path
-            .iter()
-            .map(|s| match s {
-                crate::yaml::PathStep::Key(k) => format!(".{k}"),
-                crate::yaml::PathStep::Index(i) => format!("[{i}]"),
-            })
-            .collect();
+        let path = crate::yaml::path_text(&e.path);
         let message = format!("{} params: {}", node_type.type_name(), e.message.replace("unknown field", "unknown param"));
         errors.push(Diagnostic::at(span, format!("{field}{path}"), message));
     }

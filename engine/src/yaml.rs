@@ -156,6 +156,20 @@ pub enum PathStep {
     Index(usize),
 }
 
+impl fmt::Display for PathStep {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PathStep::Key(k) => write!(f, ".{k}"),
+            PathStep::Index(i) => write!(f, "[{i}]"),
+        }
+    }
+}
+
+/// A path as text: `.inputs.numbers`, `.targets[2]`.
+pub fn path_text(path: &[PathStep]) -> String {
+    path.iter().map(ToString::to_string).collect()
+}
+
 impl Yaml {
     /// A short name of the value's kind, for "expected …, found …" messages.
     pub fn kind(&self) -> &'static str {
@@ -189,12 +203,9 @@ pub fn locate(root: &Spanned<Yaml>, path: &[PathStep]) -> Span {
             }
             _ => None,
         };
-        let Some((key, value)) = next else { break };
-        span = Span::of(&key.referenced);
+        let Some((_, value)) = next else { break };
         here = value;
-        if !matches!(value.value, Yaml::Map(_) | Yaml::Seq(_)) {
-            span = Span::of(&value.referenced);
-        }
+        span = Span::of(&value.referenced);
     }
     span
 }

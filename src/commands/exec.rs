@@ -27,10 +27,15 @@ fn set_nested(root: &mut Map<String, Json>, dotted: &str, value: Json) -> Result
 }
 
 /// The params object from `--with` and `--input` flags.
-fn build_params(args: &ExecArgs, has_inputs_map: bool) -> Result<Json, Failure> {
+/// String-typed params keep the text as given (`run=true` is the command `true`, not a bool).
+fn build_params(args: &ExecArgs, schema: &Json) -> Result<Json, Failure> {
+    let has_inputs_map = schema.pointer("/properties/inputs").is_some();
     let mut params = Map::new();
     for text in &args.with {
-        let (name, value) = parse_override(text).map_err(|e| Failure::Input(format!("error: {}", e.replace("--set", "--with"))))?;
+        let (name, mut value) = parse_override(text).map_err(|e| Failure::Input(format!("error: {}", e.replace("--set", "--with"))))?;
+        if schema.pointer(&format!("/properties/{name}/type")).and_then(Json::as_str) == Some("string") {
+            value = Json::String(text.split_once('=').map_or("", |(_, v)| v).to_string());
+        }
         set_nested(&mut params, &name, value).map_err(|e| Failure::Input(format!("error: invalid --with `{text}`: {e}")))?;
     }
     for text in &args.inputs {
@@ -56,10 +61,10 @@ pub fn exec(args: ExecArgs) -> Result<(), Failure> {
         Failure::Input(format!("error: unknown node type `{}`{hint}; `flow nodes` lists the library", args.node_type))
     })?;
     let schema = node_type.params_schema().to_value();
-    let params = build_params(&args, schema.pointer("/properties/inputs").is_some())?;
+    let params = build_params(&args, &schema)?;
     node_type.check_params(&params).map_err(|e| {
-        let path: Vec<String> = e.path.iter().map(|s| format!("{s:?}")).collect();
-        let at = if path.is_empty() { String::new() } else { format!(" at {}", path.join(".")) };
+        let at = flow_engine::yaml::path_text(&e.path);
+        let at = if at.is_empty() { String::new() } else { format!(" `with{at}`") };
         Failure::Input(format!("error: {} params{at}: {}", node_type.type_name(), e.message))
     })?;
     for output in node_type.outputs() {

@@ -1,0 +1,180 @@
+//! Shared helpers for the integration tests: a scratch project directory and the real binary.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// A scratch directory with its own store, where tests write workflows and run `flow`.
+pub struct Project {
+    pub dir: tempfile::TempDir,
+}
+
+/// The result of one `flow` invocation.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<Output> for Run {
+    fn from(o: Output) -> Self {
+        Run {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+impl Run {
+    /// Panics with both streams unless the exit code is `code`.
+    pub fn expect_code(self, code: i32) -> Self {
+        assert_eq!(self.code, code, "exit code\n--- stdout\n{}\n--- stderr\n{}", self.stdout, self.stderr);
+        self
+    }
+
+    /// The `--json` output.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", self.stdout))
+    }
+}
+
+/// `flow plan --json` actions by node id.
+pub fn actions(plan: &serde_json::Value) -> Vec<(String, String)> {
+    plan["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .map(|n| (n["id"].as_str().unwrap().to_string(), n["action"].as_str().unwrap().to_string()))
+        .collect()
+}
+
+/// Pairs for comparison with [`actions`].
+pub fn expect(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+}
+
+impl Project {
+    pub fn new() -> Self {
+        Project { dir: tempfile::tempdir().expect("tempdir") }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn store(&self) -> PathBuf {
+        self.path().join(".flow")
+    }
+
+    /// Writes a file below the project.
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.path().join(name);
+        std::fs::write(&path, text).expect("write");
+        path
+    }
+
+    /// A `flow` command in the project directory, not attached to a terminal.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_flow"));
+        cmd.args(args).current_dir(self.path()).env_remove("FLOW_STORE").env_remove("RUST_LOG").stdin(Stdio::null());
+        cmd
+    }
+
+    /// Runs `flow` to completion.
+    pub fn flow(&self, args: &[&str]) -> Run {
+        self.command(args).output().expect("run flow").into()
+    }
+
+    /// Starts `flow` in the background.
+    pub fn spawn(&self, args: &[&str]) -> Child {
+        self.command(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn flow")
+    }
+
+    /// Every file below the store's artifacts with its content.
+    pub fn artifact_files(&self) -> Vec<(PathBuf, Vec<u8>)> {
+        let mut found = Vec::new();
+        let mut stack = vec![self.store().join("artifacts")];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else if !path.extension().is_some_and(|e| e == "json") || dir != self.store().join("artifacts") {
+                    found.push((path.clone(), std::fs::read(&path).unwrap_or_default()));
+                }
+            }
+        }
+        found
+    }
+
+    /// The single artifact file called `name`.
+    pub fn artifact_file(&self, name: &str) -> PathBuf {
+        let matches: Vec<PathBuf> = self.artifact_files().into_iter().map(|(p, _)| p).filter(|p| p.file_name().is_some_and(|f| f == name)).collect();
+        assert_eq!(matches.len(), 1, "artifact files named {name}: {matches:?}");
+        matches.into_iter().next().unwrap()
+    }
+}
+
+/// Waits until `check` holds (polling), panicking after `limit`.
+pub fn wait_until(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !check() {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Whether any file below `dir` is named `name`.
+pub fn exists_below(dir: &Path, name: &str) -> bool {
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.file_name().is_some_and(|f| f == name) {
+                return true;
+            }
+            if path.is_dir() {
+                stack.push(path);
+            }
+        }
+    }
+    false
+}
+
+/// Sends a signal to a process.
+pub fn signal(child: &Child, signal: i32) {
+    // SAFETY: kill only sends a signal to our own child.
+    unsafe {
+        libc::kill(child.id() as i32, signal);
+    }
+}
+
+/// The workflow from the engine issue: `make` writes 1..n, `sum` adds them up.
+pub const SUM_WORKFLOW: &str = r#"# yaml-language-server: $schema=../schemas/workflow.schema.json
+name: example
+description: optional text
+params:
+  n: 3
+  label: numbers
+nodes:
+  make:
+    uses: shell
+    with:
+      run: "seq ${params.n} > $FLOW_OUT/numbers.txt"
+  sum:
+    uses: shell
+    with:
+      inputs: { numbers: "${make.out}" }
+      run: "awk '{s+=$1} END {print s}' $FLOW_IN_NUMBERS/numbers.txt > $FLOW_OUT/sum.txt"
+    after: [make]
+    retries: 2
+    timeout: 10m
+    resources: { gpu: 1 }
+  label:
+    uses: shell
+    with:
+      run: "echo ${params.label} > $FLOW_OUT/label.txt"
+"#;

@@ -21,8 +21,13 @@ impl ProgressUi {
     /// Bars on a terminal; plain lines otherwise; only messages when `quiet`.
     pub fn new(quiet: bool) -> Self {
         let tty = std::io::stderr().is_terminal();
-        let multi = (tty && !quiet).then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr()));
-        ProgressUi { multi, bars: Mutex::new(HashMap::new()), quiet }
+        let multi =
+            (tty && !quiet).then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr()));
+        ProgressUi {
+            multi,
+            bars: Mutex::new(HashMap::new()),
+            quiet,
+        }
     }
 
     /// Prints a message above the bars.
@@ -55,9 +60,11 @@ impl ProgressSink for ProgressUi {
             if total > 0 && bar.length() != Some(total) {
                 bar.set_length(total);
                 bar.set_style(
-                    ProgressStyle::with_template("{spinner} {prefix:20} [{bar:30}] {pos}/{len} {per_sec} eta {eta}")
-                        .expect("valid template")
-                        .progress_chars("=> "),
+                    ProgressStyle::with_template(
+                        "{spinner} {prefix:20} [{bar:30}] {pos}/{len} {per_sec} eta {eta}",
+                    )
+                    .expect("valid template")
+                    .progress_chars("=> "),
                 );
             }
             bar.set_position(done);
@@ -69,15 +76,23 @@ impl Observer for ProgressUi {
     fn node_started(&self, id: &str, reasons: &[String]) {
         let Some(multi) = &self.multi else { return };
         let bar = multi.add(ProgressBar::new_spinner());
-        bar.set_style(ProgressStyle::with_template("{spinner} {prefix:20} {msg} {elapsed}").expect("valid template"));
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} {prefix:20} {msg} {elapsed}")
+                .expect("valid template"),
+        );
         bar.set_prefix(id.to_string());
         bar.set_message(reasons.join("; "));
         bar.enable_steady_tick(Duration::from_millis(120));
-        self.bars.lock().expect("bars lock").insert(id.to_string(), bar);
+        self.bars
+            .lock()
+            .expect("bars lock")
+            .insert(id.to_string(), bar);
     }
 
     fn node_retrying(&self, id: &str, attempt: u32, delay: Duration, error: &str) {
-        self.line(format!("↻ {id}: attempt {attempt} failed ({error}); retrying in {delay:.1?}"));
+        self.line(format!(
+            "↻ {id}: attempt {attempt} failed ({error}); retrying in {delay:.1?}"
+        ));
     }
 
     fn node_finished(&self, record: &NodeRecord) {
@@ -87,9 +102,17 @@ impl Observer for ProgressUi {
         let seconds = record.duration_ms as f64 / 1000.0;
         let text = match record.status {
             NodeStatus::Cached => format!("= {} cached", record.id),
-            NodeStatus::Succeeded => format!("✓ {} ran in {seconds:.2}s ({})", record.id, record.reasons.join("; ")),
+            NodeStatus::Succeeded => format!(
+                "✓ {} ran in {seconds:.2}s ({})",
+                record.id,
+                record.reasons.join("; ")
+            ),
             NodeStatus::Failed => format!("✗ {} failed after {seconds:.2}s", record.id),
-            NodeStatus::Skipped => format!("- {} skipped: {}", record.id, record.error.as_deref().unwrap_or_default()),
+            NodeStatus::Skipped => format!(
+                "- {} skipped: {}",
+                record.id,
+                record.error.as_deref().unwrap_or_default()
+            ),
             NodeStatus::Cancelled => format!("✗ {} cancelled", record.id),
             NodeStatus::Pending | NodeStatus::Running => return,
         };

@@ -11,12 +11,30 @@ fn second_run_is_fully_cached() {
     let p = Project::new();
     p.write("w.yaml", SUM_WORKFLOW);
     let first = p.flow(&["run", "w.yaml", "--json"]).expect_code(0).json();
-    assert!(first["nodes"].as_array().unwrap().iter().all(|n| n["status"] == "succeeded"));
-    assert_eq!(std::fs::read_to_string(p.artifact_file("sum.txt")).unwrap(), "6\n");
+    assert!(
+        first["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|n| n["status"] == "succeeded")
+    );
+    assert_eq!(
+        std::fs::read_to_string(p.artifact_file("sum.txt")).unwrap(),
+        "6\n"
+    );
     let second = p.flow(&["run", "w.yaml", "--json"]).expect_code(0).json();
-    assert!(second["nodes"].as_array().unwrap().iter().all(|n| n["status"] == "cached" && n["cache_hit"] == true));
+    assert!(
+        second["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|n| n["status"] == "cached" && n["cache_hit"] == true)
+    );
     let plan = p.flow(&["plan", "w.yaml", "--json"]).expect_code(0).json();
-    assert_eq!(actions(&plan), expect(&[("make", "cached"), ("label", "cached"), ("sum", "cached")]));
+    assert_eq!(
+        actions(&plan),
+        expect(&[("make", "cached"), ("label", "cached"), ("sum", "cached")])
+    );
 }
 
 #[test]
@@ -24,18 +42,44 @@ fn set_reruns_only_affected_nodes_and_plan_names_the_param() {
     let p = Project::new();
     p.write("w.yaml", SUM_WORKFLOW);
     p.flow(&["run", "w.yaml"]).expect_code(0);
-    let plan = p.flow(&["plan", "w.yaml", "--set", "n=4", "--json"]).expect_code(0).json();
-    assert_eq!(actions(&plan), expect(&[("make", "run"), ("label", "cached"), ("sum", "run")]));
+    let plan = p
+        .flow(&["plan", "w.yaml", "--set", "n=4", "--json"])
+        .expect_code(0)
+        .json();
+    assert_eq!(
+        actions(&plan),
+        expect(&[("make", "run"), ("label", "cached"), ("sum", "run")])
+    );
     assert_eq!(plan["nodes"][0]["reasons"][0], "param n changed 3 → 4");
-    assert_eq!(plan["nodes"][2]["reasons"][0], "input make.out changed (make re-runs)");
-    let text = p.flow(&["plan", "w.yaml", "--set", "n=4"]).expect_code(0).stdout;
+    assert_eq!(
+        plan["nodes"][2]["reasons"][0],
+        "input make.out changed (make re-runs)"
+    );
+    let text = p
+        .flow(&["plan", "w.yaml", "--set", "n=4"])
+        .expect_code(0)
+        .stdout;
     assert!(text.contains("param n changed 3 → 4"), "{text}");
-    let run = p.flow(&["run", "w.yaml", "--set", "n=4", "--json"]).expect_code(0).json();
-    let statuses: Vec<&str> = run["nodes"].as_array().unwrap().iter().map(|n| n["status"].as_str().unwrap()).collect();
+    let run = p
+        .flow(&["run", "w.yaml", "--set", "n=4", "--json"])
+        .expect_code(0)
+        .json();
+    let statuses: Vec<&str> = run["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["status"].as_str().unwrap())
+        .collect();
     assert_eq!(statuses, ["succeeded", "cached", "succeeded"]);
     // Going back to the old value is a cache hit: the cache is keyed by content, not by history.
-    let back = p.flow(&["plan", "w.yaml", "--set", "n=3", "--json"]).expect_code(0).json();
-    assert_eq!(actions(&back), expect(&[("make", "cached"), ("label", "cached"), ("sum", "cached")]));
+    let back = p
+        .flow(&["plan", "w.yaml", "--set", "n=3", "--json"])
+        .expect_code(0)
+        .json();
+    assert_eq!(
+        actions(&back),
+        expect(&[("make", "cached"), ("label", "cached"), ("sum", "cached")])
+    );
 }
 
 #[test]
@@ -43,42 +87,96 @@ fn identical_upstream_output_keeps_downstream_cached() {
     let p = Project::new();
     p.write("w.yaml", "name: cutoff\nparams: {pad: a}\nnodes:\n  make:\n    uses: shell\n    with: { run: \"echo fixed > $FLOW_OUT/x # ${params.pad}\" }\n  use:\n    uses: shell\n    with: { inputs: { x: \"${make.out}\" }, run: \"cp $FLOW_IN_X/x $FLOW_OUT/y\" }\n");
     p.flow(&["run", "w.yaml"]).expect_code(0);
-    let run = p.flow(&["run", "w.yaml", "--set", "pad=b", "--json"]).expect_code(0).json();
+    let run = p
+        .flow(&["run", "w.yaml", "--set", "pad=b", "--json"])
+        .expect_code(0)
+        .json();
     assert_eq!(run["nodes"][0]["status"], "succeeded");
-    assert_eq!(run["nodes"][1]["status"], "cached", "same input digest, so the downstream node is reused");
+    assert_eq!(
+        run["nodes"][1]["status"], "cached",
+        "same input digest, so the downstream node is reused"
+    );
 }
 
 #[test]
 fn force_only_and_dry_run() {
     let p = Project::new();
     p.write("w.yaml", SUM_WORKFLOW);
-    let dry = p.flow(&["run", "w.yaml", "--dry-run", "--json"]).expect_code(0).json();
-    assert_eq!(actions(&dry), expect(&[("make", "run"), ("label", "run"), ("sum", "run")]));
+    let dry = p
+        .flow(&["run", "w.yaml", "--dry-run", "--json"])
+        .expect_code(0)
+        .json();
+    assert_eq!(
+        actions(&dry),
+        expect(&[("make", "run"), ("label", "run"), ("sum", "run")])
+    );
     assert!(!p.store().exists(), "--dry-run writes nothing");
-    let only = p.flow(&["run", "w.yaml", "--only", "sum", "--json"]).expect_code(0).json();
-    let ids: Vec<&str> = only["nodes"].as_array().unwrap().iter().map(|n| n["id"].as_str().unwrap()).collect();
-    assert_eq!(ids, ["make", "sum"], "--only runs the node and what it needs");
-    let forced = p.flow(&["plan", "w.yaml", "--force", "sum", "--json"]).expect_code(0).json();
-    assert_eq!(actions(&forced), expect(&[("make", "cached"), ("label", "run"), ("sum", "run")]));
+    let only = p
+        .flow(&["run", "w.yaml", "--only", "sum", "--json"])
+        .expect_code(0)
+        .json();
+    let ids: Vec<&str> = only["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        ["make", "sum"],
+        "--only runs the node and what it needs"
+    );
+    let forced = p
+        .flow(&["plan", "w.yaml", "--force", "sum", "--json"])
+        .expect_code(0)
+        .json();
+    assert_eq!(
+        actions(&forced),
+        expect(&[("make", "cached"), ("label", "run"), ("sum", "run")])
+    );
     assert_eq!(forced["nodes"][2]["reasons"][0], "forced");
     assert_eq!(forced["nodes"][1]["reasons"][0], "never run");
-    let all = p.flow(&["plan", "w.yaml", "--force-all", "--json"]).expect_code(0).json();
+    let all = p
+        .flow(&["plan", "w.yaml", "--force-all", "--json"])
+        .expect_code(0)
+        .json();
     assert!(actions(&all).iter().all(|(_, a)| a == "run"));
     let unknown = p.flow(&["run", "w.yaml", "--only", "summ"]).expect_code(2);
-    assert!(unknown.stderr.contains("no node `summ`") && unknown.stderr.contains("did you mean `sum`?"), "{}", unknown.stderr);
+    assert!(
+        unknown.stderr.contains("no node `summ`") && unknown.stderr.contains("did you mean `sum`?"),
+        "{}",
+        unknown.stderr
+    );
 }
 
 #[test]
 fn node_version_and_env_changes_are_reasons() {
     let p = Project::new();
     p.write("w.yaml", "name: envy\nnodes:\n  a:\n    uses: shell\n    with: { run: \"echo ${env.FLOW_TEST_GREETING} > $FLOW_OUT/g\" }\n");
-    p.command(&["run", "w.yaml"]).env("FLOW_TEST_GREETING", "hallo").output().unwrap();
-    let plan = p.command(&["plan", "w.yaml", "--json"]).env("FLOW_TEST_GREETING", "servus").output().unwrap();
+    p.command(&["run", "w.yaml"])
+        .env("FLOW_TEST_GREETING", "hallo")
+        .output()
+        .unwrap();
+    let plan = p
+        .command(&["plan", "w.yaml", "--json"])
+        .env("FLOW_TEST_GREETING", "servus")
+        .output()
+        .unwrap();
     let plan: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
-    assert_eq!(plan["nodes"][0]["reasons"][0], "env FLOW_TEST_GREETING changed");
-    let missing = p.command(&["plan", "w.yaml"]).env_remove("FLOW_TEST_GREETING").output().unwrap();
+    assert_eq!(
+        plan["nodes"][0]["reasons"][0],
+        "env FLOW_TEST_GREETING changed"
+    );
+    let missing = p
+        .command(&["plan", "w.yaml"])
+        .env_remove("FLOW_TEST_GREETING")
+        .output()
+        .unwrap();
     assert_eq!(missing.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&missing.stderr).contains("environment variable `FLOW_TEST_GREETING` is not set"));
+    assert!(
+        String::from_utf8_lossy(&missing.stderr)
+            .contains("environment variable `FLOW_TEST_GREETING` is not set")
+    );
 }
 
 #[test]
@@ -90,18 +188,38 @@ fn sigkill_mid_node_then_rerun_completes_with_no_corrupt_artifact() {
     );
     let mut child = p.spawn(&["run", "w.yaml"]);
     let tmp = p.store().join("tmp");
-    wait_until(Duration::from_secs(20), "the node to start writing", || exists_below(&tmp, "partial"));
+    wait_until(Duration::from_secs(20), "the node to start writing", || {
+        exists_below(&tmp, "partial")
+    });
     signal(&child, libc::SIGKILL);
     child.wait().unwrap();
-    assert!(p.artifact_files().is_empty(), "a killed node leaves no artifact");
+    assert!(
+        p.artifact_files().is_empty(),
+        "a killed node leaves no artifact"
+    );
     let plan = p.flow(&["plan", "w.yaml", "--json"]).expect_code(0).json();
     assert_eq!(actions(&plan), expect(&[("slow", "run"), ("next", "run")]));
     p.flow(&["run", "w.yaml"]).expect_code(0);
-    assert_eq!(std::fs::read_to_string(p.artifact_file("both")).unwrap(), "started\ndone\n");
-    let verified = p.flow(&["run", "w.yaml", "--verify", "--json"]).expect_code(0).json();
-    assert!(verified["nodes"].as_array().unwrap().iter().all(|n| n["status"] == "cached"));
+    assert_eq!(
+        std::fs::read_to_string(p.artifact_file("both")).unwrap(),
+        "started\ndone\n"
+    );
+    let verified = p
+        .flow(&["run", "w.yaml", "--verify", "--json"])
+        .expect_code(0)
+        .json();
+    assert!(
+        verified["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|n| n["status"] == "cached")
+    );
     let runs = p.flow(&["runs", "--json"]).expect_code(0).json();
-    assert_eq!(runs[0]["status"], "interrupted", "the killed run is marked by the next one");
+    assert_eq!(
+        runs[0]["status"], "interrupted",
+        "the killed run is marked by the next one"
+    );
 }
 
 #[test]
@@ -109,15 +227,34 @@ fn two_concurrent_runs_on_one_store_both_succeed() {
     let p = Project::new();
     p.write("w.yaml", "name: busy\nparams: {tag: a}\nnodes:\n  work:\n    uses: shell\n    with: { run: \"sleep 1; echo ${params.tag} > $FLOW_OUT/tag\" }\n");
     let first = p.spawn(&["run", "w.yaml"]);
-    wait_until(Duration::from_secs(20), "the first run to take the lock", || exists_below(&p.store().join("runs"), "record.json"));
-    let refused = p.flow(&["run", "w.yaml", "--set", "tag=b", "--no-wait"]).expect_code(1);
-    assert!(refused.stderr.contains("is locked by another flow process"), "{}", refused.stderr);
+    wait_until(
+        Duration::from_secs(20),
+        "the first run to take the lock",
+        || exists_below(&p.store().join("runs"), "record.json"),
+    );
+    let refused = p
+        .flow(&["run", "w.yaml", "--set", "tag=b", "--no-wait"])
+        .expect_code(1);
+    assert!(
+        refused.stderr.contains("is locked by another flow process"),
+        "{}",
+        refused.stderr
+    );
     let second = p.spawn(&["run", "w.yaml", "--set", "tag=b"]);
-    let (a, b) = (first.wait_with_output().unwrap(), second.wait_with_output().unwrap());
+    let (a, b) = (
+        first.wait_with_output().unwrap(),
+        second.wait_with_output().unwrap(),
+    );
     assert!(a.status.success() && b.status.success());
     assert!(String::from_utf8_lossy(&b.stderr).contains("waiting for the store lock"));
-    let plan_a = p.flow(&["plan", "w.yaml", "--verify", "--json"]).expect_code(0).json();
-    let plan_b = p.flow(&["plan", "w.yaml", "--set", "tag=b", "--verify", "--json"]).expect_code(0).json();
+    let plan_a = p
+        .flow(&["plan", "w.yaml", "--verify", "--json"])
+        .expect_code(0)
+        .json();
+    let plan_b = p
+        .flow(&["plan", "w.yaml", "--set", "tag=b", "--verify", "--json"])
+        .expect_code(0)
+        .json();
     assert_eq!(actions(&plan_a), expect(&[("work", "cached")]));
     assert_eq!(actions(&plan_b), expect(&[("work", "cached")]));
 }
@@ -133,12 +270,29 @@ fn corrupted_artifact_byte_is_detected_and_recomputed() {
     std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
     std::fs::write(&file, "1\n2\n4\n").unwrap();
     // Same size, and the old mtime put back: only rehashing can tell.
-    std::fs::File::options().write(true).open(&file).unwrap().set_modified(mtime).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
     let fast = p.flow(&["plan", "w.yaml", "--json"]).expect_code(0).json();
-    assert_eq!(fast["nodes"][0]["action"], "cached", "size + mtime fast path trusts the file");
-    let plan = p.flow(&["plan", "w.yaml", "--verify", "--json"]).expect_code(0).json();
+    assert_eq!(
+        fast["nodes"][0]["action"], "cached",
+        "size + mtime fast path trusts the file"
+    );
+    let plan = p
+        .flow(&["plan", "w.yaml", "--verify", "--json"])
+        .expect_code(0)
+        .json();
     assert_eq!(plan["nodes"][0]["action"], "run");
-    assert!(plan["nodes"][0]["reasons"][0].as_str().unwrap().contains("output out corrupted: numbers.txt"), "{plan}");
+    assert!(
+        plan["nodes"][0]["reasons"][0]
+            .as_str()
+            .unwrap()
+            .contains("output out corrupted: numbers.txt"),
+        "{plan}"
+    );
     p.flow(&["run", "w.yaml", "--verify"]).expect_code(0);
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "1\n2\n3\n");
     // A touched file (new mtime) is caught without --verify.
@@ -153,9 +307,22 @@ fn failing_node_prints_its_last_log_lines_and_stops_the_run() {
     let p = Project::new();
     p.write("w.yaml", "name: fails\nnodes:\n  bad:\n    uses: shell\n    with: { run: \"echo line-one; echo line-two >&2; exit 3\" }\n  after:\n    uses: shell\n    with: { inputs: { b: \"${bad.out}\" }, run: \"true\" }\n");
     let run = p.flow(&["run", "w.yaml"]).expect_code(1);
-    assert!(run.stderr.contains("node `bad` failed: command exited with status 3"), "{}", run.stderr);
-    assert!(run.stderr.contains("| line-one") && run.stderr.contains("| line-two"), "{}", run.stderr);
-    assert!(run.stderr.contains("full log: ") && run.stderr.contains("bad.log"), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("node `bad` failed: command exited with status 3"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("| line-one") && run.stderr.contains("| line-two"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("full log: ") && run.stderr.contains("bad.log"),
+        "{}",
+        run.stderr
+    );
     let show = p.flow(&["show", "last", "--json"]).expect_code(0).json();
     assert_eq!(show["status"], "failed");
     assert_eq!(show["nodes"][1]["status"], "skipped");
@@ -166,9 +333,24 @@ fn keep_going_finishes_independent_nodes() {
     let p = Project::new();
     p.write("w.yaml", "name: kg\nnodes:\n  bad:\n    uses: shell\n    with: { run: \"exit 1\" }\n  x:\n    uses: shell\n    after: [bad]\n    with: { run: \"true\" }\n  slow:\n    uses: shell\n    with: { run: \"sleep 0.5\" }\n  later:\n    uses: shell\n    after: [slow]\n    with: { run: \"echo ok > $FLOW_OUT/ok\" }\n");
     let fast = p.flow(&["run", "w.yaml", "--json"]).expect_code(1).json();
-    let status = |run: &serde_json::Value, id: &str| run["nodes"].as_array().unwrap().iter().find(|n| n["id"] == id).unwrap()["status"].clone();
-    assert_eq!(status(&fast, "later"), "skipped", "fail-fast starts nothing new");
-    let kept = p.flow(&["run", "w.yaml", "--keep-going", "--json"]).expect_code(1).json();
+    let status = |run: &serde_json::Value, id: &str| {
+        run["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["id"] == id)
+            .unwrap()["status"]
+            .clone()
+    };
+    assert_eq!(
+        status(&fast, "later"),
+        "skipped",
+        "fail-fast starts nothing new"
+    );
+    let kept = p
+        .flow(&["run", "w.yaml", "--keep-going", "--json"])
+        .expect_code(1)
+        .json();
     assert_eq!(status(&kept, "later"), "succeeded");
     assert_eq!(status(&kept, "x"), "skipped");
 }
@@ -181,11 +363,19 @@ fn retries_with_backoff_then_succeed_and_timeout_fails() {
         "w.yaml",
         &format!("name: flaky\nnodes:\n  flaky:\n    uses: shell\n    retries: 2\n    with: {{ run: \"if [ -f {m} ]; then echo ok > $FLOW_OUT/r; else touch {m}; exit 1; fi\" }}\n  stuck:\n    uses: shell\n    timeout: 300ms\n    with: {{ run: \"sleep 30\" }}\n", m = mark.display()),
     );
-    let run = p.flow(&["run", "w.yaml", "--keep-going", "--json"]).expect_code(1).json();
+    let run = p
+        .flow(&["run", "w.yaml", "--keep-going", "--json"])
+        .expect_code(1)
+        .json();
     assert_eq!(run["nodes"][0]["status"], "succeeded");
     assert_eq!(run["nodes"][0]["attempts"], 2);
     assert_eq!(run["nodes"][1]["status"], "failed");
-    assert!(run["nodes"][1]["error"].as_str().unwrap().contains("timed out after 300ms"));
+    assert!(
+        run["nodes"][1]["error"]
+            .as_str()
+            .unwrap()
+            .contains("timed out after 300ms")
+    );
 }
 
 #[test]
@@ -193,30 +383,59 @@ fn secrets_never_reach_the_store_logs_records_or_errors() {
     let p = Project::new();
     p.write("w.yaml", "name: secret\nnodes:\n  use:\n    uses: shell\n    with: { run: \"echo token is ${secret.FLOW_TEST_TOKEN}; echo ${secret.FLOW_TEST_TOKEN} | wc -c > $FLOW_OUT/len; exit 7\" }\n");
     let value = "hf_s3cr3t_value_123";
-    let run = p.command(&["run", "w.yaml"]).env("FLOW_TEST_TOKEN", value).output().unwrap();
+    let run = p
+        .command(&["run", "w.yaml"])
+        .env("FLOW_TEST_TOKEN", value)
+        .output()
+        .unwrap();
     assert_eq!(run.status.code(), Some(1));
-    let all_output = format!("{}{}", String::from_utf8_lossy(&run.stdout), String::from_utf8_lossy(&run.stderr));
-    assert!(!all_output.contains(value) && all_output.contains("token is ***"), "{all_output}");
+    let all_output = format!(
+        "{}{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(
+        !all_output.contains(value) && all_output.contains("token is ***"),
+        "{all_output}"
+    );
     let mut stack = vec![p.store()];
     while let Some(dir) = stack.pop() {
         for entry in std::fs::read_dir(&dir).unwrap().flatten() {
             if entry.path().is_dir() {
                 stack.push(entry.path());
             } else {
-                let text = String::from_utf8_lossy(&std::fs::read(entry.path()).unwrap()).into_owned();
-                assert!(!text.contains(value), "secret found in {}", entry.path().display());
+                let text =
+                    String::from_utf8_lossy(&std::fs::read(entry.path()).unwrap()).into_owned();
+                assert!(
+                    !text.contains(value),
+                    "secret found in {}",
+                    entry.path().display()
+                );
             }
         }
     }
-    let missing = p.command(&["run", "w.yaml"]).env_remove("FLOW_TEST_TOKEN").output().unwrap();
-    assert!(String::from_utf8_lossy(&missing.stderr).contains("secret `FLOW_TEST_TOKEN` is not set"));
+    let missing = p
+        .command(&["run", "w.yaml"])
+        .env_remove("FLOW_TEST_TOKEN")
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("secret `FLOW_TEST_TOKEN` is not set")
+    );
 }
 
 #[test]
 fn resources_are_never_over_committed() {
     let p = Project::new();
-    let node = |id: &str| format!("  {id}:\n    uses: shell\n    resources: {{ gpu: 1 }}\n    with: {{ run: \"date +%s.%N > $FLOW_OUT/start; sleep 0.4; date +%s.%N > $FLOW_OUT/end; echo {id} > $FLOW_OUT/id\" }}\n");
-    p.write("w.yaml", &format!("name: gpus\nnodes:\n{}{}", node("a"), node("b")));
+    let node = |id: &str| {
+        format!(
+            "  {id}:\n    uses: shell\n    resources: {{ gpu: 1 }}\n    with: {{ run: \"date +%s.%N > $FLOW_OUT/start; sleep 0.4; date +%s.%N > $FLOW_OUT/end; echo {id} > $FLOW_OUT/id\" }}\n"
+        )
+    };
+    p.write(
+        "w.yaml",
+        &format!("name: gpus\nnodes:\n{}{}", node("a"), node("b")),
+    );
     p.flow(&["run", "w.yaml", "--jobs", "4"]).expect_code(0);
     let mut spans: Vec<(f64, f64)> = p
         .artifact_files()
@@ -224,16 +443,31 @@ fn resources_are_never_over_committed() {
         .filter(|(path, _)| path.ends_with("start"))
         .map(|(path, start)| {
             let end = std::fs::read_to_string(path.with_file_name("end")).unwrap();
-            (String::from_utf8_lossy(start).trim().parse().unwrap(), end.trim().parse().unwrap())
+            (
+                String::from_utf8_lossy(start).trim().parse().unwrap(),
+                end.trim().parse().unwrap(),
+            )
         })
         .collect();
     spans.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap());
     assert_eq!(spans.len(), 2);
     assert!(spans[1].0 >= spans[0].1, "gpu nodes overlapped: {spans:?}");
-    let too_few = p.flow(&["run", "w.yaml", "--force-all", "--resources", "gpu=0"]).expect_code(2);
-    assert!(too_few.stderr.contains("needs gpu=1 but the run has gpu=0"), "{}", too_few.stderr);
-    let bad = p.flow(&["run", "w.yaml", "--resources", "gpu=lots"]).expect_code(2);
-    assert!(bad.stderr.contains("invalid --resources `gpu=lots`"), "{}", bad.stderr);
+    let too_few = p
+        .flow(&["run", "w.yaml", "--force-all", "--resources", "gpu=0"])
+        .expect_code(2);
+    assert!(
+        too_few.stderr.contains("needs gpu=1 but the run has gpu=0"),
+        "{}",
+        too_few.stderr
+    );
+    let bad = p
+        .flow(&["run", "w.yaml", "--resources", "gpu=lots"])
+        .expect_code(2);
+    assert!(
+        bad.stderr.contains("invalid --resources `gpu=lots`"),
+        "{}",
+        bad.stderr
+    );
 }
 
 #[test]
@@ -241,15 +475,28 @@ fn ctrl_c_cancels_running_nodes_and_leaves_the_store_consistent() {
     let p = Project::new();
     p.write("w.yaml", "name: cancel\nnodes:\n  long:\n    uses: shell\n    with: { run: \"echo begun > $FLOW_OUT/begun; sleep 30\" }\n");
     let child = p.spawn(&["run", "w.yaml"]);
-    wait_until(Duration::from_secs(20), "the node to start", || exists_below(&p.store().join("tmp"), "begun"));
+    wait_until(Duration::from_secs(20), "the node to start", || {
+        exists_below(&p.store().join("tmp"), "begun")
+    });
     signal(&child, libc::SIGINT);
     let out = child.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(130), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let show = p.flow(&["show", "last", "--json"]).expect_code(0).json();
     assert_eq!(show["status"], "cancelled");
     assert_eq!(show["nodes"][0]["status"], "cancelled");
     assert!(p.artifact_files().is_empty());
-    assert!(std::fs::read_dir(p.store().join("tmp")).unwrap().next().is_none(), "temporary output removed");
+    assert!(
+        std::fs::read_dir(p.store().join("tmp"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "temporary output removed"
+    );
 }
 
 #[test]
@@ -257,17 +504,41 @@ fn exec_runs_one_node_outside_a_workflow() {
     let p = Project::new();
     std::fs::create_dir(p.path().join("in")).unwrap();
     p.write("in/numbers.txt", "4\n5\n");
-    p.flow(&["exec", "shell", "--with", "run=awk '{s+=$1} END {print s}' $FLOW_IN_NUMBERS/numbers.txt > $FLOW_OUT/sum", "--input", "numbers=in", "--out", "result"]).expect_code(0);
-    assert_eq!(std::fs::read_to_string(p.path().join("result/out/sum")).unwrap(), "9\n");
-    let again = p.flow(&["exec", "shell", "--with", "run=true", "--out", "result"]).expect_code(2);
+    p.flow(&[
+        "exec",
+        "shell",
+        "--with",
+        "run=awk '{s+=$1} END {print s}' $FLOW_IN_NUMBERS/numbers.txt > $FLOW_OUT/sum",
+        "--input",
+        "numbers=in",
+        "--out",
+        "result",
+    ])
+    .expect_code(0);
+    assert_eq!(
+        std::fs::read_to_string(p.path().join("result/out/sum")).unwrap(),
+        "9\n"
+    );
+    let again = p
+        .flow(&["exec", "shell", "--with", "run=true", "--out", "result"])
+        .expect_code(2);
     assert!(again.stderr.contains("refusing to overwrite"));
-    let failed = p.flow(&["exec", "shell", "--with", "run=exit 4", "--out", "failed"]).expect_code(1);
+    let failed = p
+        .flow(&["exec", "shell", "--with", "run=exit 4", "--out", "failed"])
+        .expect_code(1);
     assert!(failed.stderr.contains("status 4"));
-    assert!(!p.path().join("failed/out").exists(), "nothing half-written");
+    assert!(
+        !p.path().join("failed/out").exists(),
+        "nothing half-written"
+    );
     let unknown = p.flow(&["exec", "shel", "--out", "x"]).expect_code(2);
     assert!(unknown.stderr.contains("did you mean `shell`?"));
     let missing = p.flow(&["exec", "shell", "--out", "x"]).expect_code(2);
-    assert!(missing.stderr.contains("missing field `run`"), "{}", missing.stderr);
+    assert!(
+        missing.stderr.contains("missing field `run`"),
+        "{}",
+        missing.stderr
+    );
 }
 
 #[test]
@@ -275,14 +546,23 @@ fn gc_removes_artifacts_no_run_record_references() {
     let p = Project::new();
     p.write("w.yaml", SUM_WORKFLOW);
     p.flow(&["run", "w.yaml"]).expect_code(0);
-    let first_run = p.flow(&["runs", "--json"]).json()[0]["id"].as_str().unwrap().to_string();
+    let first_run = p.flow(&["runs", "--json"]).json()[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     p.flow(&["run", "w.yaml", "--set", "n=5"]).expect_code(0);
     std::fs::remove_dir_all(p.store().join("runs").join(&first_run)).unwrap();
     let gc = p.flow(&["gc"]).expect_code(0);
     assert!(gc.stdout.contains("removed 2 artifacts"), "{}", gc.stdout);
     let plan = p.flow(&["plan", "w.yaml", "--json"]).expect_code(0).json();
-    assert_eq!(actions(&plan), expect(&[("make", "run"), ("label", "cached"), ("sum", "run")]));
-    let kept = p.flow(&["plan", "w.yaml", "--set", "n=5", "--verify", "--json"]).expect_code(0).json();
+    assert_eq!(
+        actions(&plan),
+        expect(&[("make", "run"), ("label", "cached"), ("sum", "run")])
+    );
+    let kept = p
+        .flow(&["plan", "w.yaml", "--set", "n=5", "--verify", "--json"])
+        .expect_code(0)
+        .json();
     assert!(actions(&kept).iter().all(|(_, a)| a == "cached"));
 }
 
@@ -291,17 +571,32 @@ fn graph_nodes_runs_and_show_describe_the_workflow() {
     let p = Project::new();
     p.write("w.yaml", SUM_WORKFLOW);
     let mermaid = p.flow(&["graph", "w.yaml"]).expect_code(0).stdout;
-    assert!(mermaid.starts_with("flowchart LR") && mermaid.contains("make -->|out| sum"), "{mermaid}");
-    let dot = p.flow(&["graph", "w.yaml", "--format", "dot"]).expect_code(0).stdout;
+    assert!(
+        mermaid.starts_with("flowchart LR") && mermaid.contains("make -->|out| sum"),
+        "{mermaid}"
+    );
+    let dot = p
+        .flow(&["graph", "w.yaml", "--format", "dot"])
+        .expect_code(0)
+        .stdout;
     assert!(dot.contains("\"make\" -> \"sum\" [label=\"out\"]"), "{dot}");
     let nodes = p.flow(&["nodes"]).expect_code(0).stdout;
     assert!(nodes.contains("shell"));
     let shell = p.flow(&["nodes", "shell"]).expect_code(0).stdout;
-    assert!(shell.contains("run (string, required)") && shell.contains("$FLOW_OUT"), "{shell}");
+    assert!(
+        shell.contains("run (string, required)") && shell.contains("$FLOW_OUT"),
+        "{shell}"
+    );
     p.flow(&["run", "w.yaml"]).expect_code(0);
     let runs = p.flow(&["runs"]).expect_code(0).stdout;
-    assert!(runs.contains("example") && runs.contains("succeeded") && runs.contains("manual"), "{runs}");
+    assert!(
+        runs.contains("example") && runs.contains("succeeded") && runs.contains("manual"),
+        "{runs}"
+    );
     let show = p.flow(&["show", "last"]).expect_code(0).stdout;
-    assert!(show.contains("make") && show.contains("out=") && show.contains("make.log"), "{show}");
+    assert!(
+        show.contains("make") && show.contains("out=") && show.contains("make.log"),
+        "{show}"
+    );
     p.flow(&["show", "nope"]).expect_code(2);
 }

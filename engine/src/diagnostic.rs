@@ -75,7 +75,12 @@ impl Diagnostic {
     pub fn render(&self, file: &Path, source: &str) -> String {
         let mut out = String::from("error: ");
         match self.span {
-            Some(span) => out.push_str(&format!("{}:{}:{}: ", file.display(), span.line, span.column)),
+            Some(span) => out.push_str(&format!(
+                "{}:{}:{}: ",
+                file.display(),
+                span.line,
+                span.column
+            )),
             None => out.push_str(&format!("{}: ", file.display())),
         }
         if let Some(field) = &self.field {
@@ -142,7 +147,10 @@ impl fmt::Display for Diagnostics {
 impl std::error::Error for Diagnostics {}
 
 /// The closest candidate to `word`, for "did you mean" hints.
-pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<String> {
+pub fn did_you_mean<'a>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<String> {
     candidates
         .into_iter()
         .map(|c| (strsim::damerau_levenshtein(word, c), c))
@@ -157,17 +165,31 @@ mod tests {
 
     #[test]
     fn renders_file_line_column_field_and_caret() {
-        let d = Diagnostic::at(Span { line: 2, column: 8, len: 4 }, "nodes.a.uses", "unknown node type `shel`")
-            .with_hint("did you mean `shell`?");
+        let d = Diagnostic::at(
+            Span {
+                line: 2,
+                column: 8,
+                len: 4,
+            },
+            "nodes.a.uses",
+            "unknown node type `shel`",
+        )
+        .with_hint("did you mean `shell`?");
         let text = d.render(Path::new("w.yaml"), "nodes:\n  uses: shel\n");
         assert!(text.starts_with("error: w.yaml:2:8: `nodes.a.uses`: unknown node type `shel`\n"));
-        assert!(text.contains("2 |   uses: shel\n  |        ^^^^\n"), "{text}");
+        assert!(
+            text.contains("2 |   uses: shel\n  |        ^^^^\n"),
+            "{text}"
+        );
         assert!(text.ends_with("  = hint: did you mean `shell`?\n"));
     }
 
     #[test]
     fn suggests_only_close_names() {
-        assert_eq!(did_you_mean("shel", ["shell", "dpo.train"]).as_deref(), Some("did you mean `shell`?"));
+        assert_eq!(
+            did_you_mean("shel", ["shell", "dpo.train"]).as_deref(),
+            Some("did you mean `shell`?")
+        );
         assert_eq!(did_you_mean("zzzzzzzz", ["shell"]), None);
     }
 }

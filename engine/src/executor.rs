@@ -84,7 +84,11 @@ pub async fn execute(
         id: new_run_id(),
         workflow: wf.name.clone(),
         file: wf.file.path.clone(),
-        trigger: if options.trigger.is_empty() { "manual".into() } else { options.trigger.clone() },
+        trigger: if options.trigger.is_empty() {
+            "manual".into()
+        } else {
+            options.trigger.clone()
+        },
         started_at: now_rfc3339(),
         finished_at: None,
         status: RunStatus::Running,
@@ -98,8 +102,21 @@ pub async fn execute(
     };
     record.save(&store)?;
     observer.run_started(&record);
-    let shared = Arc::new(Shared { wf: wf.clone(), store: store.clone(), run_id: record.id.clone(), verify: options.selection.verify, observer, cancel });
-    let mut scheduler = Scheduler { shared, options, free: capacity, running: JoinSet::new(), stopped: None };
+    let shared = Arc::new(Shared {
+        wf: wf.clone(),
+        store: store.clone(),
+        run_id: record.id.clone(),
+        verify: options.selection.verify,
+        observer,
+        cancel,
+    });
+    let mut scheduler = Scheduler {
+        shared,
+        options,
+        free: capacity,
+        running: JoinSet::new(),
+        stopped: None,
+    };
     scheduler.drive(&mut record).await?;
     record.finished_at = Some(now_rfc3339());
     record.status = if scheduler.shared.cancel.is_cancelled() {
@@ -114,7 +131,11 @@ pub async fn execute(
 }
 
 /// Capacity per resource: given by `--resources`, else the largest single request.
-fn resource_capacity(wf: &ValidWorkflow, selected: &BTreeSet<String>, given: &BTreeMap<String, u32>) -> Result<BTreeMap<String, u32>, RunError> {
+fn resource_capacity(
+    wf: &ValidWorkflow,
+    selected: &BTreeSet<String>,
+    given: &BTreeMap<String, u32>,
+) -> Result<BTreeMap<String, u32>, RunError> {
     let mut capacity = given.clone();
     for node in wf.nodes.iter().filter(|n| selected.contains(&n.id)) {
         for (name, &amount) in &node.resources {
@@ -181,19 +202,27 @@ impl Scheduler {
             if record.nodes[i].status != NodeStatus::Pending {
                 continue;
             }
-            let node = wf.node(&record.nodes[i].id).expect("record nodes come from the workflow");
+            let node = wf
+                .node(&record.nodes[i].id)
+                .expect("record nodes come from the workflow");
             if let Some(reason) = self.blocker(record, node) {
                 record.nodes[i].status = NodeStatus::Skipped;
                 record.nodes[i].error = Some(reason);
                 self.shared.observer.node_finished(&record.nodes[i]);
                 continue;
             }
-            let ready = node.upstream.iter().all(|u| status_of(record, u).is_none_or(NodeStatus::is_done));
+            let ready = node
+                .upstream
+                .iter()
+                .all(|u| status_of(record, u).is_none_or(NodeStatus::is_done));
             if !ready || self.running.len() >= self.options.jobs.max(1) || !self.fits(node) {
                 continue;
             }
             for (name, amount) in &node.resources {
-                *self.free.get_mut(name).expect("capacity covers every request") -= amount;
+                *self
+                    .free
+                    .get_mut(name)
+                    .expect("capacity covers every request") -= amount;
             }
             record.nodes[i].status = NodeStatus::Running;
             let inputs = input_digests(record, node);
@@ -210,25 +239,35 @@ impl Scheduler {
     /// Why a pending node can never run in this run, if so.
     fn blocker(&self, record: &RunRecord, node: &ValidNode) -> Option<String> {
         if let Some(failed) = node.upstream.iter().find(|u| {
-            matches!(status_of(record, u), Some(NodeStatus::Failed | NodeStatus::Skipped | NodeStatus::Cancelled))
+            matches!(
+                status_of(record, u),
+                Some(NodeStatus::Failed | NodeStatus::Skipped | NodeStatus::Cancelled)
+            )
         }) {
             return Some(format!("upstream node `{failed}` did not succeed"));
         }
         match &self.stopped {
             Some(Stop::Cancelled) => Some("the run was cancelled".into()),
-            Some(Stop::Failed(failed)) => Some(format!("the run stopped after `{failed}` failed (use --keep-going to continue)")),
+            Some(Stop::Failed(failed)) => Some(format!(
+                "the run stopped after `{failed}` failed (use --keep-going to continue)"
+            )),
             None => None,
         }
     }
 
     fn fits(&self, node: &ValidNode) -> bool {
-        node.resources.iter().all(|(name, amount)| self.free.get(name).is_some_and(|free| free >= amount))
+        node.resources
+            .iter()
+            .all(|(name, amount)| self.free.get(name).is_some_and(|free| free >= amount))
     }
 
     fn finish(&mut self, record: &mut RunRecord, node: NodeRecord) -> Result<(), StoreError> {
         if let Some(spec) = self.shared.wf.node(&node.id) {
             for (name, amount) in &spec.resources {
-                *self.free.get_mut(name).expect("capacity covers every request") += amount;
+                *self
+                    .free
+                    .get_mut(name)
+                    .expect("capacity covers every request") += amount;
             }
         }
         if node.status == NodeStatus::Failed && !self.options.keep_going && self.stopped.is_none() {
@@ -251,7 +290,11 @@ fn input_digests(record: &RunRecord, node: &ValidNode) -> BTreeMap<String, Strin
     let mut digests = BTreeMap::new();
     for reference in &node.references {
         if let Reference::Output { node: from, output } = reference
-            && let Some(digest) = record.nodes.iter().find(|n| &n.id == from).and_then(|n| n.outputs.get(output))
+            && let Some(digest) = record
+                .nodes
+                .iter()
+                .find(|n| &n.id == from)
+                .and_then(|n| n.outputs.get(output))
         {
             digests.insert(format!("{from}.{output}"), digest.clone());
         }
@@ -291,12 +334,22 @@ impl NodeJob {
         let fp = match Fingerprint::compute(&self.node, &wf.params, &self.inputs) {
             Ok(fp) => fp,
             Err(errors) => {
-                rec.error = Some(crate::diagnostic::Diagnostics::new(&wf.file.path, &wf.file.source, errors).to_string());
+                rec.error = Some(
+                    crate::diagnostic::Diagnostics::new(&wf.file.path, &wf.file.source, errors)
+                        .to_string(),
+                );
                 return rec;
             }
         };
         rec.key = Some(fp.key());
-        let reasons = match assess(&self.shared.store, &wf.name, &self.node.id, &fp, self.forced, self.shared.verify) {
+        let reasons = match assess(
+            &self.shared.store,
+            &wf.name,
+            &self.node.id,
+            &fp,
+            self.forced,
+            self.shared.verify,
+        ) {
             Assessment::Cached(entry) => {
                 rec.status = NodeStatus::Cached;
                 rec.cache_hit = true;
@@ -308,7 +361,9 @@ impl NodeJob {
             Assessment::Run(reasons) => reasons,
         };
         rec.reasons = reasons.iter().map(Reason::to_string).collect();
-        self.shared.observer.node_started(&self.node.id, &rec.reasons);
+        self.shared
+            .observer
+            .node_started(&self.node.id, &rec.reasons);
         let outcome = self.run_with_retries(&log_path, &mut rec).await;
         rec.duration_ms = started.elapsed().as_millis() as u64;
         match outcome {
@@ -328,14 +383,26 @@ impl NodeJob {
 
     /// Writes the cache entry and the node state after a success.
     fn remember(&self, fp: &Fingerprint, rec: &NodeRecord) -> Result<(), StoreError> {
-        let entry = CacheEntry { outputs: rec.outputs.clone(), duration_ms: rec.duration_ms, created: now_rfc3339() };
+        let entry = CacheEntry {
+            outputs: rec.outputs.clone(),
+            duration_ms: rec.duration_ms,
+            created: now_rfc3339(),
+        };
         self.shared.store.put_cache_entry(&fp.key(), &entry)?;
-        self.shared.store.put_node_state(&self.shared.wf.name, &self.node.id, fp)
+        self.shared
+            .store
+            .put_node_state(&self.shared.wf.name, &self.node.id, fp)
     }
 
-    async fn run_with_retries(&self, log_path: &PathBuf, rec: &mut NodeRecord) -> Result<BTreeMap<String, String>, AttemptError> {
+    async fn run_with_retries(
+        &self,
+        log_path: &std::path::Path,
+        rec: &mut NodeRecord,
+    ) -> Result<BTreeMap<String, String>, AttemptError> {
         let secrets = self.secret_values().map_err(AttemptError::Failed)?;
-        let log = LogSink::create(log_path, secrets).map_err(|e| AttemptError::Failed(format!("cannot write log {}: {e}", log_path.display())))?;
+        let log = LogSink::create(log_path, secrets).map_err(|e| {
+            AttemptError::Failed(format!("cannot write log {}: {e}", log_path.display()))
+        })?;
         let attempts = self.node.retries + 1;
         for attempt in 1..=attempts {
             rec.attempts = attempt;
@@ -345,7 +412,9 @@ impl NodeJob {
                     let message = log.mask(&message);
                     let delay = backoff(attempt);
                     log.line(&format!("[flow] attempt {attempt}/{attempts} failed: {message}; retrying in {delay:.1?}"));
-                    self.shared.observer.node_retrying(&self.node.id, attempt, delay, &message);
+                    self.shared
+                        .observer
+                        .node_retrying(&self.node.id, attempt, delay, &message);
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
                         _ = self.shared.cancel.cancelled() => return Err(AttemptError::Cancelled),
@@ -368,7 +437,10 @@ impl NodeJob {
             .references
             .iter()
             .filter_map(|r| match r {
-                Reference::Secret(name) => Some(std::env::var(name).map_err(|_| format!("secret `{name}` is not set (export {name}=…)"))),
+                Reference::Secret(name) => Some(
+                    std::env::var(name)
+                        .map_err(|_| format!("secret `{name}` is not set (export {name}=…)")),
+                ),
                 _ => None,
             })
             .collect()
@@ -382,18 +454,28 @@ impl NodeJob {
         let mut resolve = |r: &Reference| -> Result<Json, String> {
             match r {
                 Reference::Param { name, path } => param_value(&wf.params, name, path),
-                Reference::Env(name) | Reference::Secret(name) => {
-                    std::env::var(name).map(Json::String).map_err(|_| format!("`{name}` is not set in the environment"))
-                }
+                Reference::Env(name) | Reference::Secret(name) => std::env::var(name)
+                    .map(Json::String)
+                    .map_err(|_| format!("`{name}` is not set in the environment")),
                 Reference::Output { node, output } => inputs
                     .get(&format!("{node}.{output}"))
-                    .map(|digest| Json::String(absolute(store.artifact_dir(digest)).to_string_lossy().to_string()))
+                    .map(|digest| {
+                        Json::String(
+                            absolute(store.artifact_dir(digest))
+                                .to_string_lossy()
+                                .to_string(),
+                        )
+                    })
                     .ok_or_else(|| format!("input {node}.{output} is not available")),
             }
         };
         match &self.node.with {
             Some(with) => interpolate(with, "with", &mut resolve).map_err(|errors| {
-                errors.iter().map(|d| d.message.clone()).collect::<Vec<_>>().join("; ")
+                errors
+                    .iter()
+                    .map(|d| d.message.clone())
+                    .collect::<Vec<_>>()
+                    .join("; ")
             }),
             None => Ok(Json::Object(Default::default())),
         }
@@ -408,7 +490,11 @@ impl NodeJob {
         result
     }
 
-    async fn attempt_in(&self, tmp: &std::path::Path, log: &LogSink) -> Result<BTreeMap<String, String>, AttemptError> {
+    async fn attempt_in(
+        &self,
+        tmp: &std::path::Path,
+        log: &LogSink,
+    ) -> Result<BTreeMap<String, String>, AttemptError> {
         let io = |e: std::io::Error| AttemptError::Failed(e.to_string());
         let mut outputs = BTreeMap::new();
         for spec in self.node.node_type.outputs() {
@@ -421,7 +507,14 @@ impl NodeJob {
         let params = self.resolved_params().map_err(AttemptError::Failed)?;
         let cancel = self.shared.cancel.child_token();
         let progress: Arc<dyn ProgressSink> = self.shared.observer.clone();
-        let ctx = NodeContext::new(&self.node.id, work, outputs.clone(), log.clone(), cancel.clone(), progress);
+        let ctx = NodeContext::new(
+            &self.node.id,
+            work,
+            outputs.clone(),
+            log.clone(),
+            cancel.clone(),
+            progress,
+        );
         let running = self.node.node_type.clone().run_json(ctx, params);
         let limit = self.node.timeout.unwrap_or(Duration::MAX);
         let outcome = tokio::select! {
@@ -432,7 +525,11 @@ impl NodeJob {
         outcome?;
         let mut digests = BTreeMap::new();
         for (name, dir) in outputs {
-            let digest = self.shared.store.commit_artifact(&dir).map_err(|e| AttemptError::Failed(e.to_string()))?;
+            let digest = self
+                .shared
+                .store
+                .commit_artifact(&dir)
+                .map_err(|e| AttemptError::Failed(e.to_string()))?;
             digests.insert(name, digest);
         }
         Ok(digests)

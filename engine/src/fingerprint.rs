@@ -66,18 +66,23 @@ impl Fingerprint {
         let mut resolve = |r: &Reference| -> Result<Json, String> {
             match r {
                 Reference::Param { name, path } => {
-                    fp.params.insert(name.clone(), param_value(params, name, &[])?);
+                    fp.params
+                        .insert(name.clone(), param_value(params, name, &[])?);
                     param_value(params, name, path)
                 }
                 Reference::Env(name) => {
-                    let value = std::env::var(name).map_err(|_| format!("environment variable `{name}` is not set"))?;
+                    let value = std::env::var(name)
+                        .map_err(|_| format!("environment variable `{name}` is not set"))?;
                     fp.env.insert(name.clone(), value);
                     Ok(Json::String(r.to_string()))
                 }
                 Reference::Secret(_) => Ok(Json::String(r.to_string())),
                 Reference::Output { node, output } => {
                     let input = format!("{node}.{output}");
-                    let digest = input_digests.get(&input).cloned().unwrap_or_else(|| PENDING.to_string());
+                    let digest = input_digests
+                        .get(&input)
+                        .cloned()
+                        .unwrap_or_else(|| PENDING.to_string());
                     fp.inputs.insert(input, digest);
                     Ok(Json::String(r.to_string()))
                 }
@@ -94,7 +99,9 @@ impl Fingerprint {
     /// The cache key: blake3 of the canonical JSON.
     pub fn key(&self) -> String {
         let json = serde_json::to_value(self).expect("a fingerprint is plain data");
-        blake3::hash(canonical_json(&json).as_bytes()).to_hex().to_string()
+        blake3::hash(canonical_json(&json).as_bytes())
+            .to_hex()
+            .to_string()
     }
 
     /// Whether some input's producer has not run yet.
@@ -106,26 +113,45 @@ impl Fingerprint {
     pub fn changes_since(&self, previous: &Fingerprint) -> Vec<Reason> {
         let mut reasons = Vec::new();
         if self.node_type != previous.node_type {
-            reasons.push(Reason::NodeTypeChanged { from: previous.node_type.clone(), to: self.node_type.clone() });
+            reasons.push(Reason::NodeTypeChanged {
+                from: previous.node_type.clone(),
+                to: self.node_type.clone(),
+            });
         } else if self.node_version != previous.node_version {
-            reasons.push(Reason::NodeVersionChanged { from: previous.node_version.clone(), to: self.node_version.clone() });
+            reasons.push(Reason::NodeVersionChanged {
+                from: previous.node_version.clone(),
+                to: self.node_version.clone(),
+            });
         }
         for (name, from, to) in map_changes(&previous.params, &self.params) {
             reasons.push(Reason::ParamChanged { name, from, to });
         }
-        if !reasons.iter().any(|r| matches!(r, Reason::ParamChanged { .. })) {
+        if !reasons
+            .iter()
+            .any(|r| matches!(r, Reason::ParamChanged { .. }))
+        {
             let empty = serde_json::Map::new();
             let old = previous.with.as_object().unwrap_or(&empty);
             let new = self.with.as_object().unwrap_or(&empty);
             for (name, from, to) in map_changes(old, new) {
-                reasons.push(Reason::SettingChanged { field: format!("with.{name}"), from, to });
+                reasons.push(Reason::SettingChanged {
+                    field: format!("with.{name}"),
+                    from,
+                    to,
+                });
             }
         }
         for (input, digest) in &self.inputs {
             if digest == PENDING {
-                reasons.push(Reason::InputChanged { input: input.clone(), upstream_reruns: true });
+                reasons.push(Reason::InputChanged {
+                    input: input.clone(),
+                    upstream_reruns: true,
+                });
             } else if previous.inputs.get(input) != Some(digest) {
-                reasons.push(Reason::InputChanged { input: input.clone(), upstream_reruns: false });
+                reasons.push(Reason::InputChanged {
+                    input: input.clone(),
+                    upstream_reruns: false,
+                });
             }
         }
         for (name, value) in &self.env {
@@ -148,7 +174,8 @@ where
     keys.into_iter()
         .filter(|k| old.get(k) != new.get(k))
         .map(|k| {
-            let value = |m: &BTreeMap<&String, &Json>| m.get(k).map_or(Json::Null, |v| (*v).clone());
+            let value =
+                |m: &BTreeMap<&String, &Json>| m.get(k).map_or(Json::Null, |v| (*v).clone());
             (k.clone(), value(&old), value(&new))
         })
         .collect()
@@ -166,7 +193,14 @@ pub fn canonical_json(value: &Json) -> String {
                 .collect();
             format!("{{{}}}", body.join(","))
         }
-        Json::Array(items) => format!("[{}]", items.iter().map(canonical_json).collect::<Vec<_>>().join(",")),
+        Json::Array(items) => format!(
+            "[{}]",
+            items
+                .iter()
+                .map(canonical_json)
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
         other => other.to_string(),
     }
 }
@@ -243,7 +277,11 @@ fn short(value: &Json) -> String {
         Json::Null => "(unset)".to_string(),
         other => other.to_string(),
     };
-    if text.chars().count() > 60 { format!("{}…", text.chars().take(59).collect::<String>()) } else { text }
+    if text.chars().count() > 60 {
+        format!("{}…", text.chars().take(59).collect::<String>())
+    } else {
+        text
+    }
 }
 
 impl fmt::Display for Reason {
@@ -252,17 +290,35 @@ impl fmt::Display for Reason {
             Reason::NeverRun => write!(f, "never run"),
             Reason::Forced => write!(f, "forced"),
             Reason::NodeTypeChanged { from, to } => write!(f, "node type changed {from} → {to}"),
-            Reason::NodeVersionChanged { from, to } => write!(f, "node version changed {from} → {to}"),
-            Reason::ParamChanged { name, from, to } => write!(f, "param {name} changed {} → {}", short(from), short(to)),
-            Reason::SettingChanged { field, from, to } => write!(f, "{field} changed {} → {}", short(from), short(to)),
-            Reason::InputChanged { input, upstream_reruns: true } => {
-                write!(f, "input {input} changed ({} re-runs)", input.split('.').next().unwrap_or(input))
+            Reason::NodeVersionChanged { from, to } => {
+                write!(f, "node version changed {from} → {to}")
+            }
+            Reason::ParamChanged { name, from, to } => {
+                write!(f, "param {name} changed {} → {}", short(from), short(to))
+            }
+            Reason::SettingChanged { field, from, to } => {
+                write!(f, "{field} changed {} → {}", short(from), short(to))
+            }
+            Reason::InputChanged {
+                input,
+                upstream_reruns: true,
+            } => {
+                write!(
+                    f,
+                    "input {input} changed ({} re-runs)",
+                    input.split('.').next().unwrap_or(input)
+                )
             }
             Reason::InputChanged { input, .. } => write!(f, "input {input} changed"),
             Reason::EnvChanged { name } => write!(f, "env {name} changed"),
             Reason::OutputMissing { output } => write!(f, "output {output} missing from the store"),
-            Reason::OutputCorrupted { output, detail } => write!(f, "output {output} corrupted: {detail}"),
-            Reason::NoCachedResult => write!(f, "no cached result (last attempt failed, or removed by gc)"),
+            Reason::OutputCorrupted { output, detail } => {
+                write!(f, "output {output} corrupted: {detail}")
+            }
+            Reason::NoCachedResult => write!(
+                f,
+                "no cached result (last attempt failed, or removed by gc)"
+            ),
         }
     }
 }
@@ -278,7 +334,10 @@ mod tests {
             node_version: "1".into(),
             with,
             params: serde_json::from_value(params).unwrap(),
-            inputs: inputs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect(),
+            inputs: inputs
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect(),
             env: BTreeMap::new(),
         }
     }
@@ -293,9 +352,21 @@ mod tests {
 
     #[test]
     fn reasons_name_the_param_and_the_input() {
-        let old = fp(json!({"run": "seq 3"}), json!({"n": 3}), &[("make.out", "d1")]);
-        let new = fp(json!({"run": "seq 4"}), json!({"n": 4}), &[("make.out", "d2")]);
-        let reasons: Vec<String> = new.changes_since(&old).iter().map(ToString::to_string).collect();
+        let old = fp(
+            json!({"run": "seq 3"}),
+            json!({"n": 3}),
+            &[("make.out", "d1")],
+        );
+        let new = fp(
+            json!({"run": "seq 4"}),
+            json!({"n": 4}),
+            &[("make.out", "d2")],
+        );
+        let reasons: Vec<String> = new
+            .changes_since(&old)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
         assert_eq!(reasons, ["param n changed 3 → 4", "input make.out changed"]);
     }
 
@@ -303,7 +374,17 @@ mod tests {
     fn setting_changes_are_reported_when_no_param_explains_them() {
         let old = fp(json!({"run": "a"}), json!({}), &[]);
         let new = fp(json!({"run": "b"}), json!({}), &[("x.out", PENDING)]);
-        let reasons: Vec<String> = new.changes_since(&old).iter().map(ToString::to_string).collect();
-        assert_eq!(reasons, ["with.run changed \"a\" → \"b\"", "input x.out changed (x re-runs)"]);
+        let reasons: Vec<String> = new
+            .changes_since(&old)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            reasons,
+            [
+                "with.run changed \"a\" → \"b\"",
+                "input x.out changed (x re-runs)"
+            ]
+        );
     }
 }

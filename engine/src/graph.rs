@@ -26,7 +26,10 @@ impl Dag {
     /// Adds an edge `from → to` with a label, once per label.
     pub fn add_edge(&mut self, from: &str, to: &str, label: &str) {
         let (a, b) = (self.add_node(from), self.add_node(to));
-        let exists = self.graph.edges_connecting(a, b).any(|e| e.weight() == label);
+        let exists = self
+            .graph
+            .edges_connecting(a, b)
+            .any(|e| e.weight() == label);
         if !exists {
             self.graph.add_edge(a, b, label.to_string());
         }
@@ -38,13 +41,24 @@ impl Dag {
         let mut indegree: Vec<usize> = self
             .graph
             .node_indices()
-            .map(|ix| self.graph.neighbors_directed(ix, Direction::Incoming).count())
+            .map(|ix| {
+                self.graph
+                    .neighbors_directed(ix, Direction::Incoming)
+                    .count()
+            })
             .collect();
-        let mut ready: VecDeque<NodeIndex> = self.graph.node_indices().filter(|ix| indegree[ix.index()] == 0).collect();
+        let mut ready: VecDeque<NodeIndex> = self
+            .graph
+            .node_indices()
+            .filter(|ix| indegree[ix.index()] == 0)
+            .collect();
         let mut order = Vec::with_capacity(indegree.len());
         while let Some(ix) = ready.pop_front() {
             order.push(self.graph[ix].clone());
-            let mut next: Vec<NodeIndex> = self.graph.neighbors_directed(ix, Direction::Outgoing).collect();
+            let mut next: Vec<NodeIndex> = self
+                .graph
+                .neighbors_directed(ix, Direction::Outgoing)
+                .collect();
             next.sort();
             next.dedup();
             for n in next {
@@ -59,7 +73,11 @@ impl Dag {
             return Ok(order);
         }
         let stuck = |ix: NodeIndex| indegree[ix.index()] > 0;
-        let start = self.graph.node_indices().find(|ix| stuck(*ix)).expect("a node is left over");
+        let start = self
+            .graph
+            .node_indices()
+            .find(|ix| stuck(*ix))
+            .expect("a node is left over");
         // Walk backwards along unprocessed predecessors until a node repeats: that is a cycle.
         let mut path = vec![start];
         loop {
@@ -70,7 +88,11 @@ impl Dag {
                 .find(|p| stuck(*p))
                 .expect("a stuck node has a stuck predecessor");
             if let Some(pos) = path.iter().position(|p| *p == pred) {
-                let mut cycle: Vec<String> = path[pos..].iter().rev().map(|ix| self.graph[*ix].clone()).collect();
+                let mut cycle: Vec<String> = path[pos..]
+                    .iter()
+                    .rev()
+                    .map(|ix| self.graph[*ix].clone())
+                    .collect();
                 cycle.push(cycle[0].clone());
                 return Err(cycle);
             }
@@ -80,7 +102,9 @@ impl Dag {
 
     /// Every node `id` needs, directly or not.
     pub fn ancestors(&self, id: &str) -> BTreeSet<String> {
-        let Some(&start) = self.index.get(id) else { return BTreeSet::new() };
+        let Some(&start) = self.index.get(id) else {
+            return BTreeSet::new();
+        };
         let reversed = Reversed(&self.graph);
         let mut bfs = Bfs::new(reversed, start);
         let mut found = BTreeSet::new();
@@ -94,7 +118,9 @@ impl Dag {
 
     /// Every node that needs `id`, directly or not.
     pub fn descendants(&self, id: &str) -> BTreeSet<String> {
-        let Some(&start) = self.index.get(id) else { return BTreeSet::new() };
+        let Some(&start) = self.index.get(id) else {
+            return BTreeSet::new();
+        };
         let mut bfs = Bfs::new(&self.graph, start);
         let mut found = BTreeSet::new();
         while let Some(ix) = bfs.next(&self.graph) {
@@ -107,14 +133,23 @@ impl Dag {
 
     /// Direct predecessors of `id`.
     pub fn upstream(&self, id: &str) -> BTreeSet<String> {
-        let Some(&ix) = self.index.get(id) else { return BTreeSet::new() };
-        self.graph.neighbors_directed(ix, Direction::Incoming).map(|p| self.graph[p].clone()).collect()
+        let Some(&ix) = self.index.get(id) else {
+            return BTreeSet::new();
+        };
+        self.graph
+            .neighbors_directed(ix, Direction::Incoming)
+            .map(|p| self.graph[p].clone())
+            .collect()
     }
 
     /// `(from, to, label)` for every edge.
     fn edges(&self) -> impl Iterator<Item = (&str, &str, &str)> {
         self.graph.edge_references().map(|e| {
-            (self.graph[e.source()].as_str(), self.graph[e.target()].as_str(), e.weight().as_str())
+            (
+                self.graph[e.source()].as_str(),
+                self.graph[e.target()].as_str(),
+                e.weight().as_str(),
+            )
         })
     }
 
@@ -123,10 +158,17 @@ impl Dag {
         let mut out = String::from("flowchart LR\n");
         for id in self.graph.node_weights() {
             let ty = types.get(id).map(String::as_str).unwrap_or("");
-            out.push_str(&format!("  {}[\"{id}<br/><small>{ty}</small>\"]\n", mermaid_id(id)));
+            out.push_str(&format!(
+                "  {}[\"{id}<br/><small>{ty}</small>\"]\n",
+                mermaid_id(id)
+            ));
         }
         for (from, to, label) in self.edges() {
-            out.push_str(&format!("  {} -->|{label}| {}\n", mermaid_id(from), mermaid_id(to)));
+            out.push_str(&format!(
+                "  {} -->|{label}| {}\n",
+                mermaid_id(from),
+                mermaid_id(to)
+            ));
         }
         out
     }
@@ -139,7 +181,11 @@ impl Dag {
             out.push_str(&format!("  {id:?} [label=\"{id}\\n({ty})\"];\n"));
         }
         for (from, to, label) in self.edges() {
-            let style = if label == "after" { ", style=dashed" } else { "" };
+            let style = if label == "after" {
+                ", style=dashed"
+            } else {
+                ""
+            };
             out.push_str(&format!("  {from:?} -> {to:?} [label={label:?}{style}];\n"));
         }
         out.push_str("}\n");
@@ -167,7 +213,10 @@ mod tests {
     fn orders_dependencies_first() {
         let d = dag(&[("a", "b"), ("b", "c"), ("a", "c")]);
         assert_eq!(d.topological_order().unwrap(), ["a", "b", "c"]);
-        assert_eq!(d.ancestors("c"), BTreeSet::from(["a".to_string(), "b".to_string()]));
+        assert_eq!(
+            d.ancestors("c"),
+            BTreeSet::from(["a".to_string(), "b".to_string()])
+        );
         assert_eq!(d.descendants("b"), BTreeSet::from(["c".to_string()]));
     }
 

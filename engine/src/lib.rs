@@ -19,5 +19,8 @@ pub mod yaml;
 
 /// Whether `name` is usable as a node id or param name (letters, digits, `_`, `-`).
 pub fn reference_name_ok(name: &str) -> bool {
-    !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }

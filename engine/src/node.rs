@@ -32,7 +32,9 @@ pub struct NodeError {
 impl NodeError {
     /// A failure with a message.
     pub fn new(message: impl Into<String>) -> Self {
-        NodeError { message: message.into() }
+        NodeError {
+            message: message.into(),
+        }
     }
 }
 
@@ -59,7 +61,11 @@ pub trait Node: Send + Sync + 'static {
     const OUTPUTS: &'static [OutputSpec];
 
     /// Does the work: reads inputs through `params`, writes each output into `ctx.output_dir(name)`.
-    fn run(&self, ctx: NodeContext, params: Self::Params) -> impl Future<Output = Result<(), NodeError>> + Send;
+    fn run(
+        &self,
+        ctx: NodeContext,
+        params: Self::Params,
+    ) -> impl Future<Output = Result<(), NodeError>> + Send;
 }
 
 /// A param that failed to deserialize: where (path below `with`) and why.
@@ -99,12 +105,19 @@ fn deserialize_params<P: DeserializeOwned>(params: &Json) -> Result<P, ParamErro
             .path()
             .iter()
             .filter_map(|segment| match segment {
-                serde_path_to_error::Segment::Map { key } => Some(crate::yaml::PathStep::Key(key.clone())),
-                serde_path_to_error::Segment::Seq { index } => Some(crate::yaml::PathStep::Index(*index)),
+                serde_path_to_error::Segment::Map { key } => {
+                    Some(crate::yaml::PathStep::Key(key.clone()))
+                }
+                serde_path_to_error::Segment::Seq { index } => {
+                    Some(crate::yaml::PathStep::Index(*index))
+                }
                 _ => None,
             })
             .collect();
-        ParamError { path, message: e.into_inner().to_string() }
+        ParamError {
+            path,
+            message: e.into_inner().to_string(),
+        }
     })
 }
 
@@ -131,7 +144,8 @@ impl<N: Node> DynNode for Erased<N> {
     }
     fn run_json(self: Arc<Self>, ctx: NodeContext, params: Json) -> BoxFuture {
         Box::pin(async move {
-            let typed = deserialize_params::<N::Params>(&params).map_err(|e| NodeError::new(e.message))?;
+            let typed =
+                deserialize_params::<N::Params>(&params).map_err(|e| NodeError::new(e.message))?;
             self.0.run(ctx, typed).await
         })
     }
@@ -190,8 +204,14 @@ impl LogSink {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)?;
         }
-        let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
-        Ok(LogSink { file: Arc::new(Mutex::new(file)), secrets: Arc::new(secrets) })
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        Ok(LogSink {
+            file: Arc::new(Mutex::new(file)),
+            secrets: Arc::new(secrets),
+        })
     }
 
     /// Replaces every secret value in `text` with `***`.
@@ -213,7 +233,9 @@ pub fn mask_secrets(text: &str, secrets: &[String]) -> String {
     secrets
         .iter()
         .filter(|s| !s.is_empty())
-        .fold(text.to_string(), |acc, secret| acc.replace(secret.as_str(), "***"))
+        .fold(text.to_string(), |acc, secret| {
+            acc.replace(secret.as_str(), "***")
+        })
 }
 
 /// What a running node can see and use.
@@ -239,7 +261,14 @@ impl NodeContext {
         cancel: CancellationToken,
         progress: Arc<dyn ProgressSink>,
     ) -> Self {
-        NodeContext { node_id: node_id.to_string(), work_dir, outputs, log, cancel, progress }
+        NodeContext {
+            node_id: node_id.to_string(),
+            work_dir,
+            outputs,
+            log,
+            cancel,
+            progress,
+        }
     }
 
     /// The directory to write output `name` into.

@@ -16,7 +16,9 @@ pub fn parse_override(text: &str) -> Result<(String, Json), String> {
         .ok_or_else(|| format!("invalid --set `{text}`: expected NAME=VALUE"))?;
     let name = name.trim();
     if name.is_empty() {
-        return Err(format!("invalid --set `{text}`: the name before `=` is empty"));
+        return Err(format!(
+            "invalid --set `{text}`: the name before `=` is empty"
+        ));
     }
     let value = if raw.trim().is_empty() {
         Json::String(String::new())
@@ -41,7 +43,10 @@ pub fn kind_of(value: &Json) -> &'static str {
 /// The workflow's effective params: defaults with `--set` overrides applied, and every problem
 /// found (the params are still usable for checking the rest of the file when there are some).
 /// An override must name a declared param and keep its type (a null default takes anything).
-pub fn effective_params(defaults: &SpannedMap<Yaml>, overrides: &[String]) -> (BTreeMap<String, Json>, Vec<Diagnostic>) {
+pub fn effective_params(
+    defaults: &SpannedMap<Yaml>,
+    overrides: &[String],
+) -> (BTreeMap<String, Json>, Vec<Diagnostic>) {
     let mut errors = Vec::new();
     let mut params = BTreeMap::new();
     for (key, value) in defaults.iter() {
@@ -56,7 +61,11 @@ pub fn effective_params(defaults: &SpannedMap<Yaml>, overrides: &[String]) -> (B
             Err(mut e) => errors.append(&mut e),
         }
         if !crate::reference_name_ok(&key.value) {
-            errors.push(Diagnostic::at(Span::of(&key.referenced), field, "param names use letters, digits, `_` and `-`"));
+            errors.push(Diagnostic::at(
+                Span::of(&key.referenced),
+                field,
+                "param names use letters, digits, `_` and `-`",
+            ));
         }
     }
     for text in overrides {
@@ -66,7 +75,11 @@ pub fn effective_params(defaults: &SpannedMap<Yaml>, overrides: &[String]) -> (B
                     let declared: Vec<&str> = params.keys().map(String::as_str).collect();
                     let mut d = Diagnostic::general(format!(
                         "invalid --set `{text}`: the workflow declares no param `{name}` (declared: {})",
-                        if declared.is_empty() { "none".to_string() } else { declared.join(", ") }
+                        if declared.is_empty() {
+                            "none".to_string()
+                        } else {
+                            declared.join(", ")
+                        }
                     ));
                     if let Some(hint) = crate::diagnostic::did_you_mean(&name, declared) {
                         d = d.with_hint(hint);
@@ -96,11 +109,23 @@ mod tests {
 
     #[test]
     fn set_values_are_typed() {
-        assert_eq!(parse_override("beta=0.2").unwrap(), ("beta".into(), Json::from(0.2)));
+        assert_eq!(
+            parse_override("beta=0.2").unwrap(),
+            ("beta".into(), Json::from(0.2))
+        );
         assert_eq!(parse_override("on=true").unwrap().1, Json::Bool(true));
-        assert_eq!(parse_override("xs=[1, 2]").unwrap().1, serde_json::json!([1, 2]));
-        assert_eq!(parse_override("m={a: 1}").unwrap().1, serde_json::json!({"a": 1}));
-        assert_eq!(parse_override("s=hello world").unwrap().1, Json::from("hello world"));
+        assert_eq!(
+            parse_override("xs=[1, 2]").unwrap().1,
+            serde_json::json!([1, 2])
+        );
+        assert_eq!(
+            parse_override("m={a: 1}").unwrap().1,
+            serde_json::json!({"a": 1})
+        );
+        assert_eq!(
+            parse_override("s=hello world").unwrap().1,
+            Json::from("hello world")
+        );
         assert!(parse_override("novalue").is_err());
         assert!(parse_override("=3").is_err());
     }

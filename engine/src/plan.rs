@@ -32,9 +32,15 @@ impl Selection {
     pub fn nodes(&self, wf: &ValidWorkflow) -> Result<BTreeSet<String>, Diagnostics> {
         let ids: Vec<&str> = wf.nodes.iter().map(|n| n.id.as_str()).collect();
         let mut errors = Vec::new();
-        for (flag, id) in self.only.iter().map(|i| ("--only", i)).chain(self.force.iter().map(|i| ("--force", i))) {
+        for (flag, id) in self
+            .only
+            .iter()
+            .map(|i| ("--only", i))
+            .chain(self.force.iter().map(|i| ("--force", i)))
+        {
             if !ids.contains(&id.as_str()) {
-                let mut d = Diagnostic::general(format!("{flag} {id}: the workflow has no node `{id}`"));
+                let mut d =
+                    Diagnostic::general(format!("{flag} {id}: the workflow has no node `{id}`"));
                 if let Some(hint) = did_you_mean(id, ids.iter().copied()) {
                     d = d.with_hint(hint);
                 }
@@ -47,7 +53,11 @@ impl Selection {
         if self.only.is_empty() {
             return Ok(ids.iter().map(|s| s.to_string()).collect());
         }
-        Ok(self.only.iter().flat_map(|id| wf.dag.ancestors(id).into_iter().chain([id.clone()])).collect())
+        Ok(self
+            .only
+            .iter()
+            .flat_map(|id| wf.dag.ancestors(id).into_iter().chain([id.clone()]))
+            .collect())
     }
 }
 
@@ -61,7 +71,14 @@ pub enum Assessment {
 }
 
 /// Decides whether a node with fingerprint `fp` can be taken from the cache.
-pub fn assess(store: &Store, workflow: &str, node: &str, fp: &Fingerprint, forced: bool, verify: bool) -> Assessment {
+pub fn assess(
+    store: &Store,
+    workflow: &str,
+    node: &str,
+    fp: &Fingerprint,
+    forced: bool,
+    verify: bool,
+) -> Assessment {
     if forced {
         return Assessment::Run(vec![Reason::Forced]);
     }
@@ -76,19 +93,34 @@ pub fn assess(store: &Store, workflow: &str, node: &str, fp: &Fingerprint, force
         let damage: Vec<Reason> = entry
             .outputs
             .iter()
-            .filter_map(|(output, digest)| match store.check_artifact(digest, verify) {
-                ArtifactHealth::Healthy => None,
-                ArtifactHealth::Missing => Some(Reason::OutputMissing { output: output.clone() }),
-                ArtifactHealth::Corrupted(detail) => Some(Reason::OutputCorrupted { output: output.clone(), detail }),
-            })
+            .filter_map(
+                |(output, digest)| match store.check_artifact(digest, verify) {
+                    ArtifactHealth::Healthy => None,
+                    ArtifactHealth::Missing => Some(Reason::OutputMissing {
+                        output: output.clone(),
+                    }),
+                    ArtifactHealth::Corrupted(detail) => Some(Reason::OutputCorrupted {
+                        output: output.clone(),
+                        detail,
+                    }),
+                },
+            )
             .collect();
-        return if damage.is_empty() { Assessment::Cached(entry) } else { Assessment::Run(damage) };
+        return if damage.is_empty() {
+            Assessment::Cached(entry)
+        } else {
+            Assessment::Run(damage)
+        };
     }
     Assessment::Run(match previous {
         None => vec![Reason::NeverRun],
         Some(prev) => {
             let changes = fp.changes_since(&prev);
-            if changes.is_empty() { vec![Reason::NoCachedResult] } else { changes }
+            if changes.is_empty() {
+                vec![Reason::NoCachedResult]
+            } else {
+                changes
+            }
         }
     })
 }
@@ -118,23 +150,42 @@ pub struct PlannedNode {
 }
 
 /// What a run would do, node by node in topological order (no side effects).
-pub fn plan(wf: &ValidWorkflow, store: &Store, selection: &Selection) -> Result<Vec<PlannedNode>, Diagnostics> {
+pub fn plan(
+    wf: &ValidWorkflow,
+    store: &Store,
+    selection: &Selection,
+) -> Result<Vec<PlannedNode>, Diagnostics> {
     let selected = selection.nodes(wf)?;
     let mut digests: BTreeMap<String, String> = BTreeMap::new();
     let mut planned = Vec::new();
     for node in wf.nodes.iter().filter(|n| selected.contains(&n.id)) {
         let fp = Fingerprint::compute(node, &wf.params, &digests)
             .map_err(|errors| Diagnostics::new(&wf.file.path, &wf.file.source, errors))?;
-        let (action, reasons) = match assess(store, &wf.name, &node.id, &fp, selection.is_forced(&node.id), selection.verify) {
+        let (action, reasons) = match assess(
+            store,
+            &wf.name,
+            &node.id,
+            &fp,
+            selection.is_forced(&node.id),
+            selection.verify,
+        ) {
             Assessment::Cached(entry) => {
                 for (output, digest) in entry.outputs {
                     digests.insert(format!("{}.{output}", node.id), digest);
                 }
                 (Action::Cached, Vec::new())
             }
-            Assessment::Run(reasons) => (Action::Run, reasons.iter().map(ToString::to_string).collect()),
+            Assessment::Run(reasons) => (
+                Action::Run,
+                reasons.iter().map(ToString::to_string).collect(),
+            ),
         };
-        planned.push(PlannedNode { id: node.id.clone(), node_type: node.node_type.type_name().to_string(), action, reasons });
+        planned.push(PlannedNode {
+            id: node.id.clone(),
+            node_type: node.node_type.type_name().to_string(),
+            action,
+            reasons,
+        });
     }
     Ok(planned)
 }

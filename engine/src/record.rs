@@ -128,7 +128,10 @@ pub fn now_rfc3339() -> String {
 
 /// A new run id: `20261127T022514123Z-ab12` (UTC time, then random).
 pub fn new_run_id() -> String {
-    let stamp: String = now_rfc3339().chars().filter(|c| c.is_ascii_alphanumeric()).collect();
+    let stamp: String = now_rfc3339()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .collect();
     format!("{stamp}-{:04x}", fastrand::u16(..))
 }
 
@@ -140,7 +143,9 @@ impl RunRecord {
 
     /// Where node `node`'s log goes.
     pub fn log_path(store: &Store, id: &str, node: &str) -> PathBuf {
-        Self::dir(store, id).join("logs").join(format!("{node}.log"))
+        Self::dir(store, id)
+            .join("logs")
+            .join(format!("{node}.log"))
     }
 
     /// Writes the record atomically.
@@ -155,15 +160,23 @@ impl RunRecord {
 
     /// Every run, oldest first.
     pub fn list(store: &Store) -> Vec<RunRecord> {
-        let Ok(entries) = std::fs::read_dir(store.root().join("runs")) else { return Vec::new() };
-        let mut ids: Vec<String> = entries.flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect();
+        let Ok(entries) = std::fs::read_dir(store.root().join("runs")) else {
+            return Vec::new();
+        };
+        let mut ids: Vec<String> = entries
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().to_string())
+            .collect();
         ids.sort();
         ids.iter().filter_map(|id| Self::load(store, id)).collect()
     }
 
     /// Marks records left `running` by a dead process as interrupted (call with the lock held).
     pub fn mark_interrupted(store: &Store) -> Result<(), StoreError> {
-        for mut record in Self::list(store).into_iter().filter(|r| r.status == RunStatus::Running) {
+        for mut record in Self::list(store)
+            .into_iter()
+            .filter(|r| r.status == RunStatus::Running)
+        {
             record.status = RunStatus::Interrupted;
             for node in &mut record.nodes {
                 if node.status == NodeStatus::Running {

@@ -104,7 +104,9 @@ fn parse_template(text: &str) -> Result<Vec<Piece>, String> {
 }
 
 fn is_identifier(s: &str) -> bool {
-    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
 /// `params.n` → a reference; `HOME` (no dot, a shell variable) → `None`.
@@ -114,37 +116,57 @@ fn parse_reference(body: &str) -> Result<Option<Reference>, String> {
     }
     let parts: Vec<&str> = body.split('.').collect();
     if !parts.iter().all(|p| is_identifier(p)) {
-        if NAMESPACES.iter().any(|ns| body.starts_with(ns)) || is_identifier(parts[0]) && parts.len() == 2 {
-            return Err(format!("malformed reference `${{{body}}}`: expected names of letters, digits, `_` or `-`"));
+        if NAMESPACES.iter().any(|ns| body.starts_with(ns))
+            || is_identifier(parts[0]) && parts.len() == 2
+        {
+            return Err(format!(
+                "malformed reference `${{{body}}}`: expected names of letters, digits, `_` or `-`"
+            ));
         }
         return Ok(None);
     }
     let name = parts[1].to_string();
     let reference = match parts[0] {
-        "params" => Reference::Param { name, path: parts[2..].iter().map(|s| s.to_string()).collect() },
+        "params" => Reference::Param {
+            name,
+            path: parts[2..].iter().map(|s| s.to_string()).collect(),
+        },
         _ if parts.len() > 2 => {
-            return Err(format!("malformed reference `${{{body}}}`: expected `${{{}.{}}}`", parts[0], parts[1]));
+            return Err(format!(
+                "malformed reference `${{{body}}}`: expected `${{{}.{}}}`",
+                parts[0], parts[1]
+            ));
         }
         "env" => Reference::Env(name),
         "secret" => Reference::Secret(name),
-        node => Reference::Output { node: node.to_string(), output: name },
+        node => Reference::Output {
+            node: node.to_string(),
+            output: name,
+        },
     };
     Ok(Some(reference))
 }
 
 /// Every reference in a value, with its place and field path, in file order.
-pub fn references_in(value: &Spanned<Yaml>, field: &str) -> Vec<Result<(Reference, Span, String), Diagnostic>> {
+pub fn references_in(
+    value: &Spanned<Yaml>,
+    field: &str,
+) -> Vec<Result<(Reference, Span, String), Diagnostic>> {
     let mut found = Vec::new();
-    walk_strings(value, field, &mut |text, span, field| match parse_template(text) {
-        Ok(pieces) => {
-            for piece in pieces {
-                if let Piece::Ref(r) = piece {
-                    found.push(Ok((r, span, field.to_string())));
+    walk_strings(
+        value,
+        field,
+        &mut |text, span, field| match parse_template(text) {
+            Ok(pieces) => {
+                for piece in pieces {
+                    if let Piece::Ref(r) = piece {
+                        found.push(Ok((r, span, field.to_string())));
+                    }
                 }
             }
-        }
-        Err(message) => found.push(Err(Diagnostic::at(span, field, message))),
-    });
+            Err(message) => found.push(Err(Diagnostic::at(span, field, message))),
+        },
+    );
     found
 }
 
@@ -170,13 +192,26 @@ pub type Resolve<'a> = dyn FnMut(&Reference) -> Result<Json, String> + 'a;
 
 /// Converts a spanned YAML value to JSON, replacing references through `resolve`.
 /// Every failure is collected, each with its place.
-pub fn interpolate(value: &Spanned<Yaml>, field: &str, resolve: &mut Resolve) -> Result<Json, Vec<Diagnostic>> {
+pub fn interpolate(
+    value: &Spanned<Yaml>,
+    field: &str,
+    resolve: &mut Resolve,
+) -> Result<Json, Vec<Diagnostic>> {
     let mut errors = Vec::new();
     let json = convert(value, field, resolve, &mut errors);
-    if errors.is_empty() { Ok(json) } else { Err(errors) }
+    if errors.is_empty() {
+        Ok(json)
+    } else {
+        Err(errors)
+    }
 }
 
-fn convert(value: &Spanned<Yaml>, field: &str, resolve: &mut Resolve, errors: &mut Vec<Diagnostic>) -> Json {
+fn convert(
+    value: &Spanned<Yaml>,
+    field: &str,
+    resolve: &mut Resolve,
+    errors: &mut Vec<Diagnostic>,
+) -> Json {
     match &value.value {
         Yaml::Null => Json::Null,
         Yaml::Bool(b) => Json::Bool(*b),
@@ -198,7 +233,12 @@ fn convert(value: &Spanned<Yaml>, field: &str, resolve: &mut Resolve, errors: &m
         ),
         Yaml::Map(map) => Json::Object(
             map.iter()
-                .map(|(k, v)| (k.value.clone(), convert(v, &format!("{field}.{}", k.value), resolve, errors)))
+                .map(|(k, v)| {
+                    (
+                        k.value.clone(),
+                        convert(v, &format!("{field}.{}", k.value), resolve, errors),
+                    )
+                })
                 .collect(),
         ),
     }
@@ -243,22 +283,34 @@ mod tests {
             refs("a ${params.n} ${env.HOME} ${secret.T} ${make.out} ${params.m.k}"),
             vec![
                 Piece::Text("a ".into()),
-                Piece::Ref(Reference::Param { name: "n".into(), path: vec![] }),
+                Piece::Ref(Reference::Param {
+                    name: "n".into(),
+                    path: vec![]
+                }),
                 Piece::Text(" ".into()),
                 Piece::Ref(Reference::Env("HOME".into())),
                 Piece::Text(" ".into()),
                 Piece::Ref(Reference::Secret("T".into())),
                 Piece::Text(" ".into()),
-                Piece::Ref(Reference::Output { node: "make".into(), output: "out".into() }),
+                Piece::Ref(Reference::Output {
+                    node: "make".into(),
+                    output: "out".into()
+                }),
                 Piece::Text(" ".into()),
-                Piece::Ref(Reference::Param { name: "m".into(), path: vec!["k".into()] }),
+                Piece::Ref(Reference::Param {
+                    name: "m".into(),
+                    path: vec!["k".into()]
+                }),
             ]
         );
     }
 
     #[test]
     fn shell_variables_and_escapes_stay_literal() {
-        assert_eq!(refs("echo ${HOME} $FLOW_OUT $${params.n}"), vec![Piece::Text("echo ${HOME} $FLOW_OUT ${params.n}".into())]);
+        assert_eq!(
+            refs("echo ${HOME} $FLOW_OUT $${params.n}"),
+            vec![Piece::Text("echo ${HOME} $FLOW_OUT ${params.n}".into())]
+        );
     }
 
     #[test]
@@ -272,6 +324,9 @@ mod tests {
     fn single_reference_keeps_type_and_splices_otherwise() {
         let mut resolve = |_: &Reference| Ok(Json::from(3));
         assert_eq!(splice("${params.n}", &mut resolve).unwrap(), Json::from(3));
-        assert_eq!(splice("seq ${params.n}", &mut resolve).unwrap(), Json::from("seq 3"));
+        assert_eq!(
+            splice("seq ${params.n}", &mut resolve).unwrap(),
+            Json::from("seq 3")
+        );
     }
 }

@@ -24,10 +24,16 @@ pub fn generate(registry: &Registry) -> BTreeMap<String, String> {
             })
         })
         .collect();
-    if let Some(node_spec) = workflow.pointer_mut("/$defs/NodeSpec").and_then(Json::as_object_mut) {
+    if let Some(node_spec) = workflow
+        .pointer_mut("/$defs/NodeSpec")
+        .and_then(Json::as_object_mut)
+    {
         node_spec.insert("allOf".into(), Json::Array(per_type));
         let names: Vec<&str> = registry.names().collect();
-        if let Some(uses) = node_spec.get_mut("properties").and_then(|p| p.get_mut("uses")) {
+        if let Some(uses) = node_spec
+            .get_mut("properties")
+            .and_then(|p| p.get_mut("uses"))
+        {
             uses["enum"] = json!(names);
         }
     }
@@ -69,8 +75,12 @@ pub struct ParamDoc {
 
 /// The params of a node type, read from its schema (the doc comments of its params struct).
 pub fn param_docs(schema: &Json) -> Vec<ParamDoc> {
-    let required: Vec<&str> = schema["required"].as_array().map_or(Vec::new(), |r| r.iter().filter_map(Json::as_str).collect());
-    let Some(properties) = schema["properties"].as_object() else { return Vec::new() };
+    let required: Vec<&str> = schema["required"]
+        .as_array()
+        .map_or(Vec::new(), |r| r.iter().filter_map(Json::as_str).collect());
+    let Some(properties) = schema["properties"].as_object() else {
+        return Vec::new();
+    };
     properties
         .iter()
         .map(|(name, prop)| ParamDoc {
@@ -78,18 +88,27 @@ pub fn param_docs(schema: &Json) -> Vec<ParamDoc> {
             kind: type_of(prop, schema),
             required: required.contains(&name.as_str()),
             default: prop.get("default").map(Json::to_string),
-            description: prop["description"].as_str().unwrap_or_default().replace('\n', " "),
+            description: prop["description"]
+                .as_str()
+                .unwrap_or_default()
+                .replace('\n', " "),
         })
         .collect()
 }
 
 fn type_of(prop: &Json, root: &Json) -> String {
     if let Some(reference) = prop["$ref"].as_str() {
-        let target = root.pointer(reference.trim_start_matches('#')).unwrap_or(&Json::Null);
+        let target = root
+            .pointer(reference.trim_start_matches('#'))
+            .unwrap_or(&Json::Null);
         return type_of(target, root);
     }
     if let Some(any) = prop["anyOf"].as_array().or(prop["oneOf"].as_array()) {
-        return any.iter().map(|p| type_of(p, root)).collect::<Vec<_>>().join(" | ");
+        return any
+            .iter()
+            .map(|p| type_of(p, root))
+            .collect::<Vec<_>>()
+            .join(" | ");
     }
     match &prop["type"] {
         Json::String(t) if t == "object" && prop.get("additionalProperties").is_some() => {
@@ -97,9 +116,16 @@ fn type_of(prop: &Json, root: &Json) -> String {
         }
         Json::String(t) if t == "array" => format!("list of {}", type_of(&prop["items"], root)),
         Json::String(t) => t.clone(),
-        Json::Array(ts) => ts.iter().filter_map(Json::as_str).collect::<Vec<_>>().join(" | "),
+        Json::Array(ts) => ts
+            .iter()
+            .filter_map(Json::as_str)
+            .collect::<Vec<_>>()
+            .join(" | "),
         _ if prop.get("enum").is_some() => prop["enum"].as_array().map_or(String::new(), |v| {
-            v.iter().map(Json::to_string).collect::<Vec<_>>().join(" | ")
+            v.iter()
+                .map(Json::to_string)
+                .collect::<Vec<_>>()
+                .join(" | ")
         }),
         _ => "any".to_string(),
     }
@@ -109,12 +135,22 @@ fn type_of(prop: &Json, root: &Json) -> String {
 pub fn markdown_reference(registry: &Registry) -> String {
     let mut out = String::new();
     for node in registry.iter() {
-        out.push_str(&format!("### `{}` (version {})\n\n{}\n\n", node.type_name(), node.version(), node.description()));
-        out.push_str("| param | type | required | default | description |\n|---|---|---|---|---|\n");
+        out.push_str(&format!(
+            "### `{}` (version {})\n\n{}\n\n",
+            node.type_name(),
+            node.version(),
+            node.description()
+        ));
+        out.push_str(
+            "| param | type | required | default | description |\n|---|---|---|---|---|\n",
+        );
         for p in param_docs(&node.params_schema().to_value()) {
             let default = p.default.map(|d| format!("`{d}`")).unwrap_or_default();
             let required = if p.required { "yes" } else { "no" };
-            out.push_str(&format!("| `{}` | {} | {required} | {default} | {} |\n", p.name, p.kind, p.description));
+            out.push_str(&format!(
+                "| `{}` | {} | {required} | {default} | {} |\n",
+                p.name, p.kind, p.description
+            ));
         }
         out.push_str("\n| output | description |\n|---|---|\n");
         for o in node.outputs() {

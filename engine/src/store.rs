@@ -36,7 +36,9 @@ pub enum StoreError {
         source: std::io::Error,
     },
     /// Another process holds the store and `--no-wait` was given.
-    #[error("the store `{path}` is locked by another flow process ({owner}); run again later or without --no-wait")]
+    #[error(
+        "the store `{path}` is locked by another flow process ({owner}); run again later or without --no-wait"
+    )]
     Locked {
         /// The store root.
         path: PathBuf,
@@ -64,7 +66,10 @@ pub trait IoContext<T> {
 
 impl<T> IoContext<T> for std::io::Result<T> {
     fn at(self, path: &Path) -> Result<T, StoreError> {
-        self.map_err(|source| StoreError::Io { path: path.to_path_buf(), source })
+        self.map_err(|source| StoreError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
     }
 }
 
@@ -158,11 +163,17 @@ impl Store {
 
     /// Creates the layout and checks that it is writable.
     pub fn create(&self) -> Result<(), StoreError> {
-        let not_writable = |source| StoreError::NotWritable { path: self.root.clone(), source };
+        let not_writable = |source| StoreError::NotWritable {
+            path: self.root.clone(),
+            source,
+        };
         for dir in SUBDIRS {
             fs::create_dir_all(self.root.join(dir)).map_err(not_writable)?;
         }
-        let probe = self.root.join("tmp").join(format!(".probe-{}", std::process::id()));
+        let probe = self
+            .root
+            .join("tmp")
+            .join(format!(".probe-{}", std::process::id()));
         fs::write(&probe, b"").map_err(not_writable)?;
         fs::remove_file(&probe).map_err(not_writable)?;
         Ok(())
@@ -172,7 +183,13 @@ impl Store {
     /// (or fails with [`StoreError::Locked`] when `wait` is false).
     pub fn lock(&self, wait: bool, on_wait: &dyn Fn(&str)) -> Result<StoreLock, StoreError> {
         let path = self.root.join("lock");
-        let mut file = fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).at(&path)?;
+        let mut file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .at(&path)?;
         match file.try_lock() {
             Ok(()) => {}
             Err(fs::TryLockError::WouldBlock) => {
@@ -180,21 +197,32 @@ impl Store {
                 let _ = file.read_to_string(&mut owner);
                 let owner = format!("pid {}", owner.trim());
                 if !wait {
-                    return Err(StoreError::Locked { path: self.root.clone(), owner });
+                    return Err(StoreError::Locked {
+                        path: self.root.clone(),
+                        owner,
+                    });
                 }
-                on_wait(&format!("waiting for the store lock at {} (held by {owner})…", path.display()));
+                on_wait(&format!(
+                    "waiting for the store lock at {} (held by {owner})…",
+                    path.display()
+                ));
                 file.lock().at(&path)?;
             }
             Err(fs::TryLockError::Error(e)) => return Err(e).at(&path),
         }
         file.set_len(0).at(&path)?;
-        file.write_all(std::process::id().to_string().as_bytes()).at(&path)?;
+        file.write_all(std::process::id().to_string().as_bytes())
+            .at(&path)?;
         Ok(StoreLock { _file: file })
     }
 
     /// A fresh directory under `tmp/`.
     pub fn temp_dir(&self, label: &str) -> Result<PathBuf, StoreError> {
-        let dir = self.root.join("tmp").join(format!("{label}-{}-{:016x}", std::process::id(), fastrand::u64(..)));
+        let dir = self.root.join("tmp").join(format!(
+            "{label}-{}-{:016x}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
         fs::create_dir_all(&dir).at(&dir)?;
         Ok(dir)
     }
@@ -235,7 +263,9 @@ impl Store {
 
     /// Compares an artifact with its manifest: sizes and mtimes, and with `verify` every byte.
     pub fn check_artifact(&self, digest: &str, verify: bool) -> ArtifactHealth {
-        let Some(manifest) = self.manifest(digest) else { return ArtifactHealth::Missing };
+        let Some(manifest) = self.manifest(digest) else {
+            return ArtifactHealth::Missing;
+        };
         let root = self.artifact_dir(digest);
         if !root.is_dir() {
             return ArtifactHealth::Missing;
@@ -246,10 +276,18 @@ impl Store {
                 return ArtifactHealth::Corrupted(format!("{} is missing", f.path));
             };
             if meta.len() != f.size {
-                return ArtifactHealth::Corrupted(format!("{} has {} bytes, expected {}", f.path, meta.len(), f.size));
+                return ArtifactHealth::Corrupted(format!(
+                    "{} has {} bytes, expected {}",
+                    f.path,
+                    meta.len(),
+                    f.size
+                ));
             }
             if mtime_ns(&meta) != f.mtime_ns && !verify {
-                return ArtifactHealth::Corrupted(format!("{} was modified after it was stored", f.path));
+                return ArtifactHealth::Corrupted(format!(
+                    "{} was modified after it was stored",
+                    f.path
+                ));
             }
         }
         if verify {
@@ -259,8 +297,16 @@ impl Store {
                     let bad = actual
                         .files
                         .iter()
-                        .find(|a| !manifest.files.iter().any(|m| m.path == a.path && m.blake3 == a.blake3))
-                        .map_or_else(|| "a file was removed".to_string(), |a| format!("{} does not match its hash", a.path));
+                        .find(|a| {
+                            !manifest
+                                .files
+                                .iter()
+                                .any(|m| m.path == a.path && m.blake3 == a.blake3)
+                        })
+                        .map_or_else(
+                            || "a file was removed".to_string(),
+                            |a| format!("{} does not match its hash", a.path),
+                        );
                     return ArtifactHealth::Corrupted(bad);
                 }
                 Err(e) => return ArtifactHealth::Corrupted(e.to_string()),
@@ -280,7 +326,10 @@ impl Store {
     }
 
     fn state_path(&self, workflow: &str, node: &str) -> PathBuf {
-        self.root.join("state").join(sanitize(workflow)).join(format!("{}.json", sanitize(node)))
+        self.root
+            .join("state")
+            .join(sanitize(workflow))
+            .join(format!("{}.json", sanitize(node)))
     }
 
     /// The fingerprint of a node's last successful run.
@@ -289,7 +338,12 @@ impl Store {
     }
 
     /// Remembers the fingerprint of a node's successful run.
-    pub fn put_node_state(&self, workflow: &str, node: &str, fingerprint: &Fingerprint) -> Result<(), StoreError> {
+    pub fn put_node_state(
+        &self,
+        workflow: &str,
+        node: &str,
+        fingerprint: &Fingerprint,
+    ) -> Result<(), StoreError> {
         write_json_atomic(&self.state_path(workflow, node), fingerprint)
     }
 
@@ -313,7 +367,8 @@ impl Store {
         }
         let cache = self.root.join("cache");
         for entry in fs::read_dir(&cache).at(&cache)?.flatten() {
-            let stale = read_json::<CacheEntry>(&entry.path()).is_none_or(|e| e.outputs.values().any(|d| !keep.contains(d)));
+            let stale = read_json::<CacheEntry>(&entry.path())
+                .is_none_or(|e| e.outputs.values().any(|d| !keep.contains(d)));
             if stale {
                 report.cache_entries += 1;
                 if !dry_run {
@@ -346,7 +401,15 @@ pub struct GcReport {
 }
 
 fn sanitize(name: &str) -> String {
-    name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect()
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 fn mtime_ns(meta: &fs::Metadata) -> i128 {
@@ -365,10 +428,19 @@ pub fn hash_dir(root: &Path) -> Result<Manifest, StoreError> {
             if meta.is_dir() {
                 stack.push(path);
             } else if meta.is_file() {
-                let rel = path.strip_prefix(root).expect("below root").to_string_lossy().replace('\\', "/");
+                let rel = path
+                    .strip_prefix(root)
+                    .expect("below root")
+                    .to_string_lossy()
+                    .replace('\\', "/");
                 let mut hasher = blake3::Hasher::new();
                 hasher.update_mmap(&path).at(&path)?;
-                files.push(ManifestFile { path: rel, size: meta.len(), blake3: hasher.finalize().to_hex().to_string(), mtime_ns: mtime_ns(&meta) });
+                files.push(ManifestFile {
+                    path: rel,
+                    size: meta.len(),
+                    blake3: hasher.finalize().to_hex().to_string(),
+                    mtime_ns: mtime_ns(&meta),
+                });
             } else {
                 return Err(StoreError::Unsupported(format!(
                     "{}: only regular files and directories can be stored in an artifact (found a symlink or special file)",
@@ -396,9 +468,14 @@ fn make_read_only_and_stamp(root: &Path, mut manifest: Manifest) -> Result<Manif
 pub fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> Result<(), StoreError> {
     let dir = path.parent().expect("a file path has a parent");
     fs::create_dir_all(dir).at(dir)?;
-    let tmp = dir.join(format!(".{}.{}.tmp", path.file_name().unwrap_or_default().to_string_lossy(), fastrand::u64(..)));
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        path.file_name().unwrap_or_default().to_string_lossy(),
+        fastrand::u64(..)
+    ));
     let mut file = fs::File::create(&tmp).at(&tmp)?;
-    file.write_all(&serde_json::to_vec_pretty(value).expect("plain data serializes")).at(&tmp)?;
+    file.write_all(&serde_json::to_vec_pretty(value).expect("plain data serializes"))
+        .at(&tmp)?;
     file.sync_all().at(&tmp)?;
     fs::rename(&tmp, path).at(path)
 }
@@ -413,7 +490,11 @@ fn remove_dir(dir: &Path) -> Result<(), StoreError> {
 }
 
 fn remove_path(path: &Path) -> Result<(), StoreError> {
-    if path.is_dir() { remove_dir(path) } else { fs::remove_file(path).at(path) }
+    if path.is_dir() {
+        remove_dir(path)
+    } else {
+        fs::remove_file(path).at(path)
+    }
 }
 
 #[cfg(test)]
@@ -435,8 +516,12 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let store = Store::at(tmp.path().join("store"));
         store.create().unwrap();
-        let a = store.commit_artifact(&output(tmp.path(), &[("x.txt", "1"), ("d/y.txt", "2")])).unwrap();
-        let b = store.commit_artifact(&output(tmp.path(), &[("d/y.txt", "2"), ("x.txt", "1")])).unwrap();
+        let a = store
+            .commit_artifact(&output(tmp.path(), &[("x.txt", "1"), ("d/y.txt", "2")]))
+            .unwrap();
+        let b = store
+            .commit_artifact(&output(tmp.path(), &[("d/y.txt", "2"), ("x.txt", "1")]))
+            .unwrap();
         assert_eq!(a, b);
         assert_eq!(store.check_artifact(&a, true), ArtifactHealth::Healthy);
         assert_eq!(store.check_artifact("nope", false), ArtifactHealth::Missing);
@@ -447,17 +532,24 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let store = Store::at(tmp.path().join("store"));
         store.create().unwrap();
-        let digest = store.commit_artifact(&output(tmp.path(), &[("x.txt", "hello")])).unwrap();
+        let digest = store
+            .commit_artifact(&output(tmp.path(), &[("x.txt", "hello")]))
+            .unwrap();
         let file = store.artifact_dir(&digest).join("x.txt");
         let meta = fs::metadata(&file).unwrap();
         use std::os::unix::fs::PermissionsExt;
         fs::set_permissions(&file, fs::Permissions::from_mode(0o644)).unwrap();
         fs::write(&file, "jello").unwrap();
-        assert!(matches!(store.check_artifact(&digest, false), ArtifactHealth::Corrupted(_)));
+        assert!(matches!(
+            store.check_artifact(&digest, false),
+            ArtifactHealth::Corrupted(_)
+        ));
         // Even with the old mtime restored, --verify finds the byte.
         let f = fs::File::options().write(true).open(&file).unwrap();
         f.set_modified(meta.modified().unwrap()).unwrap();
-        assert!(matches!(store.check_artifact(&digest, true), ArtifactHealth::Corrupted(d) if d.contains("x.txt")));
+        assert!(
+            matches!(store.check_artifact(&digest, true), ArtifactHealth::Corrupted(d) if d.contains("x.txt"))
+        );
     }
 
     #[test]
@@ -466,6 +558,9 @@ mod tests {
         let store = Store::at(tmp.path());
         store.create().unwrap();
         let _held = store.lock(false, &|_| {}).unwrap();
-        assert!(matches!(store.lock(false, &|_| {}), Err(StoreError::Locked { .. })));
+        assert!(matches!(
+            store.lock(false, &|_| {}),
+            Err(StoreError::Locked { .. })
+        ));
     }
 }

@@ -59,7 +59,10 @@ impl ValidWorkflow {
 
     /// Node id → type name, for drawings.
     pub fn type_names(&self) -> HashMap<String, String> {
-        self.nodes.iter().map(|n| (n.id.clone(), n.node_type.type_name().to_string())).collect()
+        self.nodes
+            .iter()
+            .map(|n| (n.id.clone(), n.node_type.type_name().to_string()))
+            .collect()
     }
 }
 
@@ -69,23 +72,39 @@ fn placeholder_path(node: &str, output: &str) -> Json {
 }
 
 /// Looks up `${params.NAME.path…}`.
-pub fn param_value(params: &BTreeMap<String, Json>, name: &str, path: &[String]) -> Result<Json, String> {
+pub fn param_value(
+    params: &BTreeMap<String, Json>,
+    name: &str,
+    path: &[String],
+) -> Result<Json, String> {
     let mut value = params.get(name).ok_or_else(|| {
-        let hint = did_you_mean(name, params.keys().map(String::as_str)).map(|h| format!("; {h}")).unwrap_or_default();
+        let hint = did_you_mean(name, params.keys().map(String::as_str))
+            .map(|h| format!("; {h}"))
+            .unwrap_or_default();
         format!("unknown param `{name}`{hint}")
     })?;
     for key in path {
-        value = value.get(key).ok_or_else(|| format!("param `{name}` has no key `{key}`"))?;
+        value = value
+            .get(key)
+            .ok_or_else(|| format!("param `{name}` has no key `{key}`"))?;
     }
     Ok(value.clone())
 }
 
 /// Validates a parsed workflow against the node library, with `--set` overrides.
-pub fn validate(file: WorkflowFile, registry: &Registry, overrides: &[String]) -> Result<ValidWorkflow, Diagnostics> {
+pub fn validate(
+    file: WorkflowFile,
+    registry: &Registry,
+    overrides: &[String],
+) -> Result<ValidWorkflow, Diagnostics> {
     let (params, mut errors) = effective_params(&file.spec.params, overrides);
     let spec_nodes = &file.spec.nodes;
     if spec_nodes.value.is_empty() {
-        errors.push(Diagnostic::at(Span::of(&spec_nodes.referenced), "nodes", "empty workflow: `nodes` has no entries"));
+        errors.push(Diagnostic::at(
+            Span::of(&spec_nodes.referenced),
+            "nodes",
+            "empty workflow: `nodes` has no entries",
+        ));
     }
     let ids: Vec<&str> = spec_nodes.value.keys().collect();
     let mut dag = Dag::default();
@@ -94,17 +113,38 @@ pub fn validate(file: WorkflowFile, registry: &Registry, overrides: &[String]) -
         let id = key.value.as_str();
         dag.add_node(id);
         if !crate::reference_name_ok(id) {
-            errors.push(Diagnostic::at(Span::of(&key.referenced), format!("nodes.{id}"), "node ids use letters, digits, `_` and `-`"));
+            errors.push(Diagnostic::at(
+                Span::of(&key.referenced),
+                format!("nodes.{id}"),
+                "node ids use letters, digits, `_` and `-`",
+            ));
         }
-        if let Some(node) = validate_node(id, &spec.value, registry, &ids, &params, spec_nodes, &mut dag, &mut errors) {
+        if let Some(node) = validate_node(
+            id,
+            &spec.value,
+            registry,
+            &ids,
+            &params,
+            spec_nodes,
+            &mut dag,
+            &mut errors,
+        ) {
             nodes.push(node);
         }
     }
     let order = match dag.topological_order() {
         Ok(order) => order,
         Err(cycle) => {
-            let first = spec_nodes.value.key(&cycle[0]).map(|k| Span::of(&k.referenced)).unwrap_or_default();
-            errors.push(Diagnostic::at(first, format!("nodes.{}", cycle[0]), format!("cycle: {}", cycle.join(" → "))));
+            let first = spec_nodes
+                .value
+                .key(&cycle[0])
+                .map(|k| Span::of(&k.referenced))
+                .unwrap_or_default();
+            errors.push(Diagnostic::at(
+                first,
+                format!("nodes.{}", cycle[0]),
+                format!("cycle: {}", cycle.join(" → ")),
+            ));
             Vec::new()
         }
     };
@@ -112,7 +152,13 @@ pub fn validate(file: WorkflowFile, registry: &Registry, overrides: &[String]) -
         return Err(Diagnostics::new(&file.path, &file.source, errors));
     }
     nodes.sort_by_key(|n: &ValidNode| order.iter().position(|id| *id == n.id));
-    Ok(ValidWorkflow { name: file.spec.name.value.clone(), file, params, nodes, dag })
+    Ok(ValidWorkflow {
+        name: file.spec.name.value.clone(),
+        file,
+        params,
+        nodes,
+        dag,
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -132,7 +178,10 @@ fn validate_node(
         let mut d = Diagnostic::at(
             Span::of(&spec.uses.referenced),
             format!("{field}.uses"),
-            format!("unknown node type `{}` (`flow nodes` lists the library)", spec.uses.value),
+            format!(
+                "unknown node type `{}` (`flow nodes` lists the library)",
+                spec.uses.value
+            ),
         );
         if let Some(hint) = did_you_mean(&spec.uses.value, registry.names()) {
             d = d.with_hint(hint);
@@ -140,7 +189,14 @@ fn validate_node(
         errors.push(d);
     }
     for after in &spec.after {
-        check_node_exists(&after.value, id, Span::of(&after.referenced), &format!("{field}.after"), ids, errors);
+        check_node_exists(
+            &after.value,
+            id,
+            Span::of(&after.referenced),
+            &format!("{field}.after"),
+            ids,
+            errors,
+        );
         dag.add_edge(&after.value, id, "after");
     }
     let timeout = spec.timeout.as_ref().and_then(|t| match humantime::parse_duration(&t.value) {
@@ -165,11 +221,22 @@ fn validate_node(
         references,
         retries: spec.retries.as_ref().map_or(0, |r| r.value),
         timeout,
-        resources: spec.resources.iter().map(|(k, v)| (k.value.clone(), v.value)).collect(),
+        resources: spec
+            .resources
+            .iter()
+            .map(|(k, v)| (k.value.clone(), v.value))
+            .collect(),
     })
 }
 
-fn check_node_exists(target: &str, from: &str, span: Span, field: &str, ids: &[&str], errors: &mut Vec<Diagnostic>) -> bool {
+fn check_node_exists(
+    target: &str,
+    from: &str,
+    span: Span,
+    field: &str,
+    ids: &[&str],
+    errors: &mut Vec<Diagnostic>,
+) -> bool {
     if ids.contains(&target) {
         return true;
     }
@@ -193,7 +260,9 @@ fn check_references(
     dag: &mut Dag,
     errors: &mut Vec<Diagnostic>,
 ) -> Vec<Reference> {
-    let Some(with) = &spec.with else { return Vec::new() };
+    let Some(with) = &spec.with else {
+        return Vec::new();
+    };
     let mut references = Vec::new();
     for found in references_in(with, &format!("nodes.{id}.with")) {
         let (reference, span, field) = match found {
@@ -233,7 +302,13 @@ fn check_output_exists(
     field: &str,
     errors: &mut Vec<Diagnostic>,
 ) {
-    let Some(producer) = all.value.get(node).and_then(|n| registry.get(&n.value.uses.value)) else { return };
+    let Some(producer) = all
+        .value
+        .get(node)
+        .and_then(|n| registry.get(&n.value.uses.value))
+    else {
+        return;
+    };
     let outputs: Vec<&str> = producer.outputs().iter().map(|o| o.name).collect();
     if !outputs.contains(&output) {
         let mut d = Diagnostic::at(
@@ -253,11 +328,19 @@ fn check_output_exists(
 }
 
 /// Resolves `with:` with placeholders and checks it against the node type's params struct.
-fn check_typed_params(id: &str, spec: &NodeSpec, node_type: &Arc<dyn DynNode>, params: &BTreeMap<String, Json>, errors: &mut Vec<Diagnostic>) {
+fn check_typed_params(
+    id: &str,
+    spec: &NodeSpec,
+    node_type: &Arc<dyn DynNode>,
+    params: &BTreeMap<String, Json>,
+    errors: &mut Vec<Diagnostic>,
+) {
     let field = format!("nodes.{id}.with");
     let mut placeholders = |r: &Reference| -> Result<Json, String> {
         Ok(match r {
-            Reference::Param { name, path } => param_value(params, name, path).unwrap_or(Json::Null),
+            Reference::Param { name, path } => {
+                param_value(params, name, path).unwrap_or(Json::Null)
+            }
             Reference::Env(name) => Json::String(std::env::var(name).unwrap_or_default()),
             Reference::Secret(_) => Json::String("***".into()),
             Reference::Output { node, output } => placeholder_path(node, output),
@@ -276,7 +359,11 @@ fn check_typed_params(id: &str, spec: &NodeSpec, node_type: &Arc<dyn DynNode>, p
             None => Span::of(&spec.uses.referenced),
         };
         let path = crate::yaml::path_text(&e.path);
-        let message = format!("{} params: {}", node_type.type_name(), e.message.replace("unknown field", "unknown param"));
+        let message = format!(
+            "{} params: {}",
+            node_type.type_name(),
+            e.message.replace("unknown field", "unknown param")
+        );
         errors.push(Diagnostic::at(span, format!("{field}{path}"), message));
     }
 }

@@ -75,19 +75,33 @@ impl WorkflowFile {
     /// Reads and parses a workflow file; every problem comes back with its place.
     pub fn load(path: &Path) -> Result<WorkflowFile, Diagnostics> {
         let source = std::fs::read_to_string(path).map_err(|e| {
-            Diagnostics::new(path, "", vec![Diagnostic::general(format!("cannot read workflow file: {e}"))])
+            Diagnostics::new(
+                path,
+                "",
+                vec![Diagnostic::general(format!(
+                    "cannot read workflow file: {e}"
+                ))],
+            )
         })?;
         Self::parse(path, source)
     }
 
     /// Parses workflow text that came from `path`.
     pub fn parse(path: &Path, source: String) -> Result<WorkflowFile, Diagnostics> {
-        if source.lines().all(|l| l.trim().is_empty() || l.trim_start().starts_with('#')) {
-            let d = Diagnostic::general("empty workflow: expected a mapping with `name` and `nodes`");
+        if source
+            .lines()
+            .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
+        {
+            let d =
+                Diagnostic::general("empty workflow: expected a mapping with `name` and `nodes`");
             return Err(Diagnostics::new(path, &source, vec![d]));
         }
         match serde_saphyr::from_str::<WorkflowSpec>(&source) {
-            Ok(spec) => Ok(WorkflowFile { path: path.to_path_buf(), source, spec }),
+            Ok(spec) => Ok(WorkflowFile {
+                path: path.to_path_buf(),
+                source,
+                spec,
+            }),
             Err(e) => Err(Diagnostics::new(path, &source, vec![yaml_error(&e)])),
         }
     }
@@ -161,14 +175,23 @@ mod tests {
 
     #[test]
     fn duplicate_node_id_is_an_error() {
-        let err = parse("name: x\nnodes:\n  a:\n    uses: shell\n  a:\n    uses: shell\n").unwrap_err();
+        let err =
+            parse("name: x\nnodes:\n  a:\n    uses: shell\n  a:\n    uses: shell\n").unwrap_err();
         assert_eq!(err.items[0].span.unwrap().line, 5);
-        assert!(err.items[0].message.contains("duplicate"), "{}", err.items[0].message);
+        assert!(
+            err.items[0].message.contains("duplicate"),
+            "{}",
+            err.items[0].message
+        );
     }
 
     #[test]
     fn not_yaml_and_empty_are_errors() {
         assert!(parse("name: [x\n").is_err());
-        assert!(parse("# only a comment\n").unwrap_err().items[0].message.contains("empty workflow"));
+        assert!(
+            parse("# only a comment\n").unwrap_err().items[0]
+                .message
+                .contains("empty workflow")
+        );
     }
 }

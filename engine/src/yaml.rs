@@ -35,19 +35,27 @@ pub struct SpannedMap<T> {
 
 impl<T> Default for SpannedMap<T> {
     fn default() -> Self {
-        SpannedMap { entries: Vec::new() }
+        SpannedMap {
+            entries: Vec::new(),
+        }
     }
 }
 
 impl<T> SpannedMap<T> {
     /// The value under `key`.
     pub fn get(&self, key: &str) -> Option<&Spanned<T>> {
-        self.entries.iter().find(|(k, _)| k.value == key).map(|(_, v)| v)
+        self.entries
+            .iter()
+            .find(|(k, _)| k.value == key)
+            .map(|(_, v)| v)
     }
 
     /// The key `key` itself (for pointing at it).
     pub fn key(&self, key: &str) -> Option<&Spanned<String>> {
-        self.entries.iter().find(|(k, _)| k.value == key).map(|(k, _)| k)
+        self.entries
+            .iter()
+            .find(|(k, _)| k.value == key)
+            .map(|(k, _)| k)
     }
 
     /// Keys in file order.
@@ -190,17 +198,17 @@ pub fn locate(root: &Spanned<Yaml>, path: &[PathStep]) -> Span {
     let mut span = Span::of(&root.referenced);
     for step in path {
         let next = match (&here.value, step) {
-            (Yaml::Map(map), PathStep::Key(key)) => map.entries.iter().find(|(k, _)| &k.value == key),
-            (Yaml::Seq(items), PathStep::Index(i)) => {
-                match items.get(*i) {
-                    Some(item) => {
-                        here = item;
-                        span = Span::of(&item.referenced);
-                        continue;
-                    }
-                    None => None,
-                }
+            (Yaml::Map(map), PathStep::Key(key)) => {
+                map.entries.iter().find(|(k, _)| &k.value == key)
             }
+            (Yaml::Seq(items), PathStep::Index(i)) => match items.get(*i) {
+                Some(item) => {
+                    here = item;
+                    span = Span::of(&item.referenced);
+                    continue;
+                }
+                None => None,
+            },
             _ => None,
         };
         let Some((_, value)) = next else { break };

@@ -28,7 +28,16 @@ pub struct ShellParams {
 
 /// The environment variable that carries input `name`.
 pub fn input_variable(name: &str) -> String {
-    let upper: String = name.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect();
+    let upper: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
     format!("FLOW_IN_{upper}")
 }
 
@@ -37,7 +46,10 @@ impl Node for Shell {
     const TYPE: &'static str = "shell";
     const VERSION: &'static str = "1";
     const DESCRIPTION: &'static str = "Runs a command line with `sh -c`. The command writes its result into `$FLOW_OUT` (output `out`), reads each input from `$FLOW_IN_<NAME>`, and its stdout and stderr go to the node's log. A non-zero exit fails the node.";
-    const OUTPUTS: &'static [OutputSpec] = &[OutputSpec { name: "out", description: "the directory the command wrote to as `$FLOW_OUT`" }];
+    const OUTPUTS: &'static [OutputSpec] = &[OutputSpec {
+        name: "out",
+        description: "the directory the command wrote to as `$FLOW_OUT`",
+    }];
 
     async fn run(&self, ctx: NodeContext, params: ShellParams) -> Result<(), NodeError> {
         let mut command = Command::new("sh");
@@ -56,7 +68,9 @@ impl Node for Shell {
         for (name, path) in &params.inputs {
             command.env(input_variable(name), path);
         }
-        let mut child = command.spawn().map_err(|e| NodeError::new(format!("cannot start `sh`: {e}")))?;
+        let mut child = command
+            .spawn()
+            .map_err(|e| NodeError::new(format!("cannot start `sh`: {e}")))?;
         let _group = ProcessGroupGuard(child.id());
         let stdout = forward(child.stdout.take(), ctx.clone());
         let stderr = forward(child.stderr.take(), ctx.clone());
@@ -73,7 +87,10 @@ impl Node for Shell {
 }
 
 /// Copies a child's output into the node log, line by line.
-fn forward<R: AsyncRead + Unpin + Send + 'static>(stream: Option<R>, ctx: NodeContext) -> tokio::task::JoinHandle<()> {
+fn forward<R: AsyncRead + Unpin + Send + 'static>(
+    stream: Option<R>,
+    ctx: NodeContext,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let Some(stream) = stream else { return };
         let mut lines = BufReader::new(stream).lines();

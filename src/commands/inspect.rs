@@ -18,7 +18,11 @@ pub fn validate_files(files: &[PathBuf]) -> Result<(), Failure> {
             Err(failure) => report.push_str(&failure.message_with_newline()),
         }
     }
-    if report.is_empty() { Ok(()) } else { Err(Failure::Input(report)) }
+    if report.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure::Input(report))
+    }
 }
 
 /// `flow nodes [TYPE]`.
@@ -36,13 +40,18 @@ pub fn nodes(node_type: Option<&str>, markdown: bool, json: bool) -> Result<(), 
                 .collect();
             print_json(&list);
         } else {
-            let rows: Vec<Vec<String>> = registry.iter().map(|n| vec![n.type_name().into(), first_sentence(n.description())]).collect();
+            let rows: Vec<Vec<String>> = registry
+                .iter()
+                .map(|n| vec![n.type_name().into(), first_sentence(n.description())])
+                .collect();
             print_table(&rows);
         }
         return Ok(());
     };
     let node = registry.get(name).ok_or_else(|| {
-        let hint = flow_engine::diagnostic::did_you_mean(name, registry.names()).map(|h| format!(" ({h})")).unwrap_or_default();
+        let hint = flow_engine::diagnostic::did_you_mean(name, registry.names())
+            .map(|h| format!(" ({h})"))
+            .unwrap_or_default();
         Failure::Input(format!("error: unknown node type `{name}`{hint}"))
     })?;
     let schema = node.params_schema().to_value();
@@ -50,11 +59,22 @@ pub fn nodes(node_type: Option<&str>, markdown: bool, json: bool) -> Result<(), 
         print_json(&schema);
         return Ok(());
     }
-    println!("{} (version {})\n\n{}\n\nparams:", node.type_name(), node.version(), node.description());
+    println!(
+        "{} (version {})\n\n{}\n\nparams:",
+        node.type_name(),
+        node.version(),
+        node.description()
+    );
     for p in param_docs(&schema) {
         let required = if p.required { "required" } else { "optional" };
-        let default = p.default.map(|d| format!(", default {d}")).unwrap_or_default();
-        println!("  {} ({}, {required}{default})\n      {}", p.name, p.kind, p.description);
+        let default = p
+            .default
+            .map(|d| format!(", default {d}"))
+            .unwrap_or_default();
+        println!(
+            "  {} ({}, {required}{default})\n      {}",
+            p.name, p.kind, p.description
+        );
     }
     println!("\noutputs:");
     for o in node.outputs() {
@@ -64,7 +84,11 @@ pub fn nodes(node_type: Option<&str>, markdown: bool, json: bool) -> Result<(), 
 }
 
 fn first_sentence(text: &str) -> String {
-    text.split(". ").next().unwrap_or(text).trim_end_matches('.').to_string()
+    text.split(". ")
+        .next()
+        .unwrap_or(text)
+        .trim_end_matches('.')
+        .to_string()
 }
 
 /// `flow graph FILE --format mermaid|dot`.
@@ -88,9 +112,20 @@ pub fn runs(store: &Store, json: bool) -> Result<(), Failure> {
         print_json(&records);
         return Ok(());
     }
-    let mut rows = vec![vec!["RUN".into(), "WORKFLOW".into(), "TRIGGER".into(), "STATUS".into(), "STARTED".into(), "NODES".into()]];
+    let mut rows = vec![vec![
+        "RUN".into(),
+        "WORKFLOW".into(),
+        "TRIGGER".into(),
+        "STATUS".into(),
+        "STARTED".into(),
+        "NODES".into(),
+    ]];
     for r in &records {
-        let ran = r.nodes.iter().filter(|n| !n.cache_hit && n.status.is_done()).count();
+        let ran = r
+            .nodes
+            .iter()
+            .filter(|n| !n.cache_hit && n.status.is_done())
+            .count();
         let cached = r.nodes.iter().filter(|n| n.cache_hit).count();
         rows.push(vec![
             r.id.clone(),
@@ -106,7 +141,10 @@ pub fn runs(store: &Store, json: bool) -> Result<(), Failure> {
 }
 
 fn status_text<T: serde::Serialize>(status: &T) -> String {
-    serde_json::to_value(status).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
+    serde_json::to_value(status)
+        .ok()
+        .and_then(|v| v.as_str().map(String::from))
+        .unwrap_or_default()
 }
 
 /// Finds a run by id, unique prefix, or `last`.
@@ -115,12 +153,21 @@ fn find_run(store: &Store, wanted: &str) -> Result<RunRecord, Failure> {
     let matches: Vec<&RunRecord> = if wanted == "last" {
         records.last().into_iter().collect()
     } else {
-        records.iter().filter(|r| r.id.starts_with(wanted)).collect()
+        records
+            .iter()
+            .filter(|r| r.id.starts_with(wanted))
+            .collect()
     };
     match matches.as_slice() {
         [one] => Ok((*one).clone()),
-        [] => Err(Failure::Input(format!("error: no run `{wanted}` in store {} (`flow runs` lists them)", store.root().display()))),
-        many => Err(Failure::Input(format!("error: `{wanted}` matches {} runs; give more of the id", many.len()))),
+        [] => Err(Failure::Input(format!(
+            "error: no run `{wanted}` in store {} (`flow runs` lists them)",
+            store.root().display()
+        ))),
+        many => Err(Failure::Input(format!(
+            "error: `{wanted}` matches {} runs; give more of the id",
+            many.len()
+        ))),
     }
 }
 
@@ -131,19 +178,49 @@ pub fn show(store: &Store, wanted: &str, json: bool) -> Result<(), Failure> {
         print_json(&record);
         return Ok(());
     }
-    println!("run {} of {} ({}), {}", record.id, record.workflow, record.file.display(), status_text(&record.status));
-    println!("started {}, finished {}, trigger {}", record.started_at, record.finished_at.as_deref().unwrap_or("-"), record.trigger);
-    let mut rows = vec![vec!["NODE".into(), "TYPE".into(), "STATUS".into(), "CACHE".into(), "TIME".into(), "OUTPUTS".into(), "LOG".into()]];
+    println!(
+        "run {} of {} ({}), {}",
+        record.id,
+        record.workflow,
+        record.file.display(),
+        status_text(&record.status)
+    );
+    println!(
+        "started {}, finished {}, trigger {}",
+        record.started_at,
+        record.finished_at.as_deref().unwrap_or("-"),
+        record.trigger
+    );
+    let mut rows = vec![vec![
+        "NODE".into(),
+        "TYPE".into(),
+        "STATUS".into(),
+        "CACHE".into(),
+        "TIME".into(),
+        "OUTPUTS".into(),
+        "LOG".into(),
+    ]];
     for n in &record.nodes {
-        let outputs: Vec<String> = n.outputs.iter().map(|(k, d)| format!("{k}={}", &d[..12.min(d.len())])).collect();
+        let outputs: Vec<String> = n
+            .outputs
+            .iter()
+            .map(|(k, d)| format!("{k}={}", &d[..12.min(d.len())]))
+            .collect();
         rows.push(vec![
             n.id.clone(),
             n.node_type.clone(),
             status_text(&n.status),
-            if n.cache_hit { "hit".into() } else { "miss".into() },
+            if n.cache_hit {
+                "hit".into()
+            } else {
+                "miss".into()
+            },
             format!("{:.2}s", n.duration_ms as f64 / 1000.0),
             outputs.join(" "),
-            n.log.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+            n.log
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
         ]);
     }
     print_table(&rows);
@@ -159,18 +236,26 @@ pub fn schema(dir: &Path, check: bool) -> Result<(), Failure> {
     if check {
         let stale: Vec<String> = files
             .iter()
-            .filter(|(name, text)| std::fs::read_to_string(dir.join(name)).ok().as_deref() != Some(text.as_str()))
+            .filter(|(name, text)| {
+                std::fs::read_to_string(dir.join(name)).ok().as_deref() != Some(text.as_str())
+            })
             .map(|(name, _)| name.clone())
             .collect();
         if stale.is_empty() {
             return Ok(());
         }
-        return Err(Failure::Run(format!("error: stale schemas in {}: {} (run `flow schema`)", dir.display(), stale.join(", "))));
+        return Err(Failure::Run(format!(
+            "error: stale schemas in {}: {} (run `flow schema`)",
+            dir.display(),
+            stale.join(", ")
+        )));
     }
-    std::fs::create_dir_all(dir).map_err(|e| Failure::Input(format!("error: cannot create {}: {e}", dir.display())))?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Failure::Input(format!("error: cannot create {}: {e}", dir.display())))?;
     for (name, text) in files {
         let path = dir.join(&name);
-        std::fs::write(&path, text).map_err(|e| Failure::Run(format!("error: cannot write {}: {e}", path.display())))?;
+        std::fs::write(&path, text)
+            .map_err(|e| Failure::Run(format!("error: cannot write {}: {e}", path.display())))?;
         println!("{}", path.display());
     }
     Ok(())
@@ -183,7 +268,10 @@ pub fn gc(store: &Store, dry_run: bool) -> Result<(), Failure> {
         return Ok(());
     }
     let _lock = store.lock(true, &|m| eprintln!("{m}"))?;
-    let keep: BTreeSet<String> = RunRecord::list(store).iter().flat_map(|r| r.digests().cloned()).collect();
+    let keep: BTreeSet<String> = RunRecord::list(store)
+        .iter()
+        .flat_map(|r| r.digests().cloned())
+        .collect();
     let report = store.gc(&keep, dry_run)?;
     let verb = if dry_run { "would remove" } else { "removed" };
     println!(

@@ -37,7 +37,11 @@ impl Failure {
     /// The message, ending in a newline.
     pub fn message_with_newline(&self) -> String {
         let (Failure::Input(m) | Failure::Run(m) | Failure::Cancelled(m)) = self;
-        if m.ends_with('\n') { m.clone() } else { format!("{m}\n") }
+        if m.ends_with('\n') {
+            m.clone()
+        } else {
+            format!("{m}\n")
+        }
     }
 }
 
@@ -63,7 +67,11 @@ pub fn dispatch(command: Command, store: &Store) -> Result<(), Failure> {
         Command::Plan(args) => run::plan(args, store),
         Command::Exec(args) => exec::exec(args),
         Command::Validate { files } => inspect::validate_files(&files),
-        Command::Nodes { node_type, markdown, json } => inspect::nodes(node_type.as_deref(), markdown, json),
+        Command::Nodes {
+            node_type,
+            markdown,
+            json,
+        } => inspect::nodes(node_type.as_deref(), markdown, json),
         Command::Graph { file, format, set } => inspect::graph(&file, format, &set),
         Command::Runs { json } => inspect::runs(store, json),
         Command::Show { run, json } => inspect::show(store, &run, json),
@@ -80,20 +88,35 @@ pub fn load_workflow(file: &Path, overrides: &[String]) -> Result<ValidWorkflow,
 
 /// Prints JSON to stdout.
 pub fn print_json<T: serde::Serialize>(value: &T) {
-    println!("{}", serde_json::to_string_pretty(value).expect("plain data serializes"));
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).expect("plain data serializes")
+    );
 }
 
 /// Prints rows as left-aligned columns.
 pub fn print_table(rows: &[Vec<String>]) {
     let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..columns)
-        .map(|c| rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0))
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|s| s.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     for row in rows {
         let cells: Vec<String> = row
             .iter()
             .enumerate()
-            .map(|(c, s)| if c + 1 == row.len() { s.clone() } else { format!("{s:<w$}", w = widths[c]) })
+            .map(|(c, s)| {
+                if c + 1 == row.len() {
+                    s.clone()
+                } else {
+                    format!("{s:<w$}", w = widths[c])
+                }
+            })
             .collect();
         println!("{}", cells.join("  ").trim_end());
     }

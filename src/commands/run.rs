@@ -12,7 +12,12 @@ use crate::cli::{PlanArgs, RunArgs, SelectArgs};
 use crate::progress::ProgressUi;
 
 fn selection(args: &SelectArgs) -> Selection {
-    Selection { force: args.force.iter().cloned().collect(), force_all: args.force_all, only: args.only.clone(), verify: args.verify }
+    Selection {
+        force: args.force.iter().cloned().collect(),
+        force_all: args.force_all,
+        only: args.only.clone(),
+        verify: args.verify,
+    }
 }
 
 /// `flow plan`: prints `run` / `cached` per node with reasons; runs and writes nothing.
@@ -35,7 +40,12 @@ fn print_plan(planned: &[PlannedNode], json: bool) {
                 Action::Run => "run",
                 Action::Cached => "cached",
             };
-            vec![p.id.clone(), p.node_type.clone(), action.to_string(), p.reasons.join("; ")]
+            vec![
+                p.id.clone(),
+                p.node_type.clone(),
+                action.to_string(),
+                p.reasons.join("; "),
+            ]
         })
         .collect();
     print_table(&rows);
@@ -44,13 +54,24 @@ fn print_plan(planned: &[PlannedNode], json: bool) {
 /// Parses `gpu=1,mem_gb=20`.
 fn parse_resources(text: Option<&str>) -> Result<BTreeMap<String, u32>, Failure> {
     let mut resources = BTreeMap::new();
-    for item in text.unwrap_or_default().split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        let parsed = item.split_once('=').and_then(|(k, v)| Some((k.trim(), v.trim().parse::<u32>().ok()?)));
+    for item in text
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
+        let parsed = item
+            .split_once('=')
+            .and_then(|(k, v)| Some((k.trim(), v.trim().parse::<u32>().ok()?)));
         match parsed {
             Some((name, amount)) if !name.is_empty() => {
                 resources.insert(name.to_string(), amount);
             }
-            _ => return Err(Failure::Input(format!("error: invalid --resources `{item}`: expected NAME=N with N a whole number, e.g. gpu=1,mem_gb=20"))),
+            _ => {
+                return Err(Failure::Input(format!(
+                    "error: invalid --resources `{item}`: expected NAME=N with N a whole number, e.g. gpu=1,mem_gb=20"
+                )));
+            }
         }
     }
     Ok(resources)
@@ -71,7 +92,9 @@ pub fn run(args: RunArgs, store: &Store) -> Result<(), Failure> {
     let ui = Arc::new(ProgressUi::new(args.select.json));
     let _lock = store.lock(!args.no_wait, &|message| ui.message(message))?;
     let options = RunOptions {
-        jobs: args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        jobs: args
+            .jobs
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
         selection: select,
         keep_going: args.keep_going,
         resources,
@@ -97,10 +120,11 @@ pub fn run(args: RunArgs, store: &Store) -> Result<(), Failure> {
 /// Ctrl-C or SIGTERM cancels running nodes; the store stays consistent.
 fn spawn_signal_handler(cancel: CancellationToken, ui: Arc<ProgressUi>) {
     tokio::spawn(async move {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(term) => term,
-            Err(_) => return,
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => return,
+            };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
@@ -119,7 +143,10 @@ fn report(record: &RunRecord, json: bool) -> Result<(), Failure> {
     let summary = format!(
         "run {} {}: {} ran, {} cached, {} failed, {} skipped (flow show {})",
         record.id,
-        serde_json::to_value(record.status).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
+        serde_json::to_value(record.status)
+            .ok()
+            .and_then(|v| v.as_str().map(String::from))
+            .unwrap_or_default(),
         count(NodeStatus::Succeeded),
         count(NodeStatus::Cached),
         count(NodeStatus::Failed),
@@ -127,8 +154,16 @@ fn report(record: &RunRecord, json: bool) -> Result<(), Failure> {
         record.id,
     );
     let mut failures = String::new();
-    for node in record.nodes.iter().filter(|n| n.status == NodeStatus::Failed) {
-        failures.push_str(&format!("error: node `{}` failed: {}\n", node.id, node.error.as_deref().unwrap_or("unknown error")));
+    for node in record
+        .nodes
+        .iter()
+        .filter(|n| n.status == NodeStatus::Failed)
+    {
+        failures.push_str(&format!(
+            "error: node `{}` failed: {}\n",
+            node.id,
+            node.error.as_deref().unwrap_or("unknown error")
+        ));
         if let Some(log) = &node.log {
             failures.push_str(&log_tail(log, 20));
             failures.push_str(&format!("  full log: {}\n", log.display()));
@@ -149,5 +184,8 @@ fn log_tail(path: &std::path::Path, n: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     let start = lines.len().saturating_sub(n);
-    lines[start..].iter().map(|l| format!("  | {l}\n")).collect()
+    lines[start..]
+        .iter()
+        .map(|l| format!("  | {l}\n"))
+        .collect()
 }

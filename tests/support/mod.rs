@@ -31,13 +31,18 @@ impl From<Output> for Run {
 impl Run {
     /// Panics with both streams unless the exit code is `code`.
     pub fn expect_code(self, code: i32) -> Self {
-        assert_eq!(self.code, code, "exit code\n--- stdout\n{}\n--- stderr\n{}", self.stdout, self.stderr);
+        assert_eq!(
+            self.code, code,
+            "exit code\n--- stdout\n{}\n--- stderr\n{}",
+            self.stdout, self.stderr
+        );
         self
     }
 
     /// The `--json` output.
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", self.stdout))
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", self.stdout))
     }
 }
 
@@ -47,18 +52,28 @@ pub fn actions(plan: &serde_json::Value) -> Vec<(String, String)> {
         .as_array()
         .expect("nodes")
         .iter()
-        .map(|n| (n["id"].as_str().unwrap().to_string(), n["action"].as_str().unwrap().to_string()))
+        .map(|n| {
+            (
+                n["id"].as_str().unwrap().to_string(),
+                n["action"].as_str().unwrap().to_string(),
+            )
+        })
         .collect()
 }
 
 /// Pairs for comparison with [`actions`].
 pub fn expect(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-    pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+    pairs
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
 }
 
 impl Project {
     pub fn new() -> Self {
-        Project { dir: tempfile::tempdir().expect("tempdir") }
+        Project {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -79,7 +94,11 @@ impl Project {
     /// A `flow` command in the project directory, not attached to a terminal.
     pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_flow"));
-        cmd.args(args).current_dir(self.path()).env_remove("FLOW_STORE").env_remove("RUST_LOG").stdin(Stdio::null());
+        cmd.args(args)
+            .current_dir(self.path())
+            .env_remove("FLOW_STORE")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null());
         cmd
     }
 
@@ -90,7 +109,11 @@ impl Project {
 
     /// Starts `flow` in the background.
     pub fn spawn(&self, args: &[&str]) -> Child {
-        self.command(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn flow")
+        self.command(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn flow")
     }
 
     /// Every file below the store's artifacts with its content.
@@ -102,7 +125,9 @@ impl Project {
                 let path = entry.path();
                 if path.is_dir() {
                     stack.push(path);
-                } else if !path.extension().is_some_and(|e| e == "json") || dir != self.store().join("artifacts") {
+                } else if path.extension().is_none_or(|e| e != "json")
+                    || dir != self.store().join("artifacts")
+                {
                     found.push((path.clone(), std::fs::read(&path).unwrap_or_default()));
                 }
             }
@@ -112,7 +137,12 @@ impl Project {
 
     /// The single artifact file called `name`.
     pub fn artifact_file(&self, name: &str) -> PathBuf {
-        let matches: Vec<PathBuf> = self.artifact_files().into_iter().map(|(p, _)| p).filter(|p| p.file_name().is_some_and(|f| f == name)).collect();
+        let matches: Vec<PathBuf> = self
+            .artifact_files()
+            .into_iter()
+            .map(|(p, _)| p)
+            .filter(|p| p.file_name().is_some_and(|f| f == name))
+            .collect();
         assert_eq!(matches.len(), 1, "artifact files named {name}: {matches:?}");
         matches.into_iter().next().unwrap()
     }

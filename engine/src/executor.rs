@@ -232,7 +232,10 @@ impl Scheduler {
                 inputs,
                 forced: self.options.selection.is_forced(&node.id),
             };
-            self.running.spawn(job.run());
+            let span =
+                tracing::info_span!("node", id = %node.id, node_type = node.node_type.type_name());
+            self.running
+                .spawn(tracing::Instrument::instrument(job.run(), span));
         }
     }
 
@@ -351,6 +354,7 @@ impl NodeJob {
             self.shared.verify,
         ) {
             Assessment::Cached(entry) => {
+                tracing::info!(key = %fp.key(), "cache hit");
                 rec.status = NodeStatus::Cached;
                 rec.cache_hit = true;
                 rec.outputs = entry.outputs;
@@ -361,6 +365,7 @@ impl NodeJob {
             Assessment::Run(reasons) => reasons,
         };
         rec.reasons = reasons.iter().map(Reason::to_string).collect();
+        tracing::info!(reasons = %rec.reasons.join("; "), "running");
         self.shared
             .observer
             .node_started(&self.node.id, &rec.reasons);
@@ -378,6 +383,7 @@ impl NodeJob {
             Err(AttemptError::Cancelled) => rec.status = NodeStatus::Cancelled,
             Err(AttemptError::Failed(message)) => rec.error = Some(message),
         }
+        tracing::info!(status = ?rec.status, duration_ms = rec.duration_ms, "finished");
         rec
     }
 

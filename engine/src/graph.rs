@@ -2,7 +2,7 @@
 
 use petgraph::Direction;
 use petgraph::graph::{DiGraph, NodeIndex};
-use petgraph::visit::{Bfs, EdgeRef, Reversed};
+use petgraph::visit::EdgeRef;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 
 /// Nodes by id; an edge `a → b` means b needs a (its label says which output, or `after`).
@@ -102,30 +102,26 @@ impl Dag {
 
     /// Every node `id` needs, directly or not.
     pub fn ancestors(&self, id: &str) -> BTreeSet<String> {
-        let Some(&start) = self.index.get(id) else {
-            return BTreeSet::new();
-        };
-        let reversed = Reversed(&self.graph);
-        let mut bfs = Bfs::new(reversed, start);
-        let mut found = BTreeSet::new();
-        while let Some(ix) = bfs.next(reversed) {
-            if ix != start {
-                found.insert(self.graph[ix].clone());
-            }
-        }
-        found
+        self.reachable(id, Direction::Incoming)
     }
 
     /// Every node that needs `id`, directly or not.
     pub fn descendants(&self, id: &str) -> BTreeSet<String> {
+        self.reachable(id, Direction::Outgoing)
+    }
+
+    /// Nodes reachable from `id` along edges in `direction` (not `id` itself).
+    fn reachable(&self, id: &str, direction: Direction) -> BTreeSet<String> {
         let Some(&start) = self.index.get(id) else {
             return BTreeSet::new();
         };
-        let mut bfs = Bfs::new(&self.graph, start);
         let mut found = BTreeSet::new();
-        while let Some(ix) = bfs.next(&self.graph) {
-            if ix != start {
-                found.insert(self.graph[ix].clone());
+        let mut stack = vec![start];
+        while let Some(ix) = stack.pop() {
+            for next in self.graph.neighbors_directed(ix, direction) {
+                if next != start && found.insert(self.graph[next].clone()) {
+                    stack.push(next);
+                }
             }
         }
         found

@@ -97,57 +97,52 @@ pub fn validate(
     registry: &Registry,
     overrides: &[String],
 ) -> Result<ValidWorkflow, Diagnostics> {
-    let (params, mut errors) = effective_params(&file.spec.params, overrides);
+    let (params, errors) = effective_params(&file.spec.params, overrides);
     let spec_nodes = &file.spec.nodes;
+    let mut checker = Checker {
+        registry,
+        ids: spec_nodes.value.keys().collect(),
+        params: &params,
+        all: &spec_nodes.value,
+        dag: Dag::default(),
+        errors,
+    };
     if spec_nodes.value.is_empty() {
-        errors.push(Diagnostic::at(
-            Span::of(&spec_nodes.referenced),
+        let span = Span::of(&spec_nodes.referenced);
+        checker.errors.push(Diagnostic::at(
+            span,
             "nodes",
             "empty workflow: `nodes` has no entries",
         ));
     }
-    let ids: Vec<&str> = spec_nodes.value.keys().collect();
-    let mut dag = Dag::default();
     let mut nodes = Vec::new();
     for (key, spec) in spec_nodes.value.iter() {
-        let id = key.value.as_str();
-        dag.add_node(id);
-        if !crate::reference_name_ok(id) {
-            errors.push(Diagnostic::at(
+        if !crate::reference_name_ok(&key.value) {
+            let message = "node ids use letters, digits, `_` and `-`";
+            checker.errors.push(Diagnostic::at(
                 Span::of(&key.referenced),
-                format!("nodes.{id}"),
-                "node ids use letters, digits, `_` and `-`",
+                format!("nodes.{}", key.value),
+                message,
             ));
         }
-        if let Some(node) = validate_node(
-            id,
-            &spec.value,
-            registry,
-            &ids,
-            &params,
-            spec_nodes,
-            &mut dag,
-            &mut errors,
-        ) {
-            nodes.push(node);
-        }
+        nodes.extend(checker.node(&key.value, &spec.value));
     }
-    let order = match dag.topological_order() {
-        Ok(order) => order,
-        Err(cycle) => {
-            let first = spec_nodes
-                .value
-                .key(&cycle[0])
-                .map(|k| Span::of(&k.referenced))
-                .unwrap_or_default();
-            errors.push(Diagnostic::at(
-                first,
-                format!("nodes.{}", cycle[0]),
-                format!("cycle: {}", cycle.join(" → ")),
-            ));
-            Vec::new()
-        }
-    };
+    let Checker {
+        dag, mut errors, ..
+    } = checker;
+    let order = dag.topological_order().unwrap_or_else(|cycle| {
+        let first = spec_nodes
+            .value
+            .key(&cycle[0])
+            .map(|k| Span::of(&k.referenced))
+            .unwrap_or_default();
+        errors.push(Diagnostic::at(
+            first,
+            format!("nodes.{}", cycle[0]),
+            format!("cycle: {}", cycle.join(" → ")),
+        ));
+        Vec::new()
+    });
     if !errors.is_empty() {
         return Err(Diagnostics::new(&file.path, &file.source, errors));
     }
@@ -161,209 +156,191 @@ pub fn validate(
     })
 }
 
-#[allow(clippy::too_many_arguments)]
-fn validate_node(
-    id: &str,
-    spec: &NodeSpec,
-    registry: &Registry,
-    ids: &[&str],
-    params: &BTreeMap<String, Json>,
-    all: &Spanned<crate::yaml::SpannedMap<NodeSpec>>,
-    dag: &mut Dag,
-    errors: &mut Vec<Diagnostic>,
-) -> Option<ValidNode> {
-    let field = format!("nodes.{id}");
-    let node_type = registry.get(&spec.uses.value);
-    if node_type.is_none() {
-        let mut d = Diagnostic::at(
-            Span::of(&spec.uses.referenced),
-            format!("{field}.uses"),
-            format!(
+/// Checks nodes one by one, building the DAG and collecting every problem.
+struct Checker<'a> {
+    registry: &'a Registry,
+    ids: Vec<&'a str>,
+    params: &'a BTreeMap<String, Json>,
+    all: &'a crate::yaml::SpannedMap<NodeSpec>,
+    dag: Dag,
+    errors: Vec<Diagnostic>,
+}
+
+impl Checker<'_> {
+    fn node(&mut self, id: &str, spec: &NodeSpec) -> Option<ValidNode> {
+        let field = format!("nodes.{id}");
+        self.dag.add_node(id);
+        let node_type = self.registry.get(&spec.uses.value).cloned();
+        if node_type.is_none() {
+            let message = format!(
                 "unknown node type `{}` (`flow nodes` lists the library)",
                 spec.uses.value
-            ),
-        );
-        if let Some(hint) = did_you_mean(&spec.uses.value, registry.names()) {
+            );
+            let mut d = Diagnostic::at(
+                Span::of(&spec.uses.referenced),
+                format!("{field}.uses"),
+                message,
+            );
+            if let Some(hint) = did_you_mean(&spec.uses.value, self.registry.names()) {
+                d = d.with_hint(hint);
+            }
+            self.errors.push(d);
+        }
+        for after in &spec.after {
+            if self.node_exists(
+                &after.value,
+                id,
+                Span::of(&after.referenced),
+                &format!("{field}.after"),
+            ) {
+                self.dag.add_edge(&after.value, id, "after");
+            }
+        }
+        let timeout = spec
+            .timeout
+            .as_ref()
+            .and_then(|t| self.duration(t, &format!("{field}.timeout")));
+        let references = self.references(id, spec);
+        let node_type = node_type?;
+        self.typed_params(id, spec, &node_type);
+        Some(ValidNode {
+            id: id.to_string(),
+            upstream: self.dag.upstream(id),
+            node_type,
+            with: spec.with.clone(),
+            references,
+            retries: spec.retries.as_ref().map_or(0, |r| r.value),
+            timeout,
+            resources: spec
+                .resources
+                .iter()
+                .map(|(k, v)| (k.value.clone(), v.value))
+                .collect(),
+        })
+    }
+
+    fn duration(&mut self, text: &Spanned<String>, field: &str) -> Option<Duration> {
+        match humantime::parse_duration(&text.value) {
+            Ok(d) if !d.is_zero() => Some(d),
+            _ => {
+                let message = format!(
+                    "invalid duration `{}`: expected a positive duration such as `30s`, `10m` or `1h30m`",
+                    text.value
+                );
+                self.errors
+                    .push(Diagnostic::at(Span::of(&text.referenced), field, message));
+                None
+            }
+        }
+    }
+
+    fn node_exists(&mut self, target: &str, from: &str, span: Span, field: &str) -> bool {
+        if self.ids.contains(&target) {
+            return true;
+        }
+        let mut d = Diagnostic::at(span, field, format!("reference to unknown node `{target}`"));
+        if let Some(hint) = did_you_mean(target, self.ids.iter().copied().filter(|i| *i != from)) {
             d = d.with_hint(hint);
         }
-        errors.push(d);
+        self.errors.push(d);
+        false
     }
-    for after in &spec.after {
-        check_node_exists(
-            &after.value,
-            id,
-            Span::of(&after.referenced),
-            &format!("{field}.after"),
-            ids,
-            errors,
-        );
-        dag.add_edge(&after.value, id, "after");
-    }
-    let timeout = spec.timeout.as_ref().and_then(|t| match humantime::parse_duration(&t.value) {
-        Ok(d) if !d.is_zero() => Some(d),
-        _ => {
-            errors.push(Diagnostic::at(
-                Span::of(&t.referenced),
-                format!("{field}.timeout"),
-                format!("invalid duration `{}`: expected a positive duration such as `30s`, `10m` or `1h30m`", t.value),
-            ));
-            None
-        }
-    });
-    let references = check_references(id, spec, registry, ids, params, all, dag, errors);
-    let node_type = node_type?.clone();
-    check_typed_params(id, spec, &node_type, params, errors);
-    Some(ValidNode {
-        id: id.to_string(),
-        upstream: dag.upstream(id),
-        node_type,
-        with: spec.with.clone(),
-        references,
-        retries: spec.retries.as_ref().map_or(0, |r| r.value),
-        timeout,
-        resources: spec
-            .resources
-            .iter()
-            .map(|(k, v)| (k.value.clone(), v.value))
-            .collect(),
-    })
-}
 
-fn check_node_exists(
-    target: &str,
-    from: &str,
-    span: Span,
-    field: &str,
-    ids: &[&str],
-    errors: &mut Vec<Diagnostic>,
-) -> bool {
-    if ids.contains(&target) {
-        return true;
-    }
-    let mut d = Diagnostic::at(span, field, format!("reference to unknown node `{target}`"));
-    if let Some(hint) = did_you_mean(target, ids.iter().copied().filter(|i| *i != from)) {
-        d = d.with_hint(hint);
-    }
-    errors.push(d);
-    false
-}
-
-/// Checks every `${…}` in `with:` and adds the DAG edges that output references make.
-#[allow(clippy::too_many_arguments)]
-fn check_references(
-    id: &str,
-    spec: &NodeSpec,
-    registry: &Registry,
-    ids: &[&str],
-    params: &BTreeMap<String, Json>,
-    all: &Spanned<crate::yaml::SpannedMap<NodeSpec>>,
-    dag: &mut Dag,
-    errors: &mut Vec<Diagnostic>,
-) -> Vec<Reference> {
-    let Some(with) = &spec.with else {
-        return Vec::new();
-    };
-    let mut references = Vec::new();
-    for found in references_in(with, &format!("nodes.{id}.with")) {
-        let (reference, span, field) = match found {
-            Ok(found) => found,
-            Err(d) => {
-                errors.push(d);
-                continue;
-            }
+    /// Checks every `${…}` in `with:` and adds the DAG edges that output references make.
+    fn references(&mut self, id: &str, spec: &NodeSpec) -> Vec<Reference> {
+        let Some(with) = &spec.with else {
+            return Vec::new();
         };
-        match &reference {
-            Reference::Param { name, path } => {
-                if let Err(message) = param_value(params, name, path) {
-                    errors.push(Diagnostic::at(span, &field, message));
+        let mut references = Vec::new();
+        for found in references_in(with, &format!("nodes.{id}.with")) {
+            let (reference, span, field) = match found {
+                Ok(found) => found,
+                Err(d) => {
+                    self.errors.push(d);
+                    continue;
                 }
-            }
-            Reference::Output { node, output } => {
-                if check_node_exists(node, id, span, &field, ids, errors) {
-                    check_output_exists(node, output, registry, all, span, &field, errors);
-                    dag.add_edge(node, id, output);
+            };
+            match &reference {
+                Reference::Param { name, path } => {
+                    if let Err(message) = param_value(self.params, name, path) {
+                        self.errors.push(Diagnostic::at(span, &field, message));
+                    }
                 }
+                Reference::Output { node, output } => {
+                    if self.node_exists(node, id, span, &field) {
+                        self.output_exists(node, output, span, &field);
+                        self.dag.add_edge(node, id, output);
+                    }
+                }
+                Reference::Env(_) | Reference::Secret(_) => {}
             }
-            Reference::Env(_) | Reference::Secret(_) => {}
+            if !references.contains(&reference) {
+                references.push(reference);
+            }
         }
-        if !references.contains(&reference) {
-            references.push(reference);
-        }
+        references
     }
-    references
-}
 
-fn check_output_exists(
-    node: &str,
-    output: &str,
-    registry: &Registry,
-    all: &Spanned<crate::yaml::SpannedMap<NodeSpec>>,
-    span: Span,
-    field: &str,
-    errors: &mut Vec<Diagnostic>,
-) {
-    let Some(producer) = all
-        .value
-        .get(node)
-        .and_then(|n| registry.get(&n.value.uses.value))
-    else {
-        return;
-    };
-    let outputs: Vec<&str> = producer.outputs().iter().map(|o| o.name).collect();
-    if !outputs.contains(&output) {
-        let mut d = Diagnostic::at(
-            span,
-            field,
-            format!(
-                "node `{node}` ({}) has no output `{output}`; its outputs: {}",
-                producer.type_name(),
-                outputs.join(", ")
-            ),
+    fn output_exists(&mut self, node: &str, output: &str, span: Span, field: &str) {
+        let Some(producer) = self
+            .all
+            .get(node)
+            .and_then(|n| self.registry.get(&n.value.uses.value))
+        else {
+            return;
+        };
+        let outputs: Vec<&str> = producer.outputs().iter().map(|o| o.name).collect();
+        if outputs.contains(&output) {
+            return;
+        }
+        let message = format!(
+            "node `{node}` ({}) has no output `{output}`; its outputs: {}",
+            producer.type_name(),
+            outputs.join(", ")
         );
+        let mut d = Diagnostic::at(span, field, message);
         if let Some(hint) = did_you_mean(output, outputs) {
             d = d.with_hint(hint);
         }
-        errors.push(d);
+        self.errors.push(d);
     }
-}
 
-/// Resolves `with:` with placeholders and checks it against the node type's params struct.
-fn check_typed_params(
-    id: &str,
-    spec: &NodeSpec,
-    node_type: &Arc<dyn DynNode>,
-    params: &BTreeMap<String, Json>,
-    errors: &mut Vec<Diagnostic>,
-) {
-    let field = format!("nodes.{id}.with");
-    let mut placeholders = |r: &Reference| -> Result<Json, String> {
-        Ok(match r {
-            Reference::Param { name, path } => {
-                param_value(params, name, path).unwrap_or(Json::Null)
-            }
-            Reference::Env(name) => Json::String(std::env::var(name).unwrap_or_default()),
-            Reference::Secret(_) => Json::String("***".into()),
-            Reference::Output { node, output } => placeholder_path(node, output),
-        })
-    };
-    let value = match &spec.with {
-        Some(with) => match interpolate(with, &field, &mut placeholders) {
-            Ok(value) => value,
-            Err(_) => return, // already reported by check_references
-        },
-        None => Json::Object(Default::default()),
-    };
-    if let Err(e) = node_type.check_params(&value) {
-        let span = match &spec.with {
-            Some(with) => locate(with, &e.path),
-            None => Span::of(&spec.uses.referenced),
+    /// Resolves `with:` with placeholders and checks it against the node type's params struct.
+    fn typed_params(&mut self, id: &str, spec: &NodeSpec, node_type: &Arc<dyn DynNode>) {
+        let field = format!("nodes.{id}.with");
+        let params = self.params;
+        let mut placeholders = |r: &Reference| -> Result<Json, String> {
+            Ok(match r {
+                Reference::Param { name, path } => {
+                    param_value(params, name, path).unwrap_or(Json::Null)
+                }
+                Reference::Env(name) => Json::String(std::env::var(name).unwrap_or_default()),
+                Reference::Secret(_) => Json::String("***".into()),
+                Reference::Output { node, output } => placeholder_path(node, output),
+            })
         };
-        let path = crate::yaml::path_text(&e.path);
-        let message = format!(
-            "{} params: {}",
-            node_type.type_name(),
-            e.message.replace("unknown field", "unknown param")
-        );
-        errors.push(Diagnostic::at(span, format!("{field}{path}"), message));
+        let value = match &spec.with {
+            Some(with) => match interpolate(with, &field, &mut placeholders) {
+                Ok(value) => value,
+                Err(_) => return, // already reported by `references`
+            },
+            None => Json::Object(Default::default()),
+        };
+        if let Err(e) = node_type.check_params(&value) {
+            let span = match &spec.with {
+                Some(with) => locate(with, &e.path),
+                None => Span::of(&spec.uses.referenced),
+            };
+            let message = format!(
+                "{} params: {}",
+                node_type.type_name(),
+                e.message.replace("unknown field", "unknown param")
+            );
+            self.errors.push(Diagnostic::at(
+                span,
+                format!("{field}{}", crate::yaml::path_text(&e.path)),
+                message,
+            ));
+        }
     }
 }

@@ -1,0 +1,20 @@
+//! flow's model core: a Mistral on burn that reproduces transformers' log-probs, checkpoint and
+//! tokenizer loading, TRL-exact DPO tokenization and batched scoring. Kept out of the engine's
+//! build: only node types that do tensor work depend on it.
+
+pub mod config;
+pub mod error;
+pub mod mistral;
+pub mod scoring;
+pub mod tokenize;
+pub mod weights;
+
+pub use burn::prelude::{Device, Int, Tensor};
+pub use config::MistralConfig;
+pub use error::{ModelError, Result};
+pub use mistral::Mistral;
+
+/// The CPU device (burn's Flex backend).
+pub fn cpu() -> Device {
+    Device::flex()
+}

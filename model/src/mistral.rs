@@ -1,0 +1,342 @@
+//! Mistral (Jiang et al. 2023), as transformers' `MistralForCausalLM` computes it:
+//! token embeddings → N × [RMSNorm → grouped-query attention with RoPE (rotate-half layout)
+//! and a sliding causal window → residual → RMSNorm → SwiGLU MLP → residual] → RMSNorm → lm_head.
+//!
+//! Weights keep the checkpoint's layout (`[out, in]` for linear layers); checkpoint names are
+//! mapped to fields in one place, [`weight_specs`] with [`Mistral::from_fn`] and [`Mistral::weights`].
+//! Every weight is held as a 2-D tensor (norm weights as `[1, hidden]`) so that optimizers and
+//! savers treat all of them alike.
+
+use burn::prelude::*;
+use burn::tensor::{DType, TensorData, activation};
+use std::path::Path;
+
+use crate::config::MistralConfig;
+use crate::error::{ModelError, Result};
+use crate::weights::{Checkpoint, NamedTensor, SaveDtype, save_safetensors};
+
+/// A checkpoint tensor: its name, its shape in the file, and the 2-D shape the model holds.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WeightSpec {
+    /// Name in the checkpoint (`model.layers.0.self_attn.q_proj.weight`).
+    pub name: String,
+    /// Shape in the checkpoint.
+    pub file_shape: Vec<usize>,
+    /// Shape in the model (`[1, n]` for 1-D weights).
+    pub shape: [usize; 2],
+}
+
+fn spec(name: String, file_shape: &[usize]) -> WeightSpec {
+    let shape = match file_shape {
+        [n] => [1, *n],
+        [rows, cols] => [*rows, *cols],
+        _ => unreachable!("Mistral weights are 1-D or 2-D"),
+    };
+    WeightSpec { name, file_shape: file_shape.to_vec(), shape }
+}
+
+/// Every weight of a Mistral with this config, in checkpoint order: the one place names are mapped.
+pub fn weight_specs(c: &MistralConfig) -> Vec<WeightSpec> {
+    let (h, i, v) = (c.hidden_size, c.intermediate_size, c.vocab_size);
+    let (q, kv) = (c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim);
+    let mut specs = vec![spec("model.embed_tokens.weight".into(), &[v, h])];
+    for l in 0..c.num_hidden_layers {
+        let p = format!("model.layers.{l}");
+        specs.push(spec(format!("{p}.input_layernorm.weight"), &[h]));
+        specs.push(spec(format!("{p}.self_attn.q_proj.weight"), &[q, h]));
+        specs.push(spec(format!("{p}.self_attn.k_proj.weight"), &[kv, h]));
+        specs.push(spec(format!("{p}.self_attn.v_proj.weight"), &[kv, h]));
+        specs.push(spec(format!("{p}.self_attn.o_proj.weight"), &[h, q]));
+        specs.push(spec(format!("{p}.post_attention_layernorm.weight"), &[h]));
+        specs.push(spec(format!("{p}.mlp.gate_proj.weight"), &[i, h]));
+        specs.push(spec(format!("{p}.mlp.up_proj.weight"), &[i, h]));
+        specs.push(spec(format!("{p}.mlp.down_proj.weight"), &[h, i]));
+    }
+    specs.push(spec("model.norm.weight".into(), &[h]));
+    if !c.tie_word_embeddings {
+        specs.push(spec("lm_head.weight".into(), &[v, h]));
+    }
+    specs
+}
+
+/// `y = x Wᵀ` with `W` in the checkpoint's `[out, in]` layout.
+#[derive(Clone, Debug)]
+pub struct Linear {
+    /// `[out, in]`.
+    pub weight: Tensor<2>,
+}
+
+impl Linear {
+    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let [b, t, d] = x.dims();
+        let out = self.weight.dims()[0];
+        x.reshape([b * t, d]).matmul(self.weight.clone().transpose()).reshape([b, t, out])
+    }
+}
+
+/// Root-mean-square norm: `x / sqrt(mean(x²) + ε) · w`.
+#[derive(Clone, Debug)]
+pub struct RmsNorm {
+    /// `[1, hidden]`.
+    pub weight: Tensor<2>,
+    eps: f64,
+}
+
+impl RmsNorm {
+    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let mean_square = x.clone().square().mean_dim(2);
+        let normed = x * mean_square.add_scalar(self.eps).sqrt().recip();
+        normed * self.weight.clone().unsqueeze::<3>()
+    }
+}
+
+/// Rotary position embeddings in the rotate-half layout of Hugging Face checkpoints.
+#[derive(Clone, Debug)]
+pub struct Rope {
+    cos: Tensor<4>,
+    sin: Tensor<4>,
+}
+
+impl Rope {
+    /// Tables for positions `0..len`, in `dtype`.
+    pub fn new(len: usize, head_dim: usize, theta: f64, device: &Device, dtype: DType) -> Rope {
+        let half = head_dim / 2;
+        let mut cos = Vec::with_capacity(len * head_dim);
+        let mut sin = Vec::with_capacity(len * head_dim);
+        for pos in 0..len {
+            for j in 0..head_dim {
+                // inv_freq in f32 as transformers computes it, then the angle in f32.
+                let inv_freq = (1.0 / theta.powf((2 * (j % half)) as f64 / head_dim as f64)) as f32;
+                let angle = pos as f32 * inv_freq;
+                cos.push(angle.cos());
+                sin.push(angle.sin());
+            }
+        }
+        let table = |v: Vec<f32>| Tensor::<2>::from_data(TensorData::new(v, [len, head_dim]), (device, dtype)).reshape([1, 1, len, head_dim]);
+        Rope { cos: table(cos), sin: table(sin) }
+    }
+
+    /// `x·cos + rotate_half(x)·sin` for `x` of shape `[batch, heads, len, head_dim]`.
+    fn apply(&self, x: Tensor<4>) -> Tensor<4> {
+        let d = x.dims()[3];
+        let first = x.clone().narrow(3, 0, d / 2);
+        let second = x.clone().narrow(3, d / 2, d / 2);
+        let rotated = Tensor::cat(vec![second.neg(), first], 3);
+        x * self.cos.clone() + rotated * self.sin.clone()
+    }
+}
+
+/// Grouped-query self-attention.
+#[derive(Clone, Debug)]
+pub struct Attention {
+    /// Query projection.
+    pub q_proj: Linear,
+    /// Key projection.
+    pub k_proj: Linear,
+    /// Value projection.
+    pub v_proj: Linear,
+    /// Output projection.
+    pub o_proj: Linear,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+}
+
+impl Attention {
+    fn forward(&self, x: Tensor<3>, rope: &Rope, mask: &Tensor<4>) -> Tensor<3> {
+        let [b, t, _] = x.dims();
+        let split = |y: Tensor<3>, heads: usize| y.reshape([b, t, heads, self.head_dim]).swap_dims(1, 2);
+        let q = rope.apply(split(self.q_proj.forward(x.clone()), self.heads));
+        let k = rope.apply(split(self.k_proj.forward(x.clone()), self.kv_heads));
+        let v = split(self.v_proj.forward(x), self.kv_heads);
+        let (k, v) = (self.repeat_kv(k), self.repeat_kv(v));
+        let scale = (self.head_dim as f64).powf(-0.5);
+        let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(scale) + mask.clone();
+        let probs = activation::softmax(scores, 3);
+        let out = probs.matmul(v).swap_dims(1, 2).reshape([b, t, self.heads * self.head_dim]);
+        self.o_proj.forward(out)
+    }
+
+    /// Query head `h` reads key/value head `h / (heads / kv_heads)`.
+    fn repeat_kv(&self, x: Tensor<4>) -> Tensor<4> {
+        let groups = self.heads / self.kv_heads;
+        if groups == 1 {
+            return x;
+        }
+        let [b, kv, t, d] = x.dims();
+        x.reshape([b, kv, 1, t, d]).repeat_dim(2, groups).reshape([b, kv * groups, t, d])
+    }
+}
+
+/// SwiGLU feed-forward: `down(silu(gate(x)) · up(x))`.
+#[derive(Clone, Debug)]
+pub struct Mlp {
+    /// Gate projection.
+    pub gate_proj: Linear,
+    /// Up projection.
+    pub up_proj: Linear,
+    /// Down projection.
+    pub down_proj: Linear,
+}
+
+impl Mlp {
+    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let gate = activation::silu(self.gate_proj.forward(x.clone()));
+        self.down_proj.forward(gate * self.up_proj.forward(x))
+    }
+}
+
+/// One decoder layer (pre-norm residual blocks).
+#[derive(Clone, Debug)]
+pub struct DecoderLayer {
+    /// Norm before attention.
+    pub input_layernorm: RmsNorm,
+    /// Attention.
+    pub self_attn: Attention,
+    /// Norm before the MLP.
+    pub post_attention_layernorm: RmsNorm,
+    /// MLP.
+    pub mlp: Mlp,
+}
+
+impl DecoderLayer {
+    fn forward(&self, x: Tensor<3>, rope: &Rope, mask: &Tensor<4>) -> Tensor<3> {
+        let x = x.clone() + self.self_attn.forward(self.input_layernorm.forward(x), rope, mask);
+        x.clone() + self.mlp.forward(self.post_attention_layernorm.forward(x))
+    }
+}
+
+/// The whole model.
+#[derive(Clone, Debug)]
+pub struct Mistral {
+    /// Its config.
+    pub config: MistralConfig,
+    /// `[vocab, hidden]`.
+    pub embed_tokens: Tensor<2>,
+    /// Decoder layers.
+    pub layers: Vec<DecoderLayer>,
+    /// Final norm.
+    pub norm: RmsNorm,
+    /// `[vocab, hidden]`; `None` when tied to the embeddings.
+    pub lm_head: Option<Tensor<2>>,
+}
+
+impl Mistral {
+    /// Builds the model from a function that yields each weight (by its spec).
+    pub fn from_fn(config: &MistralConfig, mut weight: impl FnMut(&WeightSpec) -> Result<Tensor<2>>) -> Result<Mistral> {
+        let specs = weight_specs(config);
+        let mut tensors = specs.iter().map(|s| weight(s)).collect::<Result<Vec<_>>>()?.into_iter();
+        let mut next = || tensors.next().expect("one tensor per spec");
+        let norm = |weight: Tensor<2>| RmsNorm { weight, eps: config.rms_norm_eps };
+        let embed_tokens = next();
+        let layers = (0..config.num_hidden_layers)
+            .map(|_| DecoderLayer {
+                input_layernorm: norm(next()),
+                self_attn: Attention {
+                    q_proj: Linear { weight: next() },
+                    k_proj: Linear { weight: next() },
+                    v_proj: Linear { weight: next() },
+                    o_proj: Linear { weight: next() },
+                    heads: config.num_attention_heads,
+                    kv_heads: config.num_key_value_heads,
+                    head_dim: config.head_dim,
+                },
+                post_attention_layernorm: norm(next()),
+                mlp: Mlp { gate_proj: Linear { weight: next() }, up_proj: Linear { weight: next() }, down_proj: Linear { weight: next() } },
+            })
+            .collect();
+        let final_norm = norm(next());
+        let lm_head = (!config.tie_word_embeddings).then(&mut next);
+        Ok(Mistral { config: config.clone(), embed_tokens, layers, norm: final_norm, lm_head })
+    }
+
+    /// Every weight with its checkpoint name, in [`weight_specs`] order.
+    pub fn weights(&self) -> Vec<(String, Tensor<2>)> {
+        let mut all = vec![self.embed_tokens.clone()];
+        for l in &self.layers {
+            let a = &l.self_attn;
+            all.extend([l.input_layernorm.weight.clone(), a.q_proj.weight.clone(), a.k_proj.weight.clone(), a.v_proj.weight.clone(), a.o_proj.weight.clone()]);
+            all.extend([l.post_attention_layernorm.weight.clone(), l.mlp.gate_proj.weight.clone(), l.mlp.up_proj.weight.clone(), l.mlp.down_proj.weight.clone()]);
+        }
+        all.push(self.norm.weight.clone());
+        all.extend(self.lm_head.clone());
+        weight_specs(&self.config).into_iter().map(|s| s.name).zip(all).collect()
+    }
+
+    /// The same model with every weight passed through `f` (to track gradients, move devices…).
+    pub fn map_weights(&self, mut f: impl FnMut(&str, Tensor<2>) -> Tensor<2>) -> Mistral {
+        let mut weights = self.weights().into_iter();
+        Mistral::from_fn(&self.config, |spec| {
+            let (name, tensor) = weights.next().expect("one tensor per spec");
+            debug_assert_eq!(name, spec.name);
+            Ok(f(&name, tensor))
+        })
+        .expect("infallible")
+    }
+
+    /// Loads `config.json` and the safetensors checkpoint of a model directory.
+    pub fn load(dir: &Path, device: &Device) -> Result<Mistral> {
+        let config = MistralConfig::load(dir)?;
+        let checkpoint = Checkpoint::open(dir)?;
+        Mistral::from_fn(&config, |spec| {
+            let values = checkpoint.read_f32(&spec.name, &spec.file_shape)?;
+            Ok(Tensor::<2>::from_data(TensorData::new(values, spec.shape), device))
+        })
+    }
+
+    /// Writes `config.json` and the weights (sharded past 5 GB) into `dir`.
+    pub fn save(&self, dir: &Path, dtype: SaveDtype) -> Result<()> {
+        let mut config = self.config.clone();
+        config.dtype = dtype.config_name().to_string();
+        let path = dir.join("config.json");
+        let text = serde_json::to_string_pretty(&config.to_json()).expect("JSON");
+        std::fs::write(&path, text).map_err(crate::error::io_at(&path))?;
+        let specs = weight_specs(&self.config);
+        let tensors = self
+            .weights()
+            .into_iter()
+            .zip(specs)
+            .map(|((name, tensor), spec)| {
+                let values = tensor.into_data_dtype(burn::tensor::DType::F32).try_to_vec::<f32>().map_err(|e| ModelError::Argument(format!("{name}: {e:?}")))?;
+                Ok(NamedTensor { name, shape: spec.file_shape, values })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        save_safetensors(dir, &tensors, dtype, crate::weights::MAX_SHARD_BYTES)
+    }
+
+    /// The `[vocab, hidden]` output projection (the embeddings when tied).
+    pub fn lm_head_weight(&self) -> Tensor<2> {
+        self.lm_head.clone().unwrap_or_else(|| self.embed_tokens.clone())
+    }
+
+    /// Final-normed hidden states `[batch, len, hidden]` for token ids `[batch, len]`,
+    /// with `mask` the additive attention mask from [`attention_mask`].
+    pub fn hidden_states(&self, ids: Tensor<2, Int>, mask: &Tensor<4>) -> Tensor<3> {
+        let [b, t] = ids.dims();
+        let device = ids.device();
+        let hidden = self.config.hidden_size;
+        let mut x = self.embed_tokens.clone().select(0, ids.reshape([b * t])).reshape([b, t, hidden]);
+        let rope = Rope::new(t, self.config.head_dim, self.config.rope_theta, &device, self.embed_tokens.dtype());
+        for layer in &self.layers {
+            x = layer.forward(x, &rope, mask);
+        }
+        self.norm.forward(x)
+    }
+}
+
+/// The additive mask `[batch, 1, len, len]` in `dtype`: 0 where query q may see key k (k ≤ q, k > q − window,
+/// k a real token), a large negative number elsewhere. `lengths` are the unpadded lengths.
+pub fn attention_mask(lengths: &[usize], len: usize, window: Option<usize>, device: &Device, dtype: DType) -> Tensor<4> {
+    const MASKED: f32 = -1.0e9;
+    let window = window.unwrap_or(usize::MAX);
+    let mut values = Vec::with_capacity(lengths.len() * len * len);
+    for &real in lengths {
+        for q in 0..len {
+            for k in 0..len {
+                let visible = k <= q && q - k < window && k < real;
+                values.push(if visible { 0.0 } else { MASKED });
+            }
+        }
+    }
+    Tensor::<1>::from_data(TensorData::new(values, [lengths.len() * len * len]), (device, dtype)).reshape([lengths.len(), 1, len, len])
+}

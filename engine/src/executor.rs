@@ -369,7 +369,7 @@ impl NodeJob {
         self.shared
             .observer
             .node_started(&self.node.id, &rec.reasons);
-        let outcome = self.run_with_retries(&log_path, &mut rec).await;
+        let outcome = self.run_with_retries(&fp.key(), &log_path, &mut rec).await;
         rec.duration_ms = started.elapsed().as_millis() as u64;
         match outcome {
             Ok(outputs) => {
@@ -402,6 +402,7 @@ impl NodeJob {
 
     async fn run_with_retries(
         &self,
+        key: &str,
         log_path: &std::path::Path,
         rec: &mut NodeRecord,
     ) -> Result<BTreeMap<String, String>, AttemptError> {
@@ -412,7 +413,7 @@ impl NodeJob {
         let attempts = self.node.retries + 1;
         for attempt in 1..=attempts {
             rec.attempts = attempt;
-            match self.attempt(&log).await {
+            match self.attempt(key, &log).await {
                 Ok(outputs) => return Ok(outputs),
                 Err(AttemptError::Failed(message)) if attempt < attempts => {
                     let message = log.mask(&message);
@@ -488,17 +489,26 @@ impl NodeJob {
     }
 
     /// One attempt in a fresh temporary directory; outputs are committed only on success.
-    async fn attempt(&self, log: &LogSink) -> Result<BTreeMap<String, String>, AttemptError> {
+    async fn attempt(
+        &self,
+        key: &str,
+        log: &LogSink,
+    ) -> Result<BTreeMap<String, String>, AttemptError> {
         let failed = |e: StoreError| AttemptError::Failed(e.to_string());
         let tmp = self.shared.store.temp_dir(&self.node.id).map_err(failed)?;
-        let result = self.attempt_in(&tmp, log).await;
+        let resume = self.shared.store.resume_dir(key).map_err(failed)?;
+        let result = self.attempt_in(&tmp, absolute(resume), log).await;
         let _ = std::fs::remove_dir_all(&tmp);
+        if result.is_ok() {
+            self.shared.store.remove_resume_dir(key).map_err(failed)?;
+        }
         result
     }
 
     async fn attempt_in(
         &self,
         tmp: &std::path::Path,
+        resume: PathBuf,
         log: &LogSink,
     ) -> Result<BTreeMap<String, String>, AttemptError> {
         let io = |e: std::io::Error| AttemptError::Failed(e.to_string());
@@ -512,10 +522,13 @@ impl NodeJob {
         std::fs::create_dir_all(&work).map_err(io)?;
         let params = self.resolved_params().map_err(AttemptError::Failed)?;
         let cancel = self.shared.cancel.child_token();
+        // Whatever ends the attempt (success, failure, timeout) also tells blocking work to stop.
+        let _stop_on_exit = cancel.clone().drop_guard();
         let progress: Arc<dyn ProgressSink> = self.shared.observer.clone();
         let ctx = NodeContext::new(
             &self.node.id,
             work,
+            resume,
             outputs.clone(),
             log.clone(),
             cancel.clone(),

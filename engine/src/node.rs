@@ -245,6 +245,9 @@ pub struct NodeContext {
     pub node_id: String,
     /// A scratch directory that is removed after the node finishes.
     pub work_dir: PathBuf,
+    /// A directory that survives failed, cancelled or killed attempts of the same fingerprint
+    /// (same params and inputs), for resumable work; removed once the node succeeds.
+    pub resume_dir: PathBuf,
     outputs: BTreeMap<String, PathBuf>,
     log: LogSink,
     cancel: CancellationToken,
@@ -256,6 +259,7 @@ impl NodeContext {
     pub fn new(
         node_id: &str,
         work_dir: PathBuf,
+        resume_dir: PathBuf,
         outputs: BTreeMap<String, PathBuf>,
         log: LogSink,
         cancel: CancellationToken,
@@ -264,6 +268,7 @@ impl NodeContext {
         NodeContext {
             node_id: node_id.to_string(),
             work_dir,
+            resume_dir,
             outputs,
             log,
             cancel,

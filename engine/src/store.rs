@@ -8,6 +8,7 @@
 //!   cache/<key>.json          fingerprint key → output digests
 //!   state/<workflow>/<node>.json  fingerprint of the node's last success (for reasons)
 //!   runs/<run-id>/            run records and node logs
+//!   resume/<key>/             what an unfinished node kept for its next attempt
 //!   tmp/                      outputs being written; renamed into artifacts/ when complete
 //! ```
 //!
@@ -143,7 +144,7 @@ pub struct StoreLock {
     _file: fs::File,
 }
 
-const SUBDIRS: [&str; 5] = ["artifacts", "cache", "state", "runs", "tmp"];
+const SUBDIRS: [&str; 6] = ["artifacts", "cache", "state", "runs", "tmp", "resume"];
 
 impl Store {
     /// The store at `root` (nothing is touched until [`Store::create`]).
@@ -225,6 +226,23 @@ impl Store {
         ));
         fs::create_dir_all(&dir).at(&dir)?;
         Ok(dir)
+    }
+
+    /// The resume directory of a fingerprint key (created on demand).
+    pub fn resume_dir(&self, key: &str) -> Result<PathBuf, StoreError> {
+        let dir = self.root.join("resume").join(key);
+        fs::create_dir_all(&dir).at(&dir)?;
+        Ok(dir)
+    }
+
+    /// Removes a fingerprint key's resume directory (after the node succeeded).
+    pub fn remove_resume_dir(&self, key: &str) -> Result<(), StoreError> {
+        let dir = self.root.join("resume").join(key);
+        if dir.exists() {
+            remove_dir(&dir)
+        } else {
+            Ok(())
+        }
     }
 
     /// Where an artifact's files live.
@@ -376,11 +394,13 @@ impl Store {
                 }
             }
         }
-        let tmp = self.root.join("tmp");
-        for entry in fs::read_dir(&tmp).at(&tmp)?.flatten() {
-            report.temp_dirs += 1;
-            if !dry_run {
-                remove_path(&entry.path())?;
+        for leftovers in ["tmp", "resume"] {
+            let dir = self.root.join(leftovers);
+            for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {
+                report.temp_dirs += 1;
+                if !dry_run {
+                    remove_path(&entry.path())?;
+                }
             }
         }
         Ok(report)
@@ -396,7 +416,7 @@ pub struct GcReport {
     pub bytes: u64,
     /// Cache entries removed.
     pub cache_entries: usize,
-    /// Leftover temporary directories removed.
+    /// Leftover temporary and resume directories removed.
     pub temp_dirs: usize,
 }
 

@@ -91,7 +91,10 @@ impl MistralConfig {
     pub fn load(dir: &Path) -> Result<MistralConfig> {
         let path = dir.join("config.json");
         if !path.is_file() {
-            return Err(ModelError::MissingFile { path, what: "the model's config.json".into() });
+            return Err(ModelError::MissingFile {
+                path,
+                what: "the model's config.json".into(),
+            });
         }
         let text = std::fs::read_to_string(&path).map_err(io_at(&path))?;
         Self::parse(&text).map_err(|message| ModelError::Invalid { path, message })
@@ -99,28 +102,51 @@ impl MistralConfig {
 
     /// Parses config.json text.
     pub fn parse(text: &str) -> Result<MistralConfig, String> {
-        let raw: RawConfig = serde_json::from_str(text).map_err(|e| format!("not a model config: {e}"))?;
+        let raw: RawConfig =
+            serde_json::from_str(text).map_err(|e| format!("not a model config: {e}"))?;
         match raw.model_type.as_deref() {
             Some("mistral") => {}
-            Some(other) => return Err(format!("unsupported model_type `{other}`: flow's model core implements `mistral`")),
+            Some(other) => {
+                return Err(format!(
+                    "unsupported model_type `{other}`: flow's model core implements `mistral`"
+                ));
+            }
             None => return Err("missing field `model_type` (expected \"mistral\")".into()),
         }
         if let Some(act) = raw.hidden_act.as_deref().filter(|a| *a != "silu") {
-            return Err(format!("unsupported hidden_act `{act}`: Mistral uses `silu`"));
+            return Err(format!(
+                "unsupported hidden_act `{act}`: Mistral uses `silu`"
+            ));
         }
-        if let Some(kind) = raw.rope_parameters.as_ref().and_then(|r| r.rope_type.as_deref()).filter(|t| *t != "default") {
-            return Err(format!("unsupported rope_type `{kind}`: only `default` RoPE is implemented"));
+        if let Some(kind) = raw
+            .rope_parameters
+            .as_ref()
+            .and_then(|r| r.rope_type.as_deref())
+            .filter(|t| *t != "default")
+        {
+            return Err(format!(
+                "unsupported rope_type `{kind}`: only `default` RoPE is implemented"
+            ));
         }
         let heads = raw.num_attention_heads;
         let kv_heads = raw.num_key_value_heads.unwrap_or(heads);
         if heads == 0 || kv_heads == 0 || heads % kv_heads != 0 {
-            return Err(format!("num_attention_heads ({heads}) must be a positive multiple of num_key_value_heads ({kv_heads})"));
+            return Err(format!(
+                "num_attention_heads ({heads}) must be a positive multiple of num_key_value_heads ({kv_heads})"
+            ));
         }
         let head_dim = raw.head_dim.unwrap_or(raw.hidden_size / heads);
         if head_dim == 0 || head_dim % 2 != 0 {
-            return Err(format!("head_dim must be even and positive, got {head_dim}"));
+            return Err(format!(
+                "head_dim must be even and positive, got {head_dim}"
+            ));
         }
-        let rope_theta = raw.rope_parameters.as_ref().and_then(|r| r.rope_theta).or(raw.rope_theta).unwrap_or(10000.0);
+        let rope_theta = raw
+            .rope_parameters
+            .as_ref()
+            .and_then(|r| r.rope_theta)
+            .or(raw.rope_theta)
+            .unwrap_or(10000.0);
         let eos = match &raw.eos_token_id {
             Some(Json::Number(n)) => n.as_u64(),
             Some(Json::Array(ids)) => ids.first().and_then(Json::as_u64),
@@ -142,7 +168,10 @@ impl MistralConfig {
             bos_token_id: raw.bos_token_id.unwrap_or(1),
             eos_token_id: eos.unwrap_or(2) as u32,
             pad_token_id: raw.pad_token_id,
-            dtype: raw.dtype.or(raw.torch_dtype).unwrap_or_else(|| "float32".into()),
+            dtype: raw
+                .dtype
+                .or(raw.torch_dtype)
+                .unwrap_or_else(|| "float32".into()),
         })
     }
 
@@ -178,7 +207,10 @@ impl MistralConfig {
 
     /// Parameter count.
     pub fn parameter_count(&self) -> usize {
-        crate::mistral::weight_specs(self).iter().map(|s| s.file_shape.iter().product::<usize>()).sum()
+        crate::mistral::weight_specs(self)
+            .iter()
+            .map(|s| s.file_shape.iter().product::<usize>())
+            .sum()
     }
 }
 
@@ -191,9 +223,15 @@ mod tests {
         let v5 = r#"{"model_type":"mistral","vocab_size":400,"hidden_size":64,"intermediate_size":128,"num_hidden_layers":2,"num_attention_heads":4,"num_key_value_heads":2,"head_dim":16,"rope_parameters":{"rope_theta":500.0,"rope_type":"default"},"sliding_window":4096}"#;
         let v4 = r#"{"model_type":"mistral","vocab_size":32000,"hidden_size":4096,"intermediate_size":14336,"num_hidden_layers":32,"num_attention_heads":32,"num_key_value_heads":8,"rope_theta":10000.0,"torch_dtype":"bfloat16","eos_token_id":2}"#;
         let a = MistralConfig::parse(v5).unwrap();
-        assert_eq!((a.rope_theta, a.head_dim, a.sliding_window), (500.0, 16, Some(4096)));
+        assert_eq!(
+            (a.rope_theta, a.head_dim, a.sliding_window),
+            (500.0, 16, Some(4096))
+        );
         let b = MistralConfig::parse(v4).unwrap();
-        assert_eq!((b.rope_theta, b.head_dim, b.dtype.as_str()), (10000.0, 128, "bfloat16"));
+        assert_eq!(
+            (b.rope_theta, b.head_dim, b.dtype.as_str()),
+            (10000.0, 128, "bfloat16")
+        );
         assert_eq!(MistralConfig::parse(&a.to_json().to_string()).unwrap(), a);
     }
 

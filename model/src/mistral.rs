@@ -32,13 +32,20 @@ fn spec(name: String, file_shape: &[usize]) -> WeightSpec {
         [rows, cols] => [*rows, *cols],
         _ => unreachable!("Mistral weights are 1-D or 2-D"),
     };
-    WeightSpec { name, file_shape: file_shape.to_vec(), shape }
+    WeightSpec {
+        name,
+        file_shape: file_shape.to_vec(),
+        shape,
+    }
 }
 
 /// Every weight of a Mistral with this config, in checkpoint order: the one place names are mapped.
 pub fn weight_specs(c: &MistralConfig) -> Vec<WeightSpec> {
     let (h, i, v) = (c.hidden_size, c.intermediate_size, c.vocab_size);
-    let (q, kv) = (c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim);
+    let (q, kv) = (
+        c.num_attention_heads * c.head_dim,
+        c.num_key_value_heads * c.head_dim,
+    );
     let mut specs = vec![spec("model.embed_tokens.weight".into(), &[v, h])];
     for l in 0..c.num_hidden_layers {
         let p = format!("model.layers.{l}");
@@ -70,7 +77,9 @@ impl Linear {
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let [b, t, d] = x.dims();
         let out = self.weight.dims()[0];
-        x.reshape([b * t, d]).matmul(self.weight.clone().transpose()).reshape([b, t, out])
+        x.reshape([b * t, d])
+            .matmul(self.weight.clone().transpose())
+            .reshape([b, t, out])
     }
 }
 
@@ -112,8 +121,14 @@ impl Rope {
                 sin.push(angle.sin());
             }
         }
-        let table = |v: Vec<f32>| Tensor::<2>::from_data(TensorData::new(v, [len, head_dim]), (device, dtype)).reshape([1, 1, len, head_dim]);
-        Rope { cos: table(cos), sin: table(sin) }
+        let table = |v: Vec<f32>| {
+            Tensor::<2>::from_data(TensorData::new(v, [len, head_dim]), (device, dtype))
+                .reshape([1, 1, len, head_dim])
+        };
+        Rope {
+            cos: table(cos),
+            sin: table(sin),
+        }
     }
 
     /// `x·cos + rotate_half(x)·sin` for `x` of shape `[batch, heads, len, head_dim]`.
@@ -145,7 +160,8 @@ pub struct Attention {
 impl Attention {
     fn forward(&self, x: Tensor<3>, rope: &Rope, mask: &Tensor<4>) -> Tensor<3> {
         let [b, t, _] = x.dims();
-        let split = |y: Tensor<3>, heads: usize| y.reshape([b, t, heads, self.head_dim]).swap_dims(1, 2);
+        let split =
+            |y: Tensor<3>, heads: usize| y.reshape([b, t, heads, self.head_dim]).swap_dims(1, 2);
         let q = rope.apply(split(self.q_proj.forward(x.clone()), self.heads));
         let k = rope.apply(split(self.k_proj.forward(x.clone()), self.kv_heads));
         let v = split(self.v_proj.forward(x), self.kv_heads);
@@ -153,7 +169,10 @@ impl Attention {
         let scale = (self.head_dim as f64).powf(-0.5);
         let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(scale) + mask.clone();
         let probs = activation::softmax(scores, 3);
-        let out = probs.matmul(v).swap_dims(1, 2).reshape([b, t, self.heads * self.head_dim]);
+        let out = probs
+            .matmul(v)
+            .swap_dims(1, 2)
+            .reshape([b, t, self.heads * self.head_dim]);
         self.o_proj.forward(out)
     }
 
@@ -164,7 +183,9 @@ impl Attention {
             return x;
         }
         let [b, kv, t, d] = x.dims();
-        x.reshape([b, kv, 1, t, d]).repeat_dim(2, groups).reshape([b, kv * groups, t, d])
+        x.reshape([b, kv, 1, t, d])
+            .repeat_dim(2, groups)
+            .reshape([b, kv * groups, t, d])
     }
 }
 
@@ -201,7 +222,10 @@ pub struct DecoderLayer {
 
 impl DecoderLayer {
     fn forward(&self, x: Tensor<3>, rope: &Rope, mask: &Tensor<4>) -> Tensor<3> {
-        let x = x.clone() + self.self_attn.forward(self.input_layernorm.forward(x), rope, mask);
+        let x = x.clone()
+            + self
+                .self_attn
+                .forward(self.input_layernorm.forward(x), rope, mask);
         x.clone() + self.mlp.forward(self.post_attention_layernorm.forward(x))
     }
 }
@@ -223,11 +247,21 @@ pub struct Mistral {
 
 impl Mistral {
     /// Builds the model from a function that yields each weight (by its spec).
-    pub fn from_fn(config: &MistralConfig, mut weight: impl FnMut(&WeightSpec) -> Result<Tensor<2>>) -> Result<Mistral> {
+    pub fn from_fn(
+        config: &MistralConfig,
+        mut weight: impl FnMut(&WeightSpec) -> Result<Tensor<2>>,
+    ) -> Result<Mistral> {
         let specs = weight_specs(config);
-        let mut tensors = specs.iter().map(|s| weight(s)).collect::<Result<Vec<_>>>()?.into_iter();
+        let mut tensors = specs
+            .iter()
+            .map(|s| weight(s))
+            .collect::<Result<Vec<_>>>()?
+            .into_iter();
         let mut next = || tensors.next().expect("one tensor per spec");
-        let norm = |weight: Tensor<2>| RmsNorm { weight, eps: config.rms_norm_eps };
+        let norm = |weight: Tensor<2>| RmsNorm {
+            weight,
+            eps: config.rms_norm_eps,
+        };
         let embed_tokens = next();
         let layers = (0..config.num_hidden_layers)
             .map(|_| DecoderLayer {
@@ -242,12 +276,22 @@ impl Mistral {
                     head_dim: config.head_dim,
                 },
                 post_attention_layernorm: norm(next()),
-                mlp: Mlp { gate_proj: Linear { weight: next() }, up_proj: Linear { weight: next() }, down_proj: Linear { weight: next() } },
+                mlp: Mlp {
+                    gate_proj: Linear { weight: next() },
+                    up_proj: Linear { weight: next() },
+                    down_proj: Linear { weight: next() },
+                },
             })
             .collect();
         let final_norm = norm(next());
         let lm_head = (!config.tie_word_embeddings).then(&mut next);
-        Ok(Mistral { config: config.clone(), embed_tokens, layers, norm: final_norm, lm_head })
+        Ok(Mistral {
+            config: config.clone(),
+            embed_tokens,
+            layers,
+            norm: final_norm,
+            lm_head,
+        })
     }
 
     /// Every weight with its checkpoint name, in [`weight_specs`] order.
@@ -255,12 +299,27 @@ impl Mistral {
         let mut all = vec![self.embed_tokens.clone()];
         for l in &self.layers {
             let a = &l.self_attn;
-            all.extend([l.input_layernorm.weight.clone(), a.q_proj.weight.clone(), a.k_proj.weight.clone(), a.v_proj.weight.clone(), a.o_proj.weight.clone()]);
-            all.extend([l.post_attention_layernorm.weight.clone(), l.mlp.gate_proj.weight.clone(), l.mlp.up_proj.weight.clone(), l.mlp.down_proj.weight.clone()]);
+            all.extend([
+                l.input_layernorm.weight.clone(),
+                a.q_proj.weight.clone(),
+                a.k_proj.weight.clone(),
+                a.v_proj.weight.clone(),
+                a.o_proj.weight.clone(),
+            ]);
+            all.extend([
+                l.post_attention_layernorm.weight.clone(),
+                l.mlp.gate_proj.weight.clone(),
+                l.mlp.up_proj.weight.clone(),
+                l.mlp.down_proj.weight.clone(),
+            ]);
         }
         all.push(self.norm.weight.clone());
         all.extend(self.lm_head.clone());
-        weight_specs(&self.config).into_iter().map(|s| s.name).zip(all).collect()
+        weight_specs(&self.config)
+            .into_iter()
+            .map(|s| s.name)
+            .zip(all)
+            .collect()
     }
 
     /// The same model with every weight passed through `f` (to track gradients, move devices…).
@@ -280,7 +339,10 @@ impl Mistral {
         let checkpoint = Checkpoint::open(dir)?;
         Mistral::from_fn(&config, |spec| {
             let values = checkpoint.read_f32(&spec.name, &spec.file_shape)?;
-            Ok(Tensor::<2>::from_data(TensorData::new(values, spec.shape), device))
+            Ok(Tensor::<2>::from_data(
+                TensorData::new(values, spec.shape),
+                device,
+            ))
         })
     }
 
@@ -297,8 +359,15 @@ impl Mistral {
             .into_iter()
             .zip(specs)
             .map(|((name, tensor), spec)| {
-                let values = tensor.into_data_dtype(burn::tensor::DType::F32).try_to_vec::<f32>().map_err(|e| ModelError::Argument(format!("{name}: {e:?}")))?;
-                Ok(NamedTensor { name, shape: spec.file_shape, values })
+                let values = tensor
+                    .into_data_dtype(burn::tensor::DType::F32)
+                    .try_to_vec::<f32>()
+                    .map_err(|e| ModelError::Argument(format!("{name}: {e:?}")))?;
+                Ok(NamedTensor {
+                    name,
+                    shape: spec.file_shape,
+                    values,
+                })
             })
             .collect::<Result<Vec<_>>>()?;
         save_safetensors(dir, &tensors, dtype, crate::weights::MAX_SHARD_BYTES)
@@ -306,7 +375,9 @@ impl Mistral {
 
     /// The `[vocab, hidden]` output projection (the embeddings when tied).
     pub fn lm_head_weight(&self) -> Tensor<2> {
-        self.lm_head.clone().unwrap_or_else(|| self.embed_tokens.clone())
+        self.lm_head
+            .clone()
+            .unwrap_or_else(|| self.embed_tokens.clone())
     }
 
     /// Final-normed hidden states `[batch, len, hidden]` for token ids `[batch, len]`,
@@ -315,8 +386,18 @@ impl Mistral {
         let [b, t] = ids.dims();
         let device = ids.device();
         let hidden = self.config.hidden_size;
-        let mut x = self.embed_tokens.clone().select(0, ids.reshape([b * t])).reshape([b, t, hidden]);
-        let rope = Rope::new(t, self.config.head_dim, self.config.rope_theta, &device, self.embed_tokens.dtype());
+        let mut x = self
+            .embed_tokens
+            .clone()
+            .select(0, ids.reshape([b * t]))
+            .reshape([b, t, hidden]);
+        let rope = Rope::new(
+            t,
+            self.config.head_dim,
+            self.config.rope_theta,
+            &device,
+            self.embed_tokens.dtype(),
+        );
         for layer in &self.layers {
             x = layer.forward(x, &rope, mask);
         }
@@ -326,7 +407,13 @@ impl Mistral {
 
 /// The additive mask `[batch, 1, len, len]` in `dtype`: 0 where query q may see key k (k ≤ q, k > q − window,
 /// k a real token), a large negative number elsewhere. `lengths` are the unpadded lengths.
-pub fn attention_mask(lengths: &[usize], len: usize, window: Option<usize>, device: &Device, dtype: DType) -> Tensor<4> {
+pub fn attention_mask(
+    lengths: &[usize],
+    len: usize,
+    window: Option<usize>,
+    device: &Device,
+    dtype: DType,
+) -> Tensor<4> {
     const MASKED: f32 = -1.0e9;
     let window = window.unwrap_or(usize::MAX);
     let mut values = Vec::with_capacity(lengths.len() * len * len);
@@ -338,5 +425,9 @@ pub fn attention_mask(lengths: &[usize], len: usize, window: Option<usize>, devi
             }
         }
     }
-    Tensor::<1>::from_data(TensorData::new(values, [lengths.len() * len * len]), (device, dtype)).reshape([lengths.len(), 1, len, len])
+    Tensor::<1>::from_data(
+        TensorData::new(values, [lengths.len() * len * len]),
+        (device, dtype),
+    )
+    .reshape([lengths.len(), 1, len, len])
 }

@@ -39,12 +39,18 @@ pub const CHUNK_LOGIT_ELEMENTS: usize = 8 * 1024 * 1024;
 /// Scores sequences in one right-padded batch.
 pub fn score(model: &Mistral, batch: &[Sequence], device: &Device) -> Scores {
     let len = batch.iter().map(|s| s.ids.len()).max().unwrap_or(1);
-    let pad = model.config.pad_token_id.unwrap_or(model.config.eos_token_id);
+    let pad = model
+        .config
+        .pad_token_id
+        .unwrap_or(model.config.eos_token_id);
     let mut ids = Vec::with_capacity(batch.len() * len);
     let mut rows = Vec::new();
     let mut targets = Vec::new();
     for (b, seq) in batch.iter().enumerate() {
-        assert!(seq.completion_start >= 1 && seq.completion_start < seq.ids.len(), "a scored sequence needs a prompt token and a completion token");
+        assert!(
+            seq.completion_start >= 1 && seq.completion_start < seq.ids.len(),
+            "a scored sequence needs a prompt token and a completion token"
+        );
         ids.extend(seq.ids.iter().map(|&i| i as i64));
         ids.extend(std::iter::repeat_n(pad as i64, len - seq.ids.len()));
         for t in seq.completion_start..seq.ids.len() {
@@ -61,11 +67,21 @@ pub fn score(model: &Mistral, batch: &[Sequence], device: &Device) -> Scores {
     let token_logps = chunked_token_logps(hidden, &model.lm_head_weight(), &rows, &targets, device);
     let counts: Vec<usize> = batch.iter().map(Sequence::completion_len).collect();
     let sums = segment_sums(token_logps.clone(), &counts, device, dtype);
-    Scores { token_logps, sums, counts }
+    Scores {
+        token_logps,
+        sums,
+        counts,
+    }
 }
 
 /// `log_softmax(hidden[rows] · Wᵀ)[targets]`, `rows_per_chunk` rows at a time.
-fn chunked_token_logps(hidden: Tensor<2>, lm_head: &Tensor<2>, rows: &[i64], targets: &[i64], device: &Device) -> Tensor<1> {
+fn chunked_token_logps(
+    hidden: Tensor<2>,
+    lm_head: &Tensor<2>,
+    rows: &[i64],
+    targets: &[i64],
+    device: &Device,
+) -> Tensor<1> {
     let vocab = lm_head.dims()[0];
     let rows_per_chunk = (CHUNK_LOGIT_ELEMENTS / vocab).max(1);
     let head_t = lm_head.clone().transpose();
@@ -75,9 +91,12 @@ fn chunked_token_logps(hidden: Tensor<2>, lm_head: &Tensor<2>, rows: &[i64], tar
         .map(|(rows, targets)| {
             let n = rows.len();
             let index = Tensor::<1, Int>::from_data(TensorData::new(rows.to_vec(), [n]), device);
-            let target = Tensor::<2, Int>::from_data(TensorData::new(targets.to_vec(), [n, 1]), device);
+            let target =
+                Tensor::<2, Int>::from_data(TensorData::new(targets.to_vec(), [n, 1]), device);
             let logits = hidden.clone().select(0, index).matmul(head_t.clone());
-            activation::log_softmax(logits, 1).gather(1, target).reshape([n])
+            activation::log_softmax(logits, 1)
+                .gather(1, target)
+                .reshape([n])
         })
         .collect();
     Tensor::cat(pieces, 0)
@@ -92,11 +111,19 @@ fn segment_sums(values: Tensor<1>, counts: &[usize], device: &Device, dtype: DTy
         indicator[s * n + start..s * n + start + count].fill(1.0);
         start += count;
     }
-    let indicator = Tensor::<2>::from_data(TensorData::new(indicator, [counts.len(), n]), (device, dtype));
-    indicator.matmul(values.reshape([n, 1])).reshape([counts.len()])
+    let indicator = Tensor::<2>::from_data(
+        TensorData::new(indicator, [counts.len(), n]),
+        (device, dtype),
+    );
+    indicator
+        .matmul(values.reshape([n, 1]))
+        .reshape([counts.len()])
 }
 
 /// Reads a tensor back as `f64`s, whatever its float dtype.
 pub fn to_f64<const D: usize>(tensor: Tensor<D>) -> Vec<f64> {
-    tensor.into_data_dtype(DType::F64).try_to_vec::<f64>().expect("a float tensor converts to f64")
+    tensor
+        .into_data_dtype(DType::F64)
+        .try_to_vec::<f64>()
+        .expect("a float tensor converts to f64")
 }

@@ -54,25 +54,49 @@ impl PreferenceTokenizer {
     pub fn load(dir: &Path) -> Result<PreferenceTokenizer> {
         let path = dir.join("tokenizer.json");
         if !path.is_file() {
-            return Err(ModelError::MissingFile { path, what: "the tokenizer (tokenizer.json)".into() });
+            return Err(ModelError::MissingFile {
+                path,
+                what: "the tokenizer (tokenizer.json)".into(),
+            });
         }
-        let inner = tokenizers::Tokenizer::from_file(&path)
-            .map_err(|e| ModelError::Invalid { path: path.clone(), message: format!("not a tokenizers tokenizer.json: {e}") })?;
-        let read = |name: &str| -> Option<serde_json::Value> { serde_json::from_str(&std::fs::read_to_string(dir.join(name)).ok()?).ok() };
+        let inner = tokenizers::Tokenizer::from_file(&path).map_err(|e| ModelError::Invalid {
+            path: path.clone(),
+            message: format!("not a tokenizers tokenizer.json: {e}"),
+        })?;
+        let read = |name: &str| -> Option<serde_json::Value> {
+            serde_json::from_str(&std::fs::read_to_string(dir.join(name)).ok()?).ok()
+        };
         let eos_id = read("tokenizer_config.json")
             .and_then(|c| special_token(&c, "eos_token"))
             .and_then(|t| inner.token_to_id(&t))
-            .or_else(|| read("config.json").and_then(|c| c["eos_token_id"].as_u64()).map(|id| id as u32))
+            .or_else(|| {
+                read("config.json")
+                    .and_then(|c| c["eos_token_id"].as_u64())
+                    .map(|id| id as u32)
+            })
             .or_else(|| inner.token_to_id("</s>"))
-            .ok_or_else(|| ModelError::Invalid { path: dir.join("tokenizer_config.json"), message: "no EOS token: set `eos_token` in tokenizer_config.json".into() })?;
-        Ok(PreferenceTokenizer { inner, eos_id, warned_not_prefix: AtomicBool::new(false) })
+            .ok_or_else(|| ModelError::Invalid {
+                path: dir.join("tokenizer_config.json"),
+                message: "no EOS token: set `eos_token` in tokenizer_config.json".into(),
+            })?;
+        Ok(PreferenceTokenizer {
+            inner,
+            eos_id,
+            warned_not_prefix: AtomicBool::new(false),
+        })
     }
 
     /// Reads a tokenizer from a file path (for tests and tools).
     pub fn from_file(path: &Path, eos_id: u32) -> Result<PreferenceTokenizer> {
-        let inner = tokenizers::Tokenizer::from_file(path)
-            .map_err(|e| ModelError::Invalid { path: path.to_path_buf(), message: format!("not a tokenizers tokenizer.json: {e}") })?;
-        Ok(PreferenceTokenizer { inner, eos_id, warned_not_prefix: AtomicBool::new(false) })
+        let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| ModelError::Invalid {
+            path: path.to_path_buf(),
+            message: format!("not a tokenizers tokenizer.json: {e}"),
+        })?;
+        Ok(PreferenceTokenizer {
+            inner,
+            eos_id,
+            warned_not_prefix: AtomicBool::new(false),
+        })
     }
 
     /// The underlying tokenizer.
@@ -82,7 +106,10 @@ impl PreferenceTokenizer {
 
     /// Token ids of `text`, with the tokenizer's special tokens (BOS for Mistral).
     pub fn encode(&self, text: &str) -> Vec<u32> {
-        self.inner.encode(text, true).map(|e| e.get_ids().to_vec()).unwrap_or_default()
+        self.inner
+            .encode(text, true)
+            .map(|e| e.get_ids().to_vec())
+            .unwrap_or_default()
     }
 
     /// Text of `ids`, skipping special tokens.
@@ -95,27 +122,47 @@ impl PreferenceTokenizer {
         let prompt_ids = self.encode(prompt);
         let full_chosen = self.encode(&format!("{prompt}{chosen}"));
         let full_rejected = self.encode(&format!("{prompt}{rejected}"));
-        let start = common_prefix(&prompt_ids, &full_chosen).min(common_prefix(&prompt_ids, &full_rejected));
+        let start = common_prefix(&prompt_ids, &full_chosen)
+            .min(common_prefix(&prompt_ids, &full_rejected));
         if start < prompt_ids.len() && !self.warned_not_prefix.swap(true, Ordering::Relaxed) {
             eprintln!(
                 "warning: the tokenized prompt is not a prefix of the tokenized prompt + completion (tokens merge across the boundary); completions start where the ids diverge"
             );
         }
-        let completion = |full: &[u32]| full[start..].iter().copied().chain([self.eos_id]).collect::<Vec<u32>>();
-        TokenizedPair { prompt_ids: prompt_ids[..start].to_vec(), chosen_ids: completion(&full_chosen), rejected_ids: completion(&full_rejected) }
+        let completion = |full: &[u32]| {
+            full[start..]
+                .iter()
+                .copied()
+                .chain([self.eos_id])
+                .collect::<Vec<u32>>()
+        };
+        TokenizedPair {
+            prompt_ids: prompt_ids[..start].to_vec(),
+            chosen_ids: completion(&full_chosen),
+            rejected_ids: completion(&full_rejected),
+        }
     }
 }
 
 impl TokenizedPair {
     /// Applies `max_length` to prompt + completion; `None` when the prompt alone fills it.
-    pub fn truncate(mut self, max_length: Option<usize>, mode: Truncation) -> Option<TokenizedPair> {
-        let Some(max) = max_length else { return Some(self) };
+    pub fn truncate(
+        mut self,
+        max_length: Option<usize>,
+        mode: Truncation,
+    ) -> Option<TokenizedPair> {
+        let Some(max) = max_length else {
+            return Some(self);
+        };
         if self.prompt_ids.is_empty() || self.prompt_ids.len() >= max {
             return None;
         }
         if mode == Truncation::KeepEnd {
             let longest = self.chosen_ids.len().max(self.rejected_ids.len());
-            let keep = max.saturating_sub(longest).max(1).min(self.prompt_ids.len());
+            let keep = max
+                .saturating_sub(longest)
+                .max(1)
+                .min(self.prompt_ids.len());
             self.prompt_ids.drain(..self.prompt_ids.len() - keep);
         }
         let room = max - self.prompt_ids.len();
@@ -144,16 +191,38 @@ mod tests {
     use super::*;
 
     fn pair(prompt: usize, chosen: usize, rejected: usize) -> TokenizedPair {
-        TokenizedPair { prompt_ids: (0..prompt as u32).collect(), chosen_ids: (100..100 + chosen as u32).collect(), rejected_ids: (200..200 + rejected as u32).collect() }
+        TokenizedPair {
+            prompt_ids: (0..prompt as u32).collect(),
+            chosen_ids: (100..100 + chosen as u32).collect(),
+            rejected_ids: (200..200 + rejected as u32).collect(),
+        }
     }
 
     #[test]
     fn truncation_keeps_start_or_end_and_drops_full_prompts() {
-        let kept = pair(4, 5, 2).truncate(Some(7), Truncation::KeepStart).unwrap();
-        assert_eq!((kept.prompt_ids.len(), kept.chosen_ids, kept.rejected_ids.len()), (4, vec![100, 101, 102], 2));
-        let end = pair(4, 5, 2).truncate(Some(7), Truncation::KeepEnd).unwrap();
+        let kept = pair(4, 5, 2)
+            .truncate(Some(7), Truncation::KeepStart)
+            .unwrap();
+        assert_eq!(
+            (
+                kept.prompt_ids.len(),
+                kept.chosen_ids,
+                kept.rejected_ids.len()
+            ),
+            (4, vec![100, 101, 102], 2)
+        );
+        let end = pair(4, 5, 2)
+            .truncate(Some(7), Truncation::KeepEnd)
+            .unwrap();
         assert_eq!((end.prompt_ids, end.chosen_ids.len()), (vec![2, 3], 5));
-        assert!(pair(7, 1, 1).truncate(Some(7), Truncation::KeepStart).is_none());
-        assert_eq!(pair(3, 2, 2).truncate(None, Truncation::KeepEnd).unwrap(), pair(3, 2, 2));
+        assert!(
+            pair(7, 1, 1)
+                .truncate(Some(7), Truncation::KeepStart)
+                .is_none()
+        );
+        assert_eq!(
+            pair(3, 2, 2).truncate(None, Truncation::KeepEnd).unwrap(),
+            pair(3, 2, 2)
+        );
     }
 }

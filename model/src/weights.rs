@@ -25,8 +25,10 @@ fn map_file(path: &Path) -> Result<Mmap> {
 }
 
 fn header(path: &Path, bytes: &[u8]) -> Result<Vec<String>> {
-    let tensors = SafeTensors::deserialize(bytes)
-        .map_err(|e| ModelError::Invalid { path: path.to_path_buf(), message: format!("not a safetensors file: {e}") })?;
+    let tensors = SafeTensors::deserialize(bytes).map_err(|e| ModelError::Invalid {
+        path: path.to_path_buf(),
+        message: format!("not a safetensors file: {e}"),
+    })?;
     Ok(tensors.names().into_iter().map(String::from).collect())
 }
 
@@ -40,13 +42,19 @@ impl Checkpoint {
         } else if index.is_file() {
             shard_files(dir, &index)?
         } else {
-            return Err(ModelError::MissingFile { path: single, what: "model weights (model.safetensors or model.safetensors.index.json)".into() });
+            return Err(ModelError::MissingFile {
+                path: single,
+                what: "model weights (model.safetensors or model.safetensors.index.json)".into(),
+            });
         };
         let mut files = Vec::new();
         let mut location = HashMap::new();
         for path in shards {
             if !path.is_file() {
-                return Err(ModelError::MissingFile { path, what: "a shard listed in model.safetensors.index.json".into() });
+                return Err(ModelError::MissingFile {
+                    path,
+                    what: "a shard listed in model.safetensors.index.json".into(),
+                });
             }
             let map = map_file(&path)?;
             for name in header(&path, &map)? {
@@ -66,26 +74,44 @@ impl Checkpoint {
     pub fn read_f32(&self, name: &str, expected: &[usize]) -> Result<Vec<f32>> {
         let Some(&file) = self.location.get(name) else {
             let path = self.files.first().map(|f| f.0.clone()).unwrap_or_default();
-            return Err(ModelError::MissingTensor { path, name: name.into(), expected: expected.to_vec() });
+            return Err(ModelError::MissingTensor {
+                path,
+                name: name.into(),
+                expected: expected.to_vec(),
+            });
         };
         let (path, map) = &self.files[file];
         let tensors = SafeTensors::deserialize(map).expect("validated when opened");
         let view = tensors.tensor(name).expect("listed in the header");
         if view.shape() != expected {
-            return Err(ModelError::Shape { path: path.clone(), name: name.into(), expected: expected.to_vec(), found: view.shape().to_vec() });
+            return Err(ModelError::Shape {
+                path: path.clone(),
+                name: name.into(),
+                expected: expected.to_vec(),
+                found: view.shape().to_vec(),
+            });
         }
         to_f32(view.dtype(), view.data()).ok_or_else(|| ModelError::Invalid {
             path: path.clone(),
-            message: format!("tensor `{name}` has dtype {:?}; expected F32, BF16 or F16", view.dtype()),
+            message: format!(
+                "tensor `{name}` has dtype {:?}; expected F32, BF16 or F16",
+                view.dtype()
+            ),
         })
     }
 }
 
 fn shard_files(dir: &Path, index: &Path) -> Result<Vec<PathBuf>> {
     let text = std::fs::read_to_string(index).map_err(io_at(index))?;
-    let invalid = |message: String| ModelError::Invalid { path: index.to_path_buf(), message };
-    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| invalid(format!("not JSON: {e}")))?;
-    let map = json["weight_map"].as_object().ok_or_else(|| invalid("missing `weight_map` object".into()))?;
+    let invalid = |message: String| ModelError::Invalid {
+        path: index.to_path_buf(),
+        message,
+    };
+    let json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| invalid(format!("not JSON: {e}")))?;
+    let map = json["weight_map"]
+        .as_object()
+        .ok_or_else(|| invalid("missing `weight_map` object".into()))?;
     let mut names: Vec<&str> = map.values().filter_map(|v| v.as_str()).collect();
     names.sort_unstable();
     names.dedup();
@@ -95,9 +121,15 @@ fn shard_files(dir: &Path, index: &Path) -> Result<Vec<PathBuf>> {
 fn to_f32(dtype: Dtype, bytes: &[u8]) -> Option<Vec<f32>> {
     let words = |size: usize| bytes.chunks_exact(size);
     Some(match dtype {
-        Dtype::F32 => words(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
-        Dtype::BF16 => words(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-        Dtype::F16 => words(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+        Dtype::F32 => words(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+        Dtype::BF16 => words(2)
+            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        Dtype::F16 => words(2)
+            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
         _ => return None,
     })
 }
@@ -135,9 +167,24 @@ impl SaveDtype {
 
     fn encode(self, values: &[f32]) -> (Dtype, Vec<u8>) {
         match self {
-            SaveDtype::F32 => (Dtype::F32, values.iter().flat_map(|v| v.to_le_bytes()).collect()),
-            SaveDtype::BF16 => (Dtype::BF16, values.iter().flat_map(|v| half::bf16::from_f32(*v).to_le_bytes()).collect()),
-            SaveDtype::F16 => (Dtype::F16, values.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect()),
+            SaveDtype::F32 => (
+                Dtype::F32,
+                values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            ),
+            SaveDtype::BF16 => (
+                Dtype::BF16,
+                values
+                    .iter()
+                    .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
+                    .collect(),
+            ),
+            SaveDtype::F16 => (
+                Dtype::F16,
+                values
+                    .iter()
+                    .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+                    .collect(),
+            ),
         }
     }
 }
@@ -154,7 +201,12 @@ pub struct NamedTensor {
 
 /// Writes tensors as transformers does: `model.safetensors`, or shards of at most
 /// `max_shard_bytes` plus `model.safetensors.index.json`.
-pub fn save_safetensors(dir: &Path, tensors: &[NamedTensor], dtype: SaveDtype, max_shard_bytes: usize) -> Result<()> {
+pub fn save_safetensors(
+    dir: &Path,
+    tensors: &[NamedTensor],
+    dtype: SaveDtype,
+    max_shard_bytes: usize,
+) -> Result<()> {
     let encoded: Vec<(String, Vec<usize>, Dtype, Vec<u8>)> = tensors
         .iter()
         .map(|t| {
@@ -176,24 +228,36 @@ pub fn save_safetensors(dir: &Path, tensors: &[NamedTensor], dtype: SaveDtype, m
     let total = shards.len();
     let mut weight_map = BTreeMap::new();
     for (n, shard) in shards.iter().enumerate() {
-        let file = if total == 1 { "model.safetensors".to_string() } else { format!("model-{:05}-of-{total:05}.safetensors", n + 1) };
+        let file = if total == 1 {
+            "model.safetensors".to_string()
+        } else {
+            format!("model-{:05}-of-{total:05}.safetensors", n + 1)
+        };
         let views: Vec<(String, TensorView)> = shard
             .iter()
             .map(|&i| {
                 let (name, shape, dt, bytes) = &encoded[i];
                 weight_map.insert(name.clone(), file.clone());
-                (name.clone(), TensorView::new(*dt, shape.clone(), bytes).expect("sizes match"))
+                (
+                    name.clone(),
+                    TensorView::new(*dt, shape.clone(), bytes).expect("sizes match"),
+                )
             })
             .collect();
         let path = dir.join(&file);
-        safetensors::serialize_to_file(views, metadata.clone(), &path)
-            .map_err(|e| ModelError::Invalid { path, message: format!("cannot write safetensors: {e}") })?;
+        safetensors::serialize_to_file(views, metadata.clone(), &path).map_err(|e| {
+            ModelError::Invalid {
+                path,
+                message: format!("cannot write safetensors: {e}"),
+            }
+        })?;
     }
     if total > 1 {
         let total_size: usize = encoded.iter().map(|t| t.3.len()).sum();
         let index = serde_json::json!({ "metadata": { "total_size": total_size }, "weight_map": weight_map });
         let path = dir.join("model.safetensors.index.json");
-        std::fs::write(&path, serde_json::to_string_pretty(&index).expect("JSON")).map_err(io_at(&path))?;
+        std::fs::write(&path, serde_json::to_string_pretty(&index).expect("JSON"))
+            .map_err(io_at(&path))?;
     }
     Ok(())
 }

@@ -13,15 +13,26 @@ fn fixtures() -> PathBuf {
 }
 
 fn golden() -> Value {
-    serde_json::from_str(&std::fs::read_to_string(fixtures().join("mistral-tiny/golden.json")).unwrap()).unwrap()
+    serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("mistral-tiny/golden.json")).unwrap(),
+    )
+    .unwrap()
 }
 
 fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 fn floats(v: &Value) -> Vec<f64> {
-    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
 }
 
 /// The chosen and rejected sequences of every golden pair, in order.
@@ -32,7 +43,10 @@ fn golden_sequences(g: &Value) -> Vec<Sequence> {
         .iter()
         .flat_map(|p| {
             let prompt = ids(&p["prompt_ids"]);
-            ["chosen_ids", "rejected_ids"].map(|key| Sequence { ids: prompt.iter().copied().chain(ids(&p[key])).collect(), completion_start: prompt.len() })
+            ["chosen_ids", "rejected_ids"].map(|key| Sequence {
+                ids: prompt.iter().copied().chain(ids(&p[key])).collect(),
+                completion_start: prompt.len(),
+            })
         })
         .collect()
 }
@@ -40,7 +54,10 @@ fn golden_sequences(g: &Value) -> Vec<Sequence> {
 fn assert_close(actual: &[f64], expected: &[f64], tolerance: f64, what: &str) {
     assert_eq!(actual.len(), expected.len(), "{what}: lengths");
     for (i, (a, e)) in actual.iter().zip(expected).enumerate() {
-        assert!((a - e).abs() <= tolerance, "{what}[{i}]: {a} vs {e} (tolerance {tolerance})");
+        assert!(
+            (a - e).abs() <= tolerance,
+            "{what}[{i}]: {a} vs {e} (tolerance {tolerance})"
+        );
     }
 }
 
@@ -50,8 +67,17 @@ fn tiny_tokenizer_splits_pairs_as_trl() {
     let tok = PreferenceTokenizer::load(&fixtures().join("mistral-tiny/base")).unwrap();
     assert_eq!(tok.eos_id, 2);
     for p in g["pairs"].as_array().unwrap() {
-        let pair = tok.tokenize_pair(p["prompt"].as_str().unwrap(), p["chosen"].as_str().unwrap(), p["rejected"].as_str().unwrap());
-        assert_eq!(pair.prompt_ids, ids(&p["prompt_ids"]), "prompt {}", p["prompt"]);
+        let pair = tok.tokenize_pair(
+            p["prompt"].as_str().unwrap(),
+            p["chosen"].as_str().unwrap(),
+            p["rejected"].as_str().unwrap(),
+        );
+        assert_eq!(
+            pair.prompt_ids,
+            ids(&p["prompt_ids"]),
+            "prompt {}",
+            p["prompt"]
+        );
         assert_eq!(pair.chosen_ids, ids(&p["chosen_ids"]));
         assert_eq!(pair.rejected_ids, ids(&p["rejected_ids"]));
     }
@@ -60,16 +86,25 @@ fn tiny_tokenizer_splits_pairs_as_trl() {
 #[test]
 fn mistral_7b_tokenizer_ids_are_identical_to_transformers() {
     let dir = fixtures().join("mistral-7b-tokenizer");
-    let g: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("tokenizer-golden.json")).unwrap()).unwrap();
+    let g: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("tokenizer-golden.json")).unwrap())
+            .unwrap();
     let tok = PreferenceTokenizer::load(&dir).unwrap();
     assert_eq!(tok.eos_id, 2);
     for e in g["encodings"].as_array().unwrap() {
         let text = e["text"].as_str().unwrap();
         assert_eq!(tok.encode(text), ids(&e["ids"]), "{text:?}");
-        assert_eq!(tok.decode(&ids(&e["ids"])), e["decoded_skip_special"].as_str().unwrap());
+        assert_eq!(
+            tok.decode(&ids(&e["ids"])),
+            e["decoded_skip_special"].as_str().unwrap()
+        );
     }
     for d in g["dpo_tokenization"].as_array().unwrap() {
-        let pair = tok.tokenize_pair(d["prompt"].as_str().unwrap(), d["chosen"].as_str().unwrap(), d["rejected"].as_str().unwrap());
+        let pair = tok.tokenize_pair(
+            d["prompt"].as_str().unwrap(),
+            d["chosen"].as_str().unwrap(),
+            d["rejected"].as_str().unwrap(),
+        );
         assert_eq!(pair.prompt_ids, ids(&d["prompt_ids"]));
         assert_eq!(pair.chosen_ids, ids(&d["chosen_ids"]));
         assert_eq!(pair.rejected_ids, ids(&d["rejected_ids"]));
@@ -79,10 +114,29 @@ fn mistral_7b_tokenizer_ids_are_identical_to_transformers() {
 #[test]
 fn both_config_styles_parse() {
     let v5 = MistralConfig::load(&fixtures().join("mistral-tiny/base")).unwrap();
-    assert_eq!((v5.rope_theta, v5.num_key_value_heads, v5.head_dim, v5.tie_word_embeddings), (10000.0, 2, 16, false));
-    let text = std::fs::read_to_string(fixtures().join("mistral-7b-tokenizer/mistral-7b-v0.1.config.json")).unwrap();
+    assert_eq!(
+        (
+            v5.rope_theta,
+            v5.num_key_value_heads,
+            v5.head_dim,
+            v5.tie_word_embeddings
+        ),
+        (10000.0, 2, 16, false)
+    );
+    let text = std::fs::read_to_string(
+        fixtures().join("mistral-7b-tokenizer/mistral-7b-v0.1.config.json"),
+    )
+    .unwrap();
     let v4 = MistralConfig::parse(&text).unwrap();
-    assert_eq!((v4.rope_theta, v4.head_dim, v4.sliding_window, v4.dtype.as_str()), (10000.0, 128, Some(4096), "bfloat16"));
+    assert_eq!(
+        (
+            v4.rope_theta,
+            v4.head_dim,
+            v4.sliding_window,
+            v4.dtype.as_str()
+        ),
+        (10000.0, 128, Some(4096), "bfloat16")
+    );
     assert_eq!(v4.parameter_count(), 7_241_732_096);
 }
 
@@ -114,7 +168,12 @@ fn check_logps(dir: &str, prefix: &str, batched: bool) {
             expected_sums.push(p[format!("{prefix}_{side}_logps")].as_f64().unwrap());
         }
     }
-    assert_close(&tokens, &expected_tokens, 1e-4, &format!("{prefix} token log-probs"));
+    assert_close(
+        &tokens,
+        &expected_tokens,
+        1e-4,
+        &format!("{prefix} token log-probs"),
+    );
     assert_close(&sums, &expected_sums, 1e-4, &format!("{prefix} sums"));
 }
 
@@ -135,6 +194,10 @@ fn sharded_checkpoint_loads_the_same_weights() {
     let single = Mistral::load(&fixtures().join("mistral-tiny/base"), &device).unwrap();
     let sharded = Mistral::load(&fixtures().join("mistral-tiny/base-sharded"), &device).unwrap();
     for ((name, a), (_, b)) in single.weights().into_iter().zip(sharded.weights()) {
-        assert_eq!(to_f64(a.flatten::<1>(0, 1)), to_f64(b.flatten::<1>(0, 1)), "{name}");
+        assert_eq!(
+            to_f64(a.flatten::<1>(0, 1)),
+            to_f64(b.flatten::<1>(0, 1)),
+            "{name}"
+        );
     }
 }

@@ -19,15 +19,24 @@ fn model_f64(device: &Device, track: bool) -> Mistral {
 /// Two sequences of different lengths, so padding and the mask are on the path.
 fn batch() -> Vec<Sequence> {
     vec![
-        Sequence { ids: vec![1, 315, 287, 340, 355, 288, 293, 349, 33, 360, 355, 288, 2], completion_start: 9 },
-        Sequence { ids: vec![1, 38, 349, 312, 309, 341, 2], completion_start: 3 },
+        Sequence {
+            ids: vec![1, 315, 287, 340, 355, 288, 293, 349, 33, 360, 355, 288, 2],
+            completion_start: 9,
+        },
+        Sequence {
+            ids: vec![1, 38, 349, 312, 309, 341, 2],
+            completion_start: 3,
+        },
     ]
 }
 
 fn loss(model: &Mistral, device: &Device) -> Tensor<1> {
     // A mix of both sequences, so the two get different weights.
     let sums = score(model, &batch(), device).sums;
-    let weights = Tensor::<1>::from_data(TensorData::new(vec![1.0f64, -0.5], [2]), (device, DType::F64));
+    let weights = Tensor::<1>::from_data(
+        TensorData::new(vec![1.0f64, -0.5], [2]),
+        (device, DType::F64),
+    );
     (sums * weights).sum()
 }
 
@@ -69,12 +78,29 @@ fn summed_logp_gradient_matches_finite_differences() {
     for (name, index) in probes {
         let tensor = &weights.iter().find(|(n, _)| n == name).unwrap().1;
         let analytic = to_f64(tensor.grad(&grads).expect("a gradient").flatten::<1>(0, 1))[index];
-        let original = to_f64(fixed.weights().into_iter().find(|(n, _)| n == name).unwrap().1.flatten::<1>(0, 1))[index];
+        let original = to_f64(
+            fixed
+                .weights()
+                .into_iter()
+                .find(|(n, _)| n == name)
+                .unwrap()
+                .1
+                .flatten::<1>(0, 1),
+        )[index];
         let h = 1e-5;
-        let up = to_f64(loss(&with_entry(&fixed, name, index, original + h, &plain), &plain))[0];
-        let down = to_f64(loss(&with_entry(&fixed, name, index, original - h, &plain), &plain))[0];
+        let up = to_f64(loss(
+            &with_entry(&fixed, name, index, original + h, &plain),
+            &plain,
+        ))[0];
+        let down = to_f64(loss(
+            &with_entry(&fixed, name, index, original - h, &plain),
+            &plain,
+        ))[0];
         let numeric = (up - down) / (2.0 * h);
         let error = (analytic - numeric).abs() / numeric.abs().max(1e-3);
-        assert!(error < 1e-5, "{name}[{index}]: autodiff {analytic} vs finite difference {numeric}");
+        assert!(
+            error < 1e-5,
+            "{name}[{index}]: autodiff {analytic} vs finite difference {numeric}"
+        );
     }
 }

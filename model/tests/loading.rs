@@ -25,7 +25,11 @@ fn base_tensors() -> Vec<NamedTensor> {
     let model = Mistral::load(&base(), &cpu()).unwrap();
     flow_model::mistral::weight_specs(&model.config)
         .into_iter()
-        .map(|s| NamedTensor { values: checkpoint.read_f32(&s.name, &s.file_shape).unwrap(), name: s.name, shape: s.file_shape })
+        .map(|s| NamedTensor {
+            values: checkpoint.read_f32(&s.name, &s.file_shape).unwrap(),
+            name: s.name,
+            shape: s.file_shape,
+        })
         .collect()
 }
 
@@ -42,14 +46,19 @@ fn missing_files_are_named() {
     assert!(load_error(dir.path()).contains("config.json: file not found"));
     std::fs::copy(base().join("config.json"), dir.path().join("config.json")).unwrap();
     assert!(load_error(dir.path()).contains("model.safetensors: file not found (model weights"));
-    let err = flow_model::tokenize::PreferenceTokenizer::load(dir.path()).err().unwrap().to_string();
+    let err = flow_model::tokenize::PreferenceTokenizer::load(dir.path())
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("tokenizer.json: file not found"), "{err}");
 }
 
 #[test]
 fn unsupported_model_type_is_rejected() {
     let dir = copy_of_base();
-    let config = std::fs::read_to_string(dir.path().join("config.json")).unwrap().replace("\"mistral\"", "\"gpt2\"");
+    let config = std::fs::read_to_string(dir.path().join("config.json"))
+        .unwrap()
+        .replace("\"mistral\"", "\"gpt2\"");
     std::fs::write(dir.path().join("config.json"), config).unwrap();
     assert!(load_error(dir.path()).contains("unsupported model_type `gpt2`"));
 }
@@ -61,21 +70,36 @@ fn missing_and_misshaped_tensors_are_named_with_shapes() {
     tensors.retain(|t| t.name != "model.layers.1.mlp.up_proj.weight");
     save_safetensors(dir.path(), &tensors, SaveDtype::F32, usize::MAX).unwrap();
     let err = load_error(dir.path());
-    assert!(err.contains("tensor `model.layers.1.mlp.up_proj.weight` is missing (expected shape [128, 64])"), "{err}");
+    assert!(
+        err.contains(
+            "tensor `model.layers.1.mlp.up_proj.weight` is missing (expected shape [128, 64])"
+        ),
+        "{err}"
+    );
 
     let mut tensors = base_tensors();
-    let norm = tensors.iter_mut().find(|t| t.name == "model.norm.weight").unwrap();
+    let norm = tensors
+        .iter_mut()
+        .find(|t| t.name == "model.norm.weight")
+        .unwrap();
     norm.shape = vec![32, 2];
     save_safetensors(dir.path(), &tensors, SaveDtype::F32, usize::MAX).unwrap();
     let err = load_error(dir.path());
-    assert!(err.contains("tensor `model.norm.weight` has shape [32, 2], expected [64]"), "{err}");
+    assert!(
+        err.contains("tensor `model.norm.weight` has shape [32, 2], expected [64]"),
+        "{err}"
+    );
 
     std::fs::write(dir.path().join("model.safetensors"), b"garbage").unwrap();
     assert!(load_error(dir.path()).contains("not a safetensors file"));
 }
 
 fn weights_f64(model: &Mistral) -> Vec<(String, Vec<f64>)> {
-    model.weights().into_iter().map(|(n, t)| (n, to_f64(t.flatten::<1>(0, 1)))).collect()
+    model
+        .weights()
+        .into_iter()
+        .map(|(n, t)| (n, to_f64(t.flatten::<1>(0, 1))))
+        .collect()
 }
 
 #[test]
@@ -89,11 +113,28 @@ fn saved_models_load_back_unchanged_single_sharded_and_bf16() {
     assert_eq!(weights_f64(&again), weights_f64(&model));
 
     let sharded = tempfile::tempdir().unwrap();
-    std::fs::copy(out.path().join("config.json"), sharded.path().join("config.json")).unwrap();
+    std::fs::copy(
+        out.path().join("config.json"),
+        sharded.path().join("config.json"),
+    )
+    .unwrap();
     save_safetensors(sharded.path(), &base_tensors(), SaveDtype::F32, 200_000).unwrap();
-    assert!(sharded.path().join("model.safetensors.index.json").is_file());
-    assert!(sharded.path().join("model-00001-of-00003.safetensors").is_file());
-    assert_eq!(weights_f64(&Mistral::load(sharded.path(), &device).unwrap()), weights_f64(&model));
+    assert!(
+        sharded
+            .path()
+            .join("model.safetensors.index.json")
+            .is_file()
+    );
+    assert!(
+        sharded
+            .path()
+            .join("model-00001-of-00003.safetensors")
+            .is_file()
+    );
+    assert_eq!(
+        weights_f64(&Mistral::load(sharded.path(), &device).unwrap()),
+        weights_f64(&model)
+    );
 
     let bf16 = tempfile::tempdir().unwrap();
     model.save(bf16.path(), SaveDtype::BF16).unwrap();
@@ -101,7 +142,10 @@ fn saved_models_load_back_unchanged_single_sharded_and_bf16() {
     assert_eq!(halved.config.dtype, "bfloat16");
     for ((name, a), (_, b)) in weights_f64(&halved).into_iter().zip(weights_f64(&model)) {
         for (x, y) in a.iter().zip(&b) {
-            assert!((x - y).abs() <= y.abs() / 128.0 + 1e-30, "{name}: {x} vs {y}");
+            assert!(
+                (x - y).abs() <= y.abs() / 128.0 + 1e-30,
+                "{name}: {x} vs {y}"
+            );
         }
     }
 }
@@ -109,5 +153,8 @@ fn saved_models_load_back_unchanged_single_sharded_and_bf16() {
 #[test]
 fn errors_are_typed() {
     let dir = tempfile::tempdir().unwrap();
-    assert!(matches!(Mistral::load(dir.path(), &cpu()), Err(ModelError::MissingFile { .. })));
+    assert!(matches!(
+        Mistral::load(dir.path(), &cpu()),
+        Err(ModelError::MissingFile { .. })
+    ));
 }

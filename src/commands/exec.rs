@@ -146,7 +146,9 @@ fn run_staged(
         outputs.insert(spec.name.to_string(), dir);
     }
     let work = std::path::absolute(staging.join("work")).map_err(io)?;
+    let resume = std::path::absolute(staging.join("resume")).map_err(io)?;
     std::fs::create_dir_all(&work).map_err(io)?;
+    std::fs::create_dir_all(&resume).map_err(io)?;
     let log = LogSink::create(Path::new("/dev/stderr"), Vec::new()).map_err(io)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -156,6 +158,7 @@ fn run_staged(
     let ctx = NodeContext::new(
         node_type.type_name(),
         work,
+        resume,
         outputs.clone(),
         log,
         cancel.clone(),

@@ -78,6 +78,12 @@ pub enum Command {
         #[arg(long)]
         check: bool,
     },
+    /// Benchmarks (not tests): throughput and peak memory of tensor work.
+    Bench {
+        /// What to measure.
+        #[command(subcommand)]
+        what: BenchCommand,
+    },
     /// Remove artifacts that no run record references.
     Gc {
         /// Only report what would be removed.
@@ -156,6 +162,51 @@ pub struct ExecArgs {
     /// Directory to write the outputs to, one subdirectory per output.
     #[arg(long)]
     pub out: PathBuf,
+}
+
+/// `flow bench …`.
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Reference scoring (`model.ref_logprobs`) of 2 × pairs random sequences with a random model.
+    Logprobs(BenchShapeArgs),
+}
+
+/// Model and batch shape of a benchmark.
+#[derive(Debug, Args)]
+pub struct BenchShapeArgs {
+    /// Model width.
+    #[arg(long, default_value_t = 512)]
+    pub hidden: usize,
+    /// MLP width.
+    #[arg(long, default_value_t = 1408)]
+    pub intermediate: usize,
+    /// Decoder layers.
+    #[arg(long, default_value_t = 4)]
+    pub layers: usize,
+    /// Query heads.
+    #[arg(long, default_value_t = 8)]
+    pub heads: usize,
+    /// Key/value heads.
+    #[arg(long, default_value_t = 2)]
+    pub kv_heads: usize,
+    /// Vocabulary size.
+    #[arg(long, default_value_t = 32000)]
+    pub vocab: usize,
+    /// Preference pairs (two sequences each).
+    #[arg(long, default_value_t = 4)]
+    pub pairs: usize,
+    /// Tokens per sequence; the prompt is the first quarter.
+    #[arg(long, default_value_t = 256)]
+    pub seq: usize,
+    /// CPU threads.
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+    /// Timed repetitions after one warm-up.
+    #[arg(long, default_value_t = 3)]
+    pub repeats: usize,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Graph output formats.

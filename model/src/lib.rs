@@ -2,11 +2,14 @@
 //! tokenizer loading, TRL-exact DPO tokenization and batched scoring. Kept out of the engine's
 //! build: only node types that do tensor work depend on it.
 
+pub mod bench;
 pub mod config;
 pub mod error;
+pub mod init;
 pub mod mistral;
 pub mod scoring;
 pub mod tokenize;
+pub mod tokenizer_train;
 pub mod weights;
 
 pub use burn::prelude::{Device, Int, Tensor};

@@ -2,11 +2,19 @@
 
 use flow_engine::node::Registry;
 
+pub mod compute;
+pub mod model_init;
+pub mod preference;
+pub mod ref_logprobs;
 pub mod shell;
+pub mod tokenizer_train;
 
 /// Every node type flow ships.
 pub fn library() -> Registry {
     let mut registry = Registry::new();
     registry.register(shell::Shell);
+    registry.register(tokenizer_train::TokenizerTrain);
+    registry.register(model_init::ModelInit);
+    registry.register(ref_logprobs::RefLogprobs);
     registry
 }

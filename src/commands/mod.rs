@@ -1,5 +1,6 @@
 //! What each subcommand does.
 
+mod bench;
 mod exec;
 mod inspect;
 mod run;
@@ -77,6 +78,7 @@ pub fn dispatch(command: Command, store: &Store) -> Result<(), Failure> {
         Command::Show { run, json } => inspect::show(store, &run, json),
         Command::Schema { dir, check } => inspect::schema(&dir, check),
         Command::Gc { dry_run } => inspect::gc(store, dry_run),
+        Command::Bench { what } => bench::bench(what),
     }
 }
 

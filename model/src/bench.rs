@@ -1,0 +1,110 @@
+//! `flow bench logprobs`: reference scoring throughput and peak memory on random weights and ids.
+
+use serde::Serialize;
+use std::time::Instant;
+
+use crate::config::MistralConfig;
+use crate::init::SplitMix64;
+use crate::mistral::Mistral;
+use crate::scoring::{Sequence, score, to_f64};
+
+/// The model and batch shape to measure.
+#[derive(Clone, Debug)]
+pub struct BenchShape {
+    /// Model width.
+    pub hidden: usize,
+    /// MLP width.
+    pub intermediate: usize,
+    /// Decoder layers.
+    pub layers: usize,
+    /// Query heads.
+    pub heads: usize,
+    /// Key/value heads.
+    pub kv_heads: usize,
+    /// Vocabulary size.
+    pub vocab: usize,
+    /// Preference pairs (two sequences each).
+    pub pairs: usize,
+    /// Tokens per sequence (prompt = first quarter).
+    pub seq: usize,
+    /// Timed repetitions after one warm-up.
+    pub repeats: usize,
+}
+
+/// What the benchmark measured.
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchResult {
+    /// Scored tokens (all tokens of all sequences) per second.
+    pub tokens_per_s: f64,
+    /// Seconds per batch.
+    pub batch_s: f64,
+    /// Peak resident memory of the process, MiB.
+    pub peak_rss_mib: f64,
+    /// Rayon threads used.
+    pub threads: usize,
+}
+
+/// A Mistral config with the bench shape.
+pub fn bench_config(shape: &BenchShape) -> MistralConfig {
+    MistralConfig {
+        vocab_size: shape.vocab,
+        hidden_size: shape.hidden,
+        intermediate_size: shape.intermediate,
+        num_hidden_layers: shape.layers,
+        num_attention_heads: shape.heads,
+        num_key_value_heads: shape.kv_heads,
+        head_dim: shape.hidden / shape.heads,
+        rms_norm_eps: 1e-5,
+        rope_theta: 10000.0,
+        sliding_window: Some(4096),
+        tie_word_embeddings: false,
+        max_position_embeddings: 32768,
+        bos_token_id: 1,
+        eos_token_id: 2,
+        pad_token_id: None,
+        dtype: "float32".into(),
+    }
+}
+
+/// `2 × pairs` random sequences of `seq` tokens with the prompt the first quarter.
+pub fn bench_batch(shape: &BenchShape, seed: u64) -> Vec<Sequence> {
+    let mut rng = SplitMix64::new(seed);
+    (0..2 * shape.pairs)
+        .map(|_| Sequence { ids: (0..shape.seq).map(|_| rng.below(shape.vocab) as u32).collect(), completion_start: (shape.seq / 4).max(1) })
+        .collect()
+}
+
+/// Peak resident set size of this process (VmHWM), in MiB.
+pub fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// Scores random batches with a random model: reference scoring as `model.ref_logprobs` does it.
+pub fn bench_logprobs(shape: &BenchShape) -> BenchResult {
+    let device = crate::cpu();
+    let model = Mistral::random(&bench_config(shape), 0, 0.02, &device);
+    let batch = bench_batch(shape, 1);
+    let run = || to_f64(score(&model, &batch, &device).sums);
+    run();
+    let start = Instant::now();
+    for _ in 0..shape.repeats.max(1) {
+        run();
+    }
+    let batch_s = start.elapsed().as_secs_f64() / shape.repeats.max(1) as f64;
+    BenchResult {
+        tokens_per_s: (2 * shape.pairs * shape.seq) as f64 / batch_s,
+        batch_s,
+        peak_rss_mib: peak_rss_mib(),
+        threads: rayon::current_num_threads(),
+    }
+}
+
+/// Sets the number of CPU threads tensor work uses (call before any tensor work).
+pub fn set_threads(threads: usize) -> Result<(), String> {
+    rayon::ThreadPoolBuilder::new().num_threads(threads).build_global().map_err(|e| format!("cannot set {threads} threads: {e}"))
+}

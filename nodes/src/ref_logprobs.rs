@@ -1,0 +1,261 @@
+//! `model.ref_logprobs`: the frozen reference model's log-probs of every chosen and rejected
+//! completion, computed once so DPO training need not hold a reference model.
+
+use flow_engine::node::{LogSink, Node, NodeContext, NodeError, OutputSpec};
+use flow_model::scoring::{Sequence, score, to_f64};
+use flow_model::tokenize::{PreferenceTokenizer, TokenizedPair, Truncation};
+use flow_model::{Device, Mistral};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::compute::{DeviceSpec, Precision, check_cancelled, model_error, run_blocking};
+use crate::preference::read_pairs;
+
+/// Scores a preference dataset with a reference model.
+pub struct RefLogprobs;
+
+/// `keep_start` or `keep_end`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TruncationMode {
+    /// Cut completions at the end.
+    #[default]
+    KeepStart,
+    /// Cut the prompt from its start.
+    KeepEnd,
+}
+
+impl From<TruncationMode> for Truncation {
+    fn from(mode: TruncationMode) -> Truncation {
+        match mode {
+            TruncationMode::KeepStart => Truncation::KeepStart,
+            TruncationMode::KeepEnd => Truncation::KeepEnd,
+        }
+    }
+}
+
+/// Params of `model.ref_logprobs`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RefLogprobsParams {
+    /// Model directory (config.json, safetensors, tokenizer.json), e.g. `${base.model}`.
+    pub model: PathBuf,
+    /// Preference dataset (a directory with `data.jsonl`, or a JSONL file), e.g. `${split.train}`.
+    pub dataset: PathBuf,
+    /// Pairs per batch (each pair is two sequences). Ignored when `max_tokens_per_batch` is set.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// Fill each batch with pairs up to this many padded tokens instead of a fixed pair count.
+    #[serde(default)]
+    pub max_tokens_per_batch: Option<usize>,
+    /// Longest prompt + completion in tokens; longer pairs are truncated, pairs whose prompt alone fills it are dropped.
+    #[serde(default)]
+    pub max_length: Option<usize>,
+    /// How to cut pairs longer than `max_length`.
+    #[serde(default)]
+    pub truncation: TruncationMode,
+    /// Precision.
+    #[serde(default)]
+    pub dtype: Precision,
+    /// Device.
+    #[serde(default)]
+    pub device: DeviceSpec,
+}
+
+fn default_batch_size() -> usize {
+    4
+}
+
+/// One line of `logprobs.jsonl`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogprobRow {
+    /// The pair's id.
+    pub id: String,
+    /// Prompt ids.
+    pub prompt_ids: Vec<u32>,
+    /// Chosen completion ids (EOS last unless truncated).
+    pub chosen_ids: Vec<u32>,
+    /// Rejected completion ids.
+    pub rejected_ids: Vec<u32>,
+    /// Sum of the chosen completion's token log-probs.
+    pub chosen_logps: f64,
+    /// Sum of the rejected completion's token log-probs.
+    pub rejected_logps: f64,
+}
+
+/// `summary.json`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Summary {
+    /// Pairs read.
+    pub pairs_in: usize,
+    /// Pairs scored.
+    pub pairs_kept: usize,
+    /// Pairs dropped (prompt alone fills `max_length`).
+    pub pairs_dropped: usize,
+    /// Ids of the dropped pairs.
+    pub dropped_ids: Vec<String>,
+    /// Pairs taken over from an interrupted earlier attempt.
+    pub resumed_pairs: usize,
+    /// Tokens scored in this attempt (all positions of all sequences).
+    pub tokens: usize,
+    /// Seconds spent scoring in this attempt.
+    pub seconds: f64,
+    /// `tokens / seconds`.
+    pub tokens_per_s: f64,
+}
+
+/// A tokenized pair to score, with its id.
+struct Job {
+    id: String,
+    pair: TokenizedPair,
+}
+
+impl RefLogprobsParams {
+    fn check(&self) -> Result<(), NodeError> {
+        if self.batch_size == 0 || self.max_tokens_per_batch == Some(0) || self.max_length.is_some_and(|m| m < 2) {
+            return Err(NodeError::new("batch_size and max_tokens_per_batch must be positive, max_length at least 2"));
+        }
+        self.dtype.check(&self.device)
+    }
+
+    /// Splits jobs into batches by pair count or by padded tokens.
+    fn batches<'a>(&self, jobs: &'a [Job]) -> Vec<&'a [Job]> {
+        let Some(budget) = self.max_tokens_per_batch else {
+            return jobs.chunks(self.batch_size).collect();
+        };
+        let mut batches = Vec::new();
+        let (mut start, mut longest) = (0, 0);
+        for (i, job) in jobs.iter().enumerate() {
+            let len = job.pair.prompt_ids.len() + job.pair.chosen_ids.len().max(job.pair.rejected_ids.len());
+            let grown = longest.max(len);
+            if i > start && grown * 2 * (i - start + 1) > budget {
+                batches.push(&jobs[start..i]);
+                start = i;
+                longest = len;
+            } else {
+                longest = grown;
+            }
+        }
+        if start < jobs.len() {
+            batches.push(&jobs[start..]);
+        }
+        batches
+    }
+}
+
+impl Node for RefLogprobs {
+    type Params = RefLogprobsParams;
+    const TYPE: &'static str = "model.ref_logprobs";
+    const VERSION: &'static str = "1";
+    const DESCRIPTION: &'static str = "Computes the frozen reference model's log-probs of every chosen and rejected completion of a preference dataset, tokenized exactly as TRL's DPOTrainer does (EOS appended, completion starting where prompt and prompt+completion ids diverge), in right-padded batches with a chunked lm_head. Resumable: a killed run continues after its last completed batch.";
+    const OUTPUTS: &'static [OutputSpec] = &[OutputSpec {
+        name: "logprobs",
+        description: "`logprobs.jsonl` (one row per kept pair in input order: id, prompt_ids, chosen_ids, rejected_ids, chosen_logps, rejected_logps) and `summary.json`",
+    }];
+
+    async fn run(&self, ctx: NodeContext, params: RefLogprobsParams) -> Result<(), NodeError> {
+        params.check()?;
+        let device = params.device.resolve()?;
+        let out = ctx.output_dir("logprobs")?.to_path_buf();
+        let worker = ctx.clone();
+        run_blocking(&ctx, move |token| score_dataset(&worker, &params, &device, &out, &token)).await
+    }
+}
+
+fn score_dataset(ctx: &NodeContext, params: &RefLogprobsParams, device: &Device, out: &Path, token: &CancellationToken) -> Result<(), NodeError> {
+    let tokenizer = PreferenceTokenizer::load(&params.model).map_err(model_error)?;
+    let model = Mistral::load(&params.model, device).map_err(model_error)?;
+    let pairs = read_pairs(&params.dataset)?;
+    let mut jobs = Vec::new();
+    let mut dropped_ids = Vec::new();
+    for p in &pairs {
+        match tokenizer.tokenize_pair(&p.prompt, &p.chosen, &p.rejected).truncate(params.max_length, params.truncation.into()) {
+            Some(pair) => jobs.push(Job { id: p.id.clone(), pair }),
+            None => dropped_ids.push(p.id.clone()),
+        }
+    }
+    let partial = params_partial_path(ctx);
+    let resumed = resume_count(&partial, &jobs)?;
+    if resumed > 0 {
+        ctx.log().line(&format!("resuming after {resumed} pairs scored by an earlier attempt"));
+    }
+    let mut sink = std::fs::OpenOptions::new().create(true).append(true).open(&partial).map_err(|e| NodeError::new(format!("{}: {e}", partial.display())))?;
+    let started = Instant::now();
+    let mut tokens = 0;
+    let mut done = resumed;
+    for batch in params.batches(&jobs[resumed..]) {
+        check_cancelled(token)?;
+        let sequences: Vec<Sequence> = batch.iter().flat_map(|j| j.pair.sequences()).collect();
+        tokens += sequences.iter().map(|s| s.ids.len()).sum::<usize>();
+        let sums = to_f64(score(&model, &sequences, device).sums);
+        let mut lines = String::new();
+        for (job, logps) in batch.iter().zip(sums.chunks(2)) {
+            let row = LogprobRow {
+                id: job.id.clone(),
+                prompt_ids: job.pair.prompt_ids.clone(),
+                chosen_ids: job.pair.chosen_ids.clone(),
+                rejected_ids: job.pair.rejected_ids.clone(),
+                chosen_logps: logps[0],
+                rejected_logps: logps[1],
+            };
+            lines.push_str(&serde_json::to_string(&row).expect("JSON"));
+            lines.push('\n');
+        }
+        append_durably(&mut sink, &lines, &partial)?;
+        done += batch.len();
+        ctx.progress(done as u64, jobs.len() as u64);
+        report_progress(ctx.log(), done, jobs.len(), tokens, started);
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    std::fs::copy(&partial, out.join("logprobs.jsonl")).map_err(|e| NodeError::new(e.to_string()))?;
+    let summary = Summary {
+        pairs_in: pairs.len(),
+        pairs_kept: jobs.len(),
+        pairs_dropped: dropped_ids.len(),
+        dropped_ids,
+        resumed_pairs: resumed,
+        tokens,
+        seconds,
+        tokens_per_s: if seconds > 0.0 { tokens as f64 / seconds } else { 0.0 },
+    };
+    std::fs::write(out.join("summary.json"), serde_json::to_string_pretty(&summary).expect("JSON")).map_err(|e| NodeError::new(e.to_string()))?;
+    ctx.log().line(&format!("scored {} pairs, dropped {}", summary.pairs_kept, summary.pairs_dropped));
+    Ok(())
+}
+
+fn params_partial_path(ctx: &NodeContext) -> PathBuf {
+    ctx.resume_dir.join("logprobs.partial.jsonl")
+}
+
+/// How many leading jobs an earlier attempt finished: complete lines whose ids match, in order.
+/// A torn last line is cut off.
+fn resume_count(partial: &Path, jobs: &[Job]) -> Result<usize, NodeError> {
+    let Ok(text) = std::fs::read_to_string(partial) else { return Ok(0) };
+    let complete = text.rfind('\n').map_or(0, |i| i + 1);
+    let mut count = 0;
+    for line in text[..complete].lines() {
+        match serde_json::from_str::<LogprobRow>(line) {
+            Ok(row) if jobs.get(count).is_some_and(|j| j.id == row.id) => count += 1,
+            _ => break,
+        }
+    }
+    let keep: usize = text[..complete].lines().take(count).map(|l| l.len() + 1).sum();
+    let file = std::fs::OpenOptions::new().write(true).open(partial).map_err(|e| NodeError::new(e.to_string()))?;
+    file.set_len(keep as u64).map_err(|e| NodeError::new(e.to_string()))?;
+    Ok(count)
+}
+
+fn append_durably(sink: &mut std::fs::File, lines: &str, path: &Path) -> Result<(), NodeError> {
+    sink.write_all(lines.as_bytes())
+        .and_then(|_| sink.sync_data())
+        .map_err(|e| NodeError::new(format!("{}: {e}", path.display())))
+}
+
+fn report_progress(log: &LogSink, done: usize, total: usize, tokens: usize, started: Instant) {
+    let rate = tokens as f64 / started.elapsed().as_secs_f64().max(1e-9);
+    log.line(&format!("scored {done}/{total} pairs ({rate:.0} tokens/s)"));
+}

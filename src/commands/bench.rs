@@ -1,0 +1,50 @@
+//! `flow bench`: throughput and peak memory of tensor work (numbers for notes, never tests).
+
+use flow_model::bench::{BenchShape, bench_logprobs, set_threads};
+
+use super::{Failure, print_json};
+use crate::cli::{BenchCommand, BenchShapeArgs};
+
+fn shape(args: &BenchShapeArgs) -> Result<BenchShape, Failure> {
+    if args.heads == 0 || args.kv_heads == 0 || args.heads % args.kv_heads != 0 || args.hidden % args.heads != 0 || args.seq < 2 || args.pairs == 0 {
+        return Err(Failure::Input(
+            "error: --heads must be a multiple of --kv-heads and divide --hidden; --seq ≥ 2, --pairs ≥ 1".into(),
+        ));
+    }
+    Ok(BenchShape {
+        hidden: args.hidden,
+        intermediate: args.intermediate,
+        layers: args.layers,
+        heads: args.heads,
+        kv_heads: args.kv_heads,
+        vocab: args.vocab,
+        pairs: args.pairs,
+        seq: args.seq,
+        repeats: args.repeats,
+    })
+}
+
+/// Runs a benchmark and prints its numbers.
+pub fn bench(what: BenchCommand) -> Result<(), Failure> {
+    match what {
+        BenchCommand::Logprobs(args) => {
+            let shape = shape(&args)?;
+            set_threads(args.threads).map_err(|e| Failure::Input(format!("error: {e}")))?;
+            let result = bench_logprobs(&shape);
+            if args.json {
+                print_json(&result);
+            } else {
+                println!(
+                    "logprobs: {:.0} tokens/s ({:.3} s per batch of {} sequences × {} tokens), peak RSS {:.0} MiB, {} threads",
+                    result.tokens_per_s,
+                    result.batch_s,
+                    2 * shape.pairs,
+                    shape.seq,
+                    result.peak_rss_mib,
+                    result.threads
+                );
+            }
+            Ok(())
+        }
+    }
+}

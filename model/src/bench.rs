@@ -70,7 +70,12 @@ pub fn bench_config(shape: &BenchShape) -> MistralConfig {
 pub fn bench_batch(shape: &BenchShape, seed: u64) -> Vec<Sequence> {
     let mut rng = SplitMix64::new(seed);
     (0..2 * shape.pairs)
-        .map(|_| Sequence { ids: (0..shape.seq).map(|_| rng.below(shape.vocab) as u32).collect(), completion_start: (shape.seq / 4).max(1) })
+        .map(|_| Sequence {
+            ids: (0..shape.seq)
+                .map(|_| rng.below(shape.vocab) as u32)
+                .collect(),
+            completion_start: (shape.seq / 4).max(1),
+        })
         .collect()
 }
 
@@ -106,5 +111,8 @@ pub fn bench_logprobs(shape: &BenchShape) -> BenchResult {
 
 /// Sets the number of CPU threads tensor work uses (call before any tensor work).
 pub fn set_threads(threads: usize) -> Result<(), String> {
-    rayon::ThreadPoolBuilder::new().num_threads(threads).build_global().map_err(|e| format!("cannot set {threads} threads: {e}"))
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global()
+        .map_err(|e| format!("cannot set {threads} threads: {e}"))
 }

@@ -130,17 +130,7 @@ impl MistralConfig {
         }
         let heads = raw.num_attention_heads;
         let kv_heads = raw.num_key_value_heads.unwrap_or(heads);
-        if heads == 0 || kv_heads == 0 || heads % kv_heads != 0 {
-            return Err(format!(
-                "num_attention_heads ({heads}) must be a positive multiple of num_key_value_heads ({kv_heads})"
-            ));
-        }
-        let head_dim = raw.head_dim.unwrap_or(raw.hidden_size / heads);
-        if head_dim == 0 || head_dim % 2 != 0 {
-            return Err(format!(
-                "head_dim must be even and positive, got {head_dim}"
-            ));
-        }
+        let head_dim = raw.head_dim.unwrap_or(raw.hidden_size / heads.max(1));
         let rope_theta = raw
             .rope_parameters
             .as_ref()
@@ -152,7 +142,7 @@ impl MistralConfig {
             Some(Json::Array(ids)) => ids.first().and_then(Json::as_u64),
             _ => None,
         };
-        Ok(MistralConfig {
+        let config = MistralConfig {
             vocab_size: raw.vocab_size,
             hidden_size: raw.hidden_size,
             intermediate_size: raw.intermediate_size,
@@ -172,7 +162,36 @@ impl MistralConfig {
                 .dtype
                 .or(raw.torch_dtype)
                 .unwrap_or_else(|| "float32".into()),
-        })
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks that the shape is a valid Mistral: heads a multiple of key/value heads, an even head width.
+    pub fn validate(&self) -> Result<(), String> {
+        let (heads, kv_heads) = (self.num_attention_heads, self.num_key_value_heads);
+        if heads == 0 || kv_heads == 0 || !heads.is_multiple_of(kv_heads) {
+            return Err(format!(
+                "num_attention_heads ({heads}) must be a positive multiple of num_key_value_heads ({kv_heads})"
+            ));
+        }
+        if self.head_dim == 0 || !self.head_dim.is_multiple_of(2) {
+            return Err(format!(
+                "head_dim must be even and positive, got {}",
+                self.head_dim
+            ));
+        }
+        if self.vocab_size == 0
+            || self.hidden_size == 0
+            || self.num_hidden_layers == 0
+            || self.intermediate_size == 0
+        {
+            return Err(
+                "vocab_size, hidden_size, intermediate_size and num_hidden_layers must be positive"
+                    .into(),
+            );
+        }
+        Ok(())
     }
 
     /// `config.json` as transformers writes it (both RoPE styles, so transformers 4 and 5 read it).

@@ -53,9 +53,14 @@ impl Mistral {
             let values: Vec<f32> = if spec.name.ends_with("norm.weight") {
                 vec![1.0; count]
             } else {
-                (0..count).map(|_| (rng.next_normal() * std) as f32).collect()
+                (0..count)
+                    .map(|_| (rng.next_normal() * std) as f32)
+                    .collect()
             };
-            Ok(Tensor::<2>::from_data(TensorData::new(values, spec.shape), device))
+            Ok(Tensor::<2>::from_data(
+                TensorData::new(values, spec.shape),
+                device,
+            ))
         })
         .expect("random init cannot fail")
     }
@@ -71,7 +76,10 @@ mod tests {
         let xs: Vec<f64> = (0..100_000).map(|_| rng.next_normal()).collect();
         let mean = xs.iter().sum::<f64>() / xs.len() as f64;
         let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / xs.len() as f64;
-        assert!(mean.abs() < 0.01 && (var - 1.0).abs() < 0.02, "mean {mean} var {var}");
+        assert!(
+            mean.abs() < 0.01 && (var - 1.0).abs() < 0.02,
+            "mean {mean} var {var}"
+        );
         assert_eq!(SplitMix64::new(7).next_u64(), SplitMix64::new(7).next_u64());
     }
 }

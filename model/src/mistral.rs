@@ -254,7 +254,7 @@ impl Mistral {
         let specs = weight_specs(config);
         let mut tensors = specs
             .iter()
-            .map(|s| weight(s))
+            .map(&mut weight)
             .collect::<Result<Vec<_>>>()?
             .into_iter();
         let mut next = || tensors.next().expect("one tensor per spec");

@@ -14,9 +14,19 @@ use crate::error::{ModelError, Result, io_at};
 pub const SPECIAL_TOKENS: [&str; 3] = ["<unk>", "<s>", "</s>"];
 
 /// Trains on `texts` and writes `tokenizer.json` and `tokenizer_config.json` into `dir`.
-pub fn train_bpe(texts: &[String], vocab_size: usize, min_frequency: u64, dir: &Path) -> Result<usize> {
-    let fail = |what: &str, e: tokenizers::Error| ModelError::Argument(format!("tokenizer training failed ({what}): {e}"));
-    let special: Vec<AddedToken> = SPECIAL_TOKENS.iter().map(|t| AddedToken::from(*t, true)).collect();
+pub fn train_bpe(
+    texts: &[String],
+    vocab_size: usize,
+    min_frequency: u64,
+    dir: &Path,
+) -> Result<usize> {
+    let fail = |what: &str, e: tokenizers::Error| {
+        ModelError::Argument(format!("tokenizer training failed ({what}): {e}"))
+    };
+    let special: Vec<AddedToken> = SPECIAL_TOKENS
+        .iter()
+        .map(|t| AddedToken::from(*t, true))
+        .collect();
     let mut trainer = BpeTrainerBuilder::new()
         .vocab_size(vocab_size)
         .min_frequency(min_frequency)
@@ -24,7 +34,10 @@ pub fn train_bpe(texts: &[String], vocab_size: usize, min_frequency: u64, dir: &
         .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
         .show_progress(false)
         .build();
-    let bpe = BPE::builder().unk_token("<unk>".into()).build().map_err(|e| fail("model", e))?;
+    let bpe = BPE::builder()
+        .unk_token("<unk>".into())
+        .build()
+        .map_err(|e| fail("model", e))?;
     let post = TemplateProcessing::builder()
         .try_single("<s> $A")
         .and_then(|b| b.try_pair("<s> $A $B"))
@@ -40,17 +53,25 @@ pub fn train_bpe(texts: &[String], vocab_size: usize, min_frequency: u64, dir: &
         .with_post_processor(Some(post))
         .build()
         .map_err(|e| fail("build", e))?;
-    tokenizer.train(&mut trainer, texts.iter()).map_err(|e| fail("train", e))?;
+    tokenizer
+        .train(&mut trainer, texts.iter())
+        .map_err(|e| fail("train", e))?;
     let tokenizer: Tokenizer = tokenizer.into();
     let path = dir.join("tokenizer.json");
-    tokenizer.save(&path, true).map_err(|e| ModelError::Invalid { path: path.clone(), message: e.to_string() })?;
+    tokenizer
+        .save(&path, true)
+        .map_err(|e| ModelError::Invalid {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
     let config = serde_json::json!({
         "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "</s>",
         "add_bos_token": true, "add_eos_token": false, "model_max_length": 1_000_000,
         "tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": false
     });
     let path = dir.join("tokenizer_config.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&config).expect("JSON")).map_err(io_at(&path))?;
+    std::fs::write(&path, serde_json::to_string_pretty(&config).expect("JSON"))
+        .map_err(io_at(&path))?;
     Ok(tokenizer.get_vocab_size(true))
 }
 
@@ -60,7 +81,11 @@ mod tests {
 
     #[test]
     fn trained_tokenizer_round_trips_and_adds_bos() {
-        let texts: Vec<String> = (0..50).map(|i| format!("Die Hauptstadt von Deutschland ist Berlin, Nummer {i}. Äpfel über Öl.")).collect();
+        let texts: Vec<String> = (0..50)
+            .map(|i| {
+                format!("Die Hauptstadt von Deutschland ist Berlin, Nummer {i}. Äpfel über Öl.")
+            })
+            .collect();
         let dir = tempfile::tempdir().unwrap();
         let size = train_bpe(&texts, 300, 2, dir.path()).unwrap();
         assert!(size <= 300 && size > 259, "{size}");

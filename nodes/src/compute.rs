@@ -32,7 +32,9 @@ impl TryFrom<String> for DeviceSpec {
                 .strip_prefix("cuda:")
                 .and_then(|n| n.parse().ok())
                 .map(DeviceSpec::Cuda)
-                .ok_or_else(|| format!("invalid device `{other}`: expected `cpu`, `auto` or `cuda:N`")),
+                .ok_or_else(|| {
+                    format!("invalid device `{other}`: expected `cpu`, `auto` or `cuda:N`")
+                }),
         }
     }
 }
@@ -87,9 +89,9 @@ impl Precision {
     /// Checks that the precision is available on `device`.
     pub fn check(self, device: &DeviceSpec) -> Result<(), NodeError> {
         match (self, device) {
-            (Precision::Bf16, DeviceSpec::Cpu | DeviceSpec::Auto) => {
-                Err(NodeError::new("dtype `bf16` is supported on CUDA devices only; use `dtype: f32` on the CPU"))
-            }
+            (Precision::Bf16, DeviceSpec::Cpu | DeviceSpec::Auto) => Err(NodeError::new(
+                "dtype `bf16` is supported on CUDA devices only; use `dtype: f32` on the CPU",
+            )),
             _ => Ok(()),
         }
     }
@@ -115,5 +117,9 @@ where
 
 /// Fails with "cancelled" when the token fired.
 pub fn check_cancelled(token: &CancellationToken) -> Result<(), NodeError> {
-    if token.is_cancelled() { Err(NodeError::new("cancelled")) } else { Ok(()) }
+    if token.is_cancelled() {
+        Err(NodeError::new("cancelled"))
+    } else {
+        Ok(())
+    }
 }

@@ -84,14 +84,19 @@ mod defaults {
 }
 
 /// Files of a tokenizer directory copied into model directories.
-pub const TOKENIZER_FILES: [&str; 3] = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"];
+pub const TOKENIZER_FILES: [&str; 3] = [
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+];
 
 /// Copies the tokenizer files that exist in `from` into `to`.
 pub fn copy_tokenizer_files(from: &Path, to: &Path) -> Result<(), NodeError> {
     for name in TOKENIZER_FILES {
         let source = from.join(name);
         if source.is_file() {
-            std::fs::copy(&source, to.join(name)).map_err(|e| NodeError::new(format!("{}: {e}", source.display())))?;
+            std::fs::copy(&source, to.join(name))
+                .map_err(|e| NodeError::new(format!("{}: {e}", source.display())))?;
         }
     }
     Ok(())
@@ -99,20 +104,14 @@ pub fn copy_tokenizer_files(from: &Path, to: &Path) -> Result<(), NodeError> {
 
 impl ModelInitParams {
     fn config(&self, vocab_size: usize, bos: u32, eos: u32) -> Result<MistralConfig, NodeError> {
-        if self.num_heads == 0 || self.num_kv_heads == 0 || self.num_heads % self.num_kv_heads != 0 {
-            return Err(NodeError::new(format!("num_heads ({}) must be a positive multiple of num_kv_heads ({})", self.num_heads, self.num_kv_heads)));
-        }
-        if self.hidden_size % self.num_heads != 0 || (self.hidden_size / self.num_heads) % 2 != 0 {
-            return Err(NodeError::new(format!("hidden_size ({}) must be num_heads ({}) × an even head width", self.hidden_size, self.num_heads)));
-        }
-        Ok(MistralConfig {
+        let config = MistralConfig {
             vocab_size,
             hidden_size: self.hidden_size,
             intermediate_size: self.intermediate_size,
             num_hidden_layers: self.num_layers,
             num_attention_heads: self.num_heads,
             num_key_value_heads: self.num_kv_heads,
-            head_dim: self.hidden_size / self.num_heads,
+            head_dim: self.hidden_size / self.num_heads.max(1),
             rms_norm_eps: 1e-5,
             rope_theta: self.rope_theta,
             sliding_window: self.sliding_window,
@@ -122,7 +121,9 @@ impl ModelInitParams {
             eos_token_id: eos,
             pad_token_id: Some(eos),
             dtype: "float32".into(),
-        })
+        };
+        config.validate().map_err(NodeError::new)?;
+        Ok(config)
     }
 }
 
@@ -131,7 +132,10 @@ impl Node for ModelInit {
     const TYPE: &'static str = "model.init";
     const VERSION: &'static str = "1";
     const DESCRIPTION: &'static str = "Creates a new Mistral model directory (config.json, generation_config.json, model.safetensors and the tokenizer files) with seeded random weights: normal(0, init_std) for embeddings and linear layers, ones for norms. The offline default workflow builds its small base model with it.";
-    const OUTPUTS: &'static [OutputSpec] = &[OutputSpec { name: "model", description: "a Hugging Face model directory that transformers loads" }];
+    const OUTPUTS: &'static [OutputSpec] = &[OutputSpec {
+        name: "model",
+        description: "a Hugging Face model directory that transformers loads",
+    }];
 
     async fn run(&self, ctx: NodeContext, params: ModelInitParams) -> Result<(), NodeError> {
         let out = ctx.output_dir("model")?.to_path_buf();

@@ -39,28 +39,42 @@ pub fn content_id(prompt: &str, chosen: &str, rejected: &str) -> String {
 
 /// `data.jsonl` inside a dataset directory, or the path itself when it is a file.
 pub fn data_file(path: &Path) -> PathBuf {
-    if path.is_dir() { path.join("data.jsonl") } else { path.to_path_buf() }
+    if path.is_dir() {
+        path.join("data.jsonl")
+    } else {
+        path.to_path_buf()
+    }
 }
 
 /// Reads every pair; a bad line is an error naming the file and line.
 pub fn read_pairs(path: &Path) -> Result<Vec<PreferencePair>, NodeError> {
     let file_path = data_file(path);
-    let file = std::fs::File::open(&file_path).map_err(|e| NodeError::new(format!("{}: {e}", file_path.display())))?;
+    let file = std::fs::File::open(&file_path)
+        .map_err(|e| NodeError::new(format!("{}: {e}", file_path.display())))?;
     let mut pairs = Vec::new();
     for (n, line) in BufReader::new(file).lines().enumerate() {
-        let line = line.map_err(|e| NodeError::new(format!("{}:{}: {e}", file_path.display(), n + 1)))?;
+        let line =
+            line.map_err(|e| NodeError::new(format!("{}:{}: {e}", file_path.display(), n + 1)))?;
         if line.trim().is_empty() {
             continue;
         }
-        let mut pair: PreferencePair = serde_json::from_str(&line)
-            .map_err(|e| NodeError::new(format!("{}:{}: not a preference pair: {e}", file_path.display(), n + 1)))?;
+        let mut pair: PreferencePair = serde_json::from_str(&line).map_err(|e| {
+            NodeError::new(format!(
+                "{}:{}: not a preference pair: {e}",
+                file_path.display(),
+                n + 1
+            ))
+        })?;
         if pair.id.is_empty() {
             pair.id = content_id(&pair.prompt, &pair.chosen, &pair.rejected);
         }
         pairs.push(pair);
     }
     if pairs.is_empty() {
-        return Err(NodeError::new(format!("{}: no preference pairs (the file is empty)", file_path.display())));
+        return Err(NodeError::new(format!(
+            "{}: no preference pairs (the file is empty)",
+            file_path.display()
+        )));
     }
     Ok(pairs)
 }
@@ -78,10 +92,22 @@ mod tests {
         assert_eq!(pairs[0].id, content_id("a", "b", "c"));
         assert_eq!(pairs[0].extra["lang"], "de");
         assert_eq!(pairs[1].id, "x");
-        std::fs::write(&path, "{\"prompt\":\"a\",\"chosen\":\"b\",\"rejected\":\"c\"}\n{\"prompt\":\"a\"}\n").unwrap();
+        std::fs::write(
+            &path,
+            "{\"prompt\":\"a\",\"chosen\":\"b\",\"rejected\":\"c\"}\n{\"prompt\":\"a\"}\n",
+        )
+        .unwrap();
         let err = read_pairs(&path).unwrap_err().message;
-        assert!(err.contains("data.jsonl:2: not a preference pair: missing field `chosen`"), "{err}");
+        assert!(
+            err.contains("data.jsonl:2: not a preference pair: missing field `chosen`"),
+            "{err}"
+        );
         std::fs::write(&path, "").unwrap();
-        assert!(read_pairs(&path).unwrap_err().message.contains("no preference pairs"));
+        assert!(
+            read_pairs(&path)
+                .unwrap_err()
+                .message
+                .contains("no preference pairs")
+        );
     }
 }

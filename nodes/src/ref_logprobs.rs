@@ -116,8 +116,13 @@ struct Job {
 
 impl RefLogprobsParams {
     fn check(&self) -> Result<(), NodeError> {
-        if self.batch_size == 0 || self.max_tokens_per_batch == Some(0) || self.max_length.is_some_and(|m| m < 2) {
-            return Err(NodeError::new("batch_size and max_tokens_per_batch must be positive, max_length at least 2"));
+        if self.batch_size == 0
+            || self.max_tokens_per_batch == Some(0)
+            || self.max_length.is_some_and(|m| m < 2)
+        {
+            return Err(NodeError::new(
+                "batch_size and max_tokens_per_batch must be positive, max_length at least 2",
+            ));
         }
         self.dtype.check(&self.device)
     }
@@ -130,7 +135,8 @@ impl RefLogprobsParams {
         let mut batches = Vec::new();
         let (mut start, mut longest) = (0, 0);
         for (i, job) in jobs.iter().enumerate() {
-            let len = job.pair.prompt_ids.len() + job.pair.chosen_ids.len().max(job.pair.rejected_ids.len());
+            let len = job.pair.prompt_ids.len()
+                + job.pair.chosen_ids.len().max(job.pair.rejected_ids.len());
             let grown = longest.max(len);
             if i > start && grown * 2 * (i - start + 1) > budget {
                 batches.push(&jobs[start..i]);
@@ -162,28 +168,49 @@ impl Node for RefLogprobs {
         let device = params.device.resolve()?;
         let out = ctx.output_dir("logprobs")?.to_path_buf();
         let worker = ctx.clone();
-        run_blocking(&ctx, move |token| score_dataset(&worker, &params, &device, &out, &token)).await
+        run_blocking(&ctx, move |token| {
+            score_dataset(&worker, &params, &device, &out, &token)
+        })
+        .await
     }
 }
 
-fn score_dataset(ctx: &NodeContext, params: &RefLogprobsParams, device: &Device, out: &Path, token: &CancellationToken) -> Result<(), NodeError> {
+fn score_dataset(
+    ctx: &NodeContext,
+    params: &RefLogprobsParams,
+    device: &Device,
+    out: &Path,
+    token: &CancellationToken,
+) -> Result<(), NodeError> {
     let tokenizer = PreferenceTokenizer::load(&params.model).map_err(model_error)?;
     let model = Mistral::load(&params.model, device).map_err(model_error)?;
     let pairs = read_pairs(&params.dataset)?;
     let mut jobs = Vec::new();
     let mut dropped_ids = Vec::new();
     for p in &pairs {
-        match tokenizer.tokenize_pair(&p.prompt, &p.chosen, &p.rejected).truncate(params.max_length, params.truncation.into()) {
-            Some(pair) => jobs.push(Job { id: p.id.clone(), pair }),
+        match tokenizer
+            .tokenize_pair(&p.prompt, &p.chosen, &p.rejected)
+            .truncate(params.max_length, params.truncation.into())
+        {
+            Some(pair) => jobs.push(Job {
+                id: p.id.clone(),
+                pair,
+            }),
             None => dropped_ids.push(p.id.clone()),
         }
     }
     let partial = params_partial_path(ctx);
     let resumed = resume_count(&partial, &jobs)?;
     if resumed > 0 {
-        ctx.log().line(&format!("resuming after {resumed} pairs scored by an earlier attempt"));
+        ctx.log().line(&format!(
+            "resuming after {resumed} pairs scored by an earlier attempt"
+        ));
     }
-    let mut sink = std::fs::OpenOptions::new().create(true).append(true).open(&partial).map_err(|e| NodeError::new(format!("{}: {e}", partial.display())))?;
+    let mut sink = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&partial)
+        .map_err(|e| NodeError::new(format!("{}: {e}", partial.display())))?;
     let started = Instant::now();
     let mut tokens = 0;
     let mut done = resumed;
@@ -211,7 +238,8 @@ fn score_dataset(ctx: &NodeContext, params: &RefLogprobsParams, device: &Device,
         report_progress(ctx.log(), done, jobs.len(), tokens, started);
     }
     let seconds = started.elapsed().as_secs_f64();
-    std::fs::copy(&partial, out.join("logprobs.jsonl")).map_err(|e| NodeError::new(e.to_string()))?;
+    std::fs::copy(&partial, out.join("logprobs.jsonl"))
+        .map_err(|e| NodeError::new(e.to_string()))?;
     let summary = Summary {
         pairs_in: pairs.len(),
         pairs_kept: jobs.len(),
@@ -220,10 +248,21 @@ fn score_dataset(ctx: &NodeContext, params: &RefLogprobsParams, device: &Device,
         resumed_pairs: resumed,
         tokens,
         seconds,
-        tokens_per_s: if seconds > 0.0 { tokens as f64 / seconds } else { 0.0 },
+        tokens_per_s: if seconds > 0.0 {
+            tokens as f64 / seconds
+        } else {
+            0.0
+        },
     };
-    std::fs::write(out.join("summary.json"), serde_json::to_string_pretty(&summary).expect("JSON")).map_err(|e| NodeError::new(e.to_string()))?;
-    ctx.log().line(&format!("scored {} pairs, dropped {}", summary.pairs_kept, summary.pairs_dropped));
+    std::fs::write(
+        out.join("summary.json"),
+        serde_json::to_string_pretty(&summary).expect("JSON"),
+    )
+    .map_err(|e| NodeError::new(e.to_string()))?;
+    ctx.log().line(&format!(
+        "scored {} pairs, dropped {}",
+        summary.pairs_kept, summary.pairs_dropped
+    ));
     Ok(())
 }
 
@@ -234,7 +273,9 @@ fn params_partial_path(ctx: &NodeContext) -> PathBuf {
 /// How many leading jobs an earlier attempt finished: complete lines whose ids match, in order.
 /// A torn last line is cut off.
 fn resume_count(partial: &Path, jobs: &[Job]) -> Result<usize, NodeError> {
-    let Ok(text) = std::fs::read_to_string(partial) else { return Ok(0) };
+    let Ok(text) = std::fs::read_to_string(partial) else {
+        return Ok(0);
+    };
     let complete = text.rfind('\n').map_or(0, |i| i + 1);
     let mut count = 0;
     for line in text[..complete].lines() {
@@ -243,9 +284,17 @@ fn resume_count(partial: &Path, jobs: &[Job]) -> Result<usize, NodeError> {
             _ => break,
         }
     }
-    let keep: usize = text[..complete].lines().take(count).map(|l| l.len() + 1).sum();
-    let file = std::fs::OpenOptions::new().write(true).open(partial).map_err(|e| NodeError::new(e.to_string()))?;
-    file.set_len(keep as u64).map_err(|e| NodeError::new(e.to_string()))?;
+    let keep: usize = text[..complete]
+        .lines()
+        .take(count)
+        .map(|l| l.len() + 1)
+        .sum();
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(partial)
+        .map_err(|e| NodeError::new(e.to_string()))?;
+    file.set_len(keep as u64)
+        .map_err(|e| NodeError::new(e.to_string()))?;
     Ok(count)
 }
 

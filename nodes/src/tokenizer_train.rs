@@ -38,19 +38,37 @@ impl Node for TokenizerTrain {
     const TYPE: &'static str = "tokenizer.train";
     const VERSION: &'static str = "1";
     const DESCRIPTION: &'static str = "Trains a byte-level BPE tokenizer (tokenizers crate) on the prompts, chosen and rejected texts of a preference dataset: NFC normalizer, byte-level pre-tokenizer and decoder, `<unk>`, `<s>`, `</s>` as ids 0-2, and a post-processor that adds `<s>`, like Mistral's.";
-    const OUTPUTS: &'static [OutputSpec] = &[OutputSpec { name: "tokenizer", description: "`tokenizer.json` and `tokenizer_config.json`" }];
+    const OUTPUTS: &'static [OutputSpec] = &[OutputSpec {
+        name: "tokenizer",
+        description: "`tokenizer.json` and `tokenizer_config.json`",
+    }];
 
     async fn run(&self, ctx: NodeContext, params: TokenizerTrainParams) -> Result<(), NodeError> {
         let out = ctx.output_dir("tokenizer")?.to_path_buf();
         let log = ctx.log().clone();
         if params.vocab_size < 260 {
-            return Err(NodeError::new(format!("vocab_size {} is too small: the byte alphabet and special tokens need 259", params.vocab_size)));
+            return Err(NodeError::new(format!(
+                "vocab_size {} is too small: the byte alphabet and special tokens need 259",
+                params.vocab_size
+            )));
         }
         run_blocking(&ctx, move |_| {
             let pairs = read_pairs(&params.dataset)?;
-            let texts: Vec<String> = pairs.iter().flat_map(|p| [p.prompt.clone(), p.chosen.clone(), p.rejected.clone()]).collect();
-            let size = flow_model::tokenizer_train::train_bpe(&texts, params.vocab_size, params.min_frequency, &out).map_err(model_error)?;
-            log.line(&format!("trained a {size}-token BPE tokenizer on {} texts", texts.len()));
+            let texts: Vec<String> = pairs
+                .iter()
+                .flat_map(|p| [p.prompt.clone(), p.chosen.clone(), p.rejected.clone()])
+                .collect();
+            let size = flow_model::tokenizer_train::train_bpe(
+                &texts,
+                params.vocab_size,
+                params.min_frequency,
+                &out,
+            )
+            .map_err(model_error)?;
+            log.line(&format!(
+                "trained a {size}-token BPE tokenizer on {} texts",
+                texts.len()
+            ));
             Ok(())
         })
         .await

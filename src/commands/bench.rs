@@ -1,17 +1,17 @@
 //! `flow bench`: throughput and peak memory of tensor work (numbers for notes, never tests).
 
-use flow_model::bench::{BenchShape, bench_logprobs, set_threads};
+use flow_model::bench::{BenchShape, bench_config, bench_logprobs, set_threads};
 
 use super::{Failure, print_json};
 use crate::cli::{BenchCommand, BenchShapeArgs};
 
 fn shape(args: &BenchShapeArgs) -> Result<BenchShape, Failure> {
-    if args.heads == 0 || args.kv_heads == 0 || args.heads % args.kv_heads != 0 || args.hidden % args.heads != 0 || args.seq < 2 || args.pairs == 0 {
+    if args.seq < 2 || args.pairs == 0 || args.heads == 0 {
         return Err(Failure::Input(
-            "error: --heads must be a multiple of --kv-heads and divide --hidden; --seq ≥ 2, --pairs ≥ 1".into(),
+            "error: --seq must be at least 2, --pairs and --heads at least 1".into(),
         ));
     }
-    Ok(BenchShape {
+    let shape = BenchShape {
         hidden: args.hidden,
         intermediate: args.intermediate,
         layers: args.layers,
@@ -21,7 +21,11 @@ fn shape(args: &BenchShapeArgs) -> Result<BenchShape, Failure> {
         pairs: args.pairs,
         seq: args.seq,
         repeats: args.repeats,
-    })
+    };
+    bench_config(&shape)
+        .validate()
+        .map_err(|e| Failure::Input(format!("error: {e}")))?;
+    Ok(shape)
 }
 
 /// Runs a benchmark and prints its numbers.

@@ -55,9 +55,9 @@ fn build_params(args: &ExecArgs, schema: &Json) -> Result<Json, Failure> {
             ))
         })?;
         let path = PathBuf::from(path);
-        if !path.is_dir() {
+        if !path.exists() {
             return Err(Failure::Input(format!(
-                "error: --input {name}: `{}` is not a directory",
+                "error: --input {name}: `{}` does not exist",
                 path.display()
             )));
         }

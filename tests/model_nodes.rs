@@ -1,0 +1,293 @@
+//! The model-core node types through the real binary: `model.ref_logprobs` reproduces the
+//! golden reference log-probs and resumes after a kill; `tokenizer.train` → `model.init` →
+//! `model.ref_logprobs` runs as a cached workflow; bad inputs fail clearly.
+
+mod support;
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use support::{Project, signal, wait_until};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+fn golden() -> Value {
+    serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("mistral-tiny/golden.json")).unwrap(),
+    )
+    .unwrap()
+}
+
+/// The golden pairs as a preference dataset (`copies` times, with distinct ids).
+fn golden_dataset(p: &Project, copies: usize) -> PathBuf {
+    let mut text = String::new();
+    for c in 0..copies {
+        for (i, pair) in golden()["pairs"].as_array().unwrap().iter().enumerate() {
+            let row = serde_json::json!({"id": format!("p{c}-{i}"), "prompt": pair["prompt"], "chosen": pair["chosen"], "rejected": pair["rejected"]});
+            text.push_str(&format!("{row}\n"));
+        }
+    }
+    p.write("pairs.jsonl", &text)
+}
+
+fn rows(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn ref_logprobs_exec_reproduces_the_golden_reference_logps() {
+    let p = Project::new();
+    let data = golden_dataset(&p, 1);
+    let model = fixtures().join("mistral-tiny/base");
+    p.flow(&[
+        "exec",
+        "model.ref_logprobs",
+        "--input",
+        &format!("model={}", model.display()),
+        "--input",
+        &format!("dataset={}", data.display()),
+        "--with",
+        "batch_size=3",
+        "--out",
+        "out",
+    ])
+    .expect_code(0);
+    let scored = rows(&p.path().join("out/logprobs/logprobs.jsonl"));
+    let g = golden();
+    assert_eq!(scored.len(), 6);
+    for (row, pair) in scored.iter().zip(g["pairs"].as_array().unwrap()) {
+        assert_eq!(row["prompt_ids"], pair["prompt_ids"]);
+        assert_eq!(row["chosen_ids"], pair["chosen_ids"]);
+        assert_eq!(row["rejected_ids"], pair["rejected_ids"]);
+        for (ours, theirs) in [
+            ("chosen_logps", "ref_chosen_logps"),
+            ("rejected_logps", "ref_rejected_logps"),
+        ] {
+            let (a, b) = (row[ours].as_f64().unwrap(), pair[theirs].as_f64().unwrap());
+            assert!((a - b).abs() < 1e-4, "{ours}: {a} vs {b}");
+        }
+    }
+    let summary: Value = serde_json::from_str(
+        &std::fs::read_to_string(p.path().join("out/logprobs/summary.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        (
+            summary["pairs_kept"].as_u64(),
+            summary["pairs_dropped"].as_u64()
+        ),
+        (Some(6), Some(0))
+    );
+}
+
+#[test]
+fn max_length_truncates_and_drops_long_prompts() {
+    let p = Project::new();
+    let data = golden_dataset(&p, 1);
+    let model = fixtures().join("mistral-tiny/base");
+    p.flow(&[
+        "exec",
+        "model.ref_logprobs",
+        "--input",
+        &format!("model={}", model.display()),
+        "--input",
+        &format!("dataset={}", data.display()),
+        "--with",
+        "max_length=20",
+        "--with",
+        "max_tokens_per_batch=64",
+        "--out",
+        "out",
+    ])
+    .expect_code(0);
+    let summary: Value = serde_json::from_str(
+        &std::fs::read_to_string(p.path().join("out/logprobs/summary.json")).unwrap(),
+    )
+    .unwrap();
+    // Prompts of 25, 28 and 30 tokens fill max_length 20.
+    assert_eq!(summary["pairs_dropped"], 3, "{summary}");
+    for row in rows(&p.path().join("out/logprobs/logprobs.jsonl")) {
+        let prompt = row["prompt_ids"].as_array().unwrap().len();
+        assert!(prompt + row["chosen_ids"].as_array().unwrap().len() <= 20);
+        assert!(prompt + row["rejected_ids"].as_array().unwrap().len() <= 20);
+    }
+}
+
+#[test]
+fn killed_ref_logprobs_resumes_after_its_last_batch_with_identical_results() {
+    let p = Project::new();
+    let data = golden_dataset(&p, 150);
+    let model = fixtures().join("mistral-tiny/base");
+    let workflow = format!(
+        "name: resume\nnodes:\n  ref:\n    uses: model.ref_logprobs\n    with: {{ model: {}, dataset: {}, batch_size: 1 }}\n",
+        model.display(),
+        data.display()
+    );
+    p.write("w.yaml", &workflow);
+    let child = p.spawn(&["run", "w.yaml"]);
+    let resume = p.store().join("resume");
+    wait_until(Duration::from_secs(60), "some batches to be scored", || {
+        std::fs::read_dir(&resume)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|d| {
+                std::fs::read_to_string(d.path().join("logprobs.partial.jsonl"))
+                    .is_ok_and(|t| t.lines().count() >= 20)
+            })
+    });
+    signal(&child, libc::SIGKILL);
+    drop(child.wait_with_output());
+    p.flow(&["run", "w.yaml"]).expect_code(0);
+    let resumed_summary: Value =
+        serde_json::from_str(&std::fs::read_to_string(p.artifact_file("summary.json")).unwrap())
+            .unwrap();
+    assert!(
+        resumed_summary["resumed_pairs"].as_u64().unwrap() >= 20,
+        "{resumed_summary}"
+    );
+    let resumed = rows(&p.artifact_file("logprobs.jsonl"));
+    assert_eq!(resumed.len(), 900);
+    // An uninterrupted run in another store gives the same rows.
+    let fresh = Project::new();
+    fresh.write("w.yaml", &workflow);
+    fresh.flow(&["run", "w.yaml"]).expect_code(0);
+    assert_eq!(rows(&fresh.artifact_file("logprobs.jsonl")), resumed);
+    assert!(
+        std::fs::read_dir(&resume).unwrap().next().is_none(),
+        "the resume directory is removed after success"
+    );
+}
+
+#[test]
+fn tokenizer_model_and_reference_logprobs_run_as_a_cached_workflow() {
+    let p = Project::new();
+    let data = golden_dataset(&p, 3);
+    p.write(
+        "w.yaml",
+        &format!(
+            "name: tiny\nparams: {{ seed: 1 }}\nnodes:\n  tok:\n    uses: tokenizer.train\n    with: {{ dataset: {d}, vocab_size: 400 }}\n  base:\n    uses: model.init\n    with: {{ tokenizer: \"${{tok.tokenizer}}\", hidden_size: 32, intermediate_size: 64, num_layers: 1, num_heads: 4, num_kv_heads: 2, seed: \"${{params.seed}}\" }}\n  ref:\n    uses: model.ref_logprobs\n    with: {{ model: \"${{base.model}}\", dataset: {d} }}\n",
+            d = data.display()
+        ),
+    );
+    let first = p.flow(&["run", "w.yaml", "--json"]).expect_code(0).json();
+    assert!(
+        first["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|n| n["status"] == "succeeded"),
+        "{first}"
+    );
+    let config: Value =
+        serde_json::from_str(&std::fs::read_to_string(p.artifact_file("config.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        (
+            config["model_type"].as_str(),
+            config["hidden_size"].as_u64()
+        ),
+        (Some("mistral"), Some(32))
+    );
+    assert!(p.artifact_file("generation_config.json").is_file());
+    let scored = rows(&p.artifact_file("logprobs.jsonl"));
+    assert_eq!(scored.len(), 18);
+    assert!(
+        scored
+            .iter()
+            .all(|r| r["chosen_logps"].as_f64().unwrap() < 0.0)
+    );
+    let second = p.flow(&["run", "w.yaml", "--json"]).expect_code(0).json();
+    assert!(
+        second["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|n| n["status"] == "cached")
+    );
+    let plan = p
+        .flow(&["plan", "w.yaml", "--set", "seed=2", "--json"])
+        .expect_code(0)
+        .json();
+    let actions: Vec<&str> = plan["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["cached", "run", "run"]);
+}
+
+#[test]
+fn bad_model_inputs_fail_clearly() {
+    let p = Project::new();
+    let data = golden_dataset(&p, 1);
+    let model = fixtures().join("mistral-tiny/base");
+    let exec = |extra: &[&str], model: &Path, data: &Path| {
+        let mut args = vec![
+            "exec".to_string(),
+            "model.ref_logprobs".into(),
+            "--input".into(),
+            format!("model={}", model.display()),
+            "--input".into(),
+            format!("dataset={}", data.display()),
+            "--out".into(),
+            format!("out{}", fastrand()),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        p.flow(&refs)
+    };
+    let cuda = exec(&["--with", "device=cuda:0"], &model, &data).expect_code(1);
+    assert!(
+        cuda.stderr
+            .contains("needs flow built with the `cuda` feature"),
+        "{}",
+        cuda.stderr
+    );
+    let bf16 = exec(&["--with", "dtype=bf16"], &model, &data).expect_code(1);
+    assert!(
+        bf16.stderr
+            .contains("`bf16` is supported on CUDA devices only"),
+        "{}",
+        bf16.stderr
+    );
+    let bad_device = exec(&["--with", "device=tpu"], &model, &data).expect_code(2);
+    assert!(
+        bad_device.stderr.contains("invalid device `tpu`"),
+        "{}",
+        bad_device.stderr
+    );
+    let no_model =
+        exec(&[], &p.path().join("pairs.jsonl").with_file_name(""), &data).expect_code(1);
+    assert!(
+        no_model.stderr.contains("tokenizer.json: file not found"),
+        "{}",
+        no_model.stderr
+    );
+    let broken = p.write(
+        "broken.jsonl",
+        "{\"prompt\": \"a\", \"chosen\": \"b\", \"rejected\": \"c\"}\nnot json\n",
+    );
+    let bad_line = exec(&[], &model, &broken).expect_code(1);
+    assert!(
+        bad_line
+            .stderr
+            .contains("broken.jsonl:2: not a preference pair"),
+        "{}",
+        bad_line.stderr
+    );
+}
+
+fn fastrand() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos()
+}

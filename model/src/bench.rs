@@ -6,7 +6,7 @@ use std::time::Instant;
 use crate::config::MistralConfig;
 use crate::init::SplitMix64;
 use crate::mistral::Mistral;
-use crate::scoring::{Sequence, score, to_f64};
+use crate::scoring::{Scorer, Sequence};
 
 /// The model and batch shape to measure.
 #[derive(Clone, Debug)]
@@ -92,9 +92,9 @@ pub fn peak_rss_mib() -> f64 {
 /// Scores random batches with a random model: reference scoring as `model.ref_logprobs` does it.
 pub fn bench_logprobs(shape: &BenchShape) -> BenchResult {
     let device = crate::cpu();
-    let model = Mistral::random(&bench_config(shape), 0, 0.02, &device);
+    let scorer = Scorer::new(Mistral::random(&bench_config(shape), 0, 0.02, &device));
     let batch = bench_batch(shape, 1);
-    let run = || to_f64(score(&model, &batch, &device).sums);
+    let run = || scorer.score(&batch, &device).sums;
     run();
     let start = Instant::now();
     for _ in 0..shape.repeats.max(1) {

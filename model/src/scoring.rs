@@ -36,8 +36,17 @@ pub struct Scores {
 /// Logit elements per chunk (rows × vocab): 8 M floats, 32 MB.
 pub const CHUNK_LOGIT_ELEMENTS: usize = 8 * 1024 * 1024;
 
-/// Scores sequences in one right-padded batch.
-pub fn score(model: &Mistral, batch: &[Sequence], device: &Device) -> Scores {
+/// A batch laid out for the model: right-padded ids, the rows of the hidden states that predict
+/// completion tokens, and those tokens.
+struct Prepared {
+    /// Hidden states of the rows that predict completion tokens: `[Σ completion_len, hidden]`.
+    rows: Tensor<2>,
+    targets: Vec<i64>,
+    counts: Vec<usize>,
+}
+
+/// Runs the trunk once for the whole batch and selects the rows that predict completion tokens.
+fn prepare(model: &Mistral, batch: &[Sequence], device: &Device) -> Prepared {
     let len = batch.iter().map(|s| s.ids.len()).max().unwrap_or(1);
     let pad = model
         .config
@@ -60,40 +69,251 @@ pub fn score(model: &Mistral, batch: &[Sequence], device: &Device) -> Scores {
     }
     let lengths: Vec<usize> = batch.iter().map(|s| s.ids.len()).collect();
     let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [batch.len(), len]), device);
-    let dtype = model.embed_tokens.dtype();
-    let mask = attention_mask(&lengths, len, model.config.sliding_window, device, dtype);
-    let hidden = model.hidden_states(ids, &mask);
-    let hidden = hidden.reshape([batch.len() * len, model.config.hidden_size]);
-    let token_logps = chunked_token_logps(hidden, &model.lm_head_weight(), &rows, &targets, device);
-    let counts: Vec<usize> = batch.iter().map(Sequence::completion_len).collect();
-    let sums = segment_sums(token_logps.clone(), &counts, device, dtype);
-    Scores {
-        token_logps,
-        sums,
-        counts,
+    let mask = attention_mask(
+        &lengths,
+        len,
+        model.config.sliding_window,
+        device,
+        model.embed_tokens.dtype(),
+    );
+    let hidden = model
+        .hidden_states(ids, &mask)
+        .reshape([batch.len() * len, model.config.hidden_size]);
+    let n = rows.len();
+    let rows = hidden.select(
+        0,
+        Tensor::<1, Int>::from_data(TensorData::new(rows, [n]), device),
+    );
+    Prepared {
+        rows,
+        targets,
+        counts: batch.iter().map(Sequence::completion_len).collect(),
     }
 }
 
-/// `log_softmax(hidden[rows] · Wᵀ)[targets]`, `rows_per_chunk` rows at a time.
+/// Scores sequences in one right-padded batch, differentiably (for training).
+pub fn score(model: &Mistral, batch: &[Sequence], device: &Device) -> Scores {
+    let prepared = prepare(model, batch, device);
+    let token_logps = chunked_token_logps(
+        prepared.rows,
+        &model.lm_head_weight(),
+        &prepared.targets,
+        device,
+    );
+    let sums = segment_sums(
+        token_logps.clone(),
+        &prepared.counts,
+        device,
+        model.embed_tokens.dtype(),
+    );
+    Scores {
+        token_logps,
+        sums,
+        counts: prepared.counts,
+    }
+}
+
+/// Log-probs as plain numbers (no gradients).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ScoreValues {
+    /// Log-prob of every completion token, sequences one after another.
+    pub token_logps: Vec<f64>,
+    /// Sum per sequence.
+    pub sums: Vec<f64>,
+}
+
+/// Scores without gradients: the trunk on the model's device, then the lm_head, log-sum-exp and
+/// gather on the host, chunk by chunk into one reused buffer (see [`HostHead`]).
+pub struct Scorer {
+    model: Mistral,
+    head: HostHead,
+}
+
+impl Scorer {
+    /// A scorer for `model` (copies the lm_head to the host once).
+    pub fn new(model: Mistral) -> Scorer {
+        let head = HostHead::new(&model);
+        Scorer { model, head }
+    }
+
+    /// The model.
+    pub fn model(&self) -> &Mistral {
+        &self.model
+    }
+
+    /// Scores one right-padded batch.
+    pub fn score(&self, batch: &[Sequence], device: &Device) -> ScoreValues {
+        let prepared = prepare(&self.model, batch, device);
+        let rows = prepared
+            .rows
+            .into_data_dtype(DType::F32)
+            .try_to_vec::<f32>()
+            .expect("f32 hidden states");
+        let token_logps: Vec<f64> = self
+            .head
+            .token_logps(&rows, &prepared.targets)
+            .into_iter()
+            .map(f64::from)
+            .collect();
+        let mut sums = Vec::with_capacity(prepared.counts.len());
+        let mut start = 0;
+        for count in prepared.counts {
+            sums.push(token_logps[start..start + count].iter().sum());
+            start += count;
+        }
+        ScoreValues { token_logps, sums }
+    }
+}
+
+/// The output layer on the host: `log_softmax(h · Wᵀ)[target]` for rows of hidden states.
+pub struct HostHead {
+    /// `[vocab, hidden]`, row-major.
+    weight: Vec<f32>,
+    vocab: usize,
+    hidden: usize,
+}
+
+impl HostHead {
+    /// Copies the model's lm_head.
+    pub fn new(model: &Mistral) -> HostHead {
+        let weight = model.lm_head_weight();
+        let [vocab, hidden] = weight.dims();
+        let weight = weight
+            .into_data_dtype(DType::F32)
+            .try_to_vec::<f32>()
+            .expect("f32 weights");
+        HostHead {
+            weight,
+            vocab,
+            hidden,
+        }
+    }
+
+    /// Log-prob of `targets[i]` under row `i` of `rows` (`[n, hidden]` row-major).
+    pub fn token_logps(&self, rows: &[f32], targets: &[i64]) -> Vec<f32> {
+        let n = targets.len();
+        let chunk = (CHUNK_LOGIT_ELEMENTS / self.vocab).max(1);
+        let mut logits = vec![0f32; chunk.min(n) * self.vocab];
+        let mut out = Vec::with_capacity(n);
+        for start in (0..n).step_by(chunk) {
+            let m = chunk.min(n - start);
+            let lhs = &rows[start * self.hidden..(start + m) * self.hidden];
+            let dst = &mut logits[..m * self.vocab];
+            // SAFETY: the pointers cover m×hidden, vocab×hidden and m×vocab elements with the strides given.
+            unsafe {
+                gemm::gemm(
+                    m,
+                    self.vocab,
+                    self.hidden,
+                    dst.as_mut_ptr(),
+                    1,
+                    self.vocab as isize,
+                    false,
+                    lhs.as_ptr(),
+                    1,
+                    self.hidden as isize,
+                    self.weight.as_ptr(),
+                    self.hidden as isize,
+                    1,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::Rayon(0),
+                );
+            }
+            for (row, &target) in dst.chunks_exact(self.vocab).zip(&targets[start..start + m]) {
+                out.push(row[target as usize] - log_sum_exp(row));
+            }
+        }
+        out
+    }
+}
+
+/// `ln Σ exp(xᵢ)`, stable, vectorised (AVX2 + FMA when the CPU has them).
+pub fn log_sum_exp(row: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU supports the features the function is compiled for.
+        return unsafe { log_sum_exp_avx2(row) };
+    }
+    log_sum_exp_lanes(row)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn log_sum_exp_avx2(row: &[f32]) -> f32 {
+    log_sum_exp_lanes(row)
+}
+
+const LANES: usize = 16;
+
+#[inline(always)]
+fn log_sum_exp_lanes(row: &[f32]) -> f32 {
+    let mut max = [f32::NEG_INFINITY; LANES];
+    let chunks = row.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for chunk in chunks.clone() {
+        for i in 0..LANES {
+            max[i] = max[i].max(chunk[i]);
+        }
+    }
+    let max = tail
+        .iter()
+        .chain(&max)
+        .fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+    let mut sum = [0f32; LANES];
+    for chunk in chunks {
+        for i in 0..LANES {
+            sum[i] += exp_approx(chunk[i] - max);
+        }
+    }
+    let total = tail.iter().map(|&x| exp_approx(x - max)).sum::<f32>() + sum.iter().sum::<f32>();
+    max + total.ln()
+}
+
+/// `eˣ` for `x ≤ 0` to about 2 ulp: `2ⁿ · p(r)` with `x = n ln 2 + r`, `|r| ≤ ln 2 / 2`
+/// (Cephes' `expf` polynomial); branch-free so loops over it vectorise.
+#[inline(always)]
+fn exp_approx(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    let x = x.max(-87.0);
+    let n = (x * LOG2E).round();
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let p = 1.987_569_1e-4_f32;
+    let p = p.mul_add(r, 1.398_199_9e-3);
+    let p = p.mul_add(r, 8.333_452e-3);
+    let p = p.mul_add(r, 4.166_579_6e-2);
+    let p = p.mul_add(r, 0.166_666_66);
+    let p = p.mul_add(r, 0.5);
+    let p = p.mul_add(r * r, r) + 1.0;
+    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
+/// `log_softmax(rows · Wᵀ)[targets]`, a chunk of rows at a time.
 fn chunked_token_logps(
-    hidden: Tensor<2>,
+    rows: Tensor<2>,
     lm_head: &Tensor<2>,
-    rows: &[i64],
     targets: &[i64],
     device: &Device,
 ) -> Tensor<1> {
     let vocab = lm_head.dims()[0];
     let rows_per_chunk = (CHUNK_LOGIT_ELEMENTS / vocab).max(1);
     let head_t = lm_head.clone().transpose();
-    let pieces: Vec<Tensor<1>> = rows
+    let pieces: Vec<Tensor<1>> = targets
         .chunks(rows_per_chunk)
-        .zip(targets.chunks(rows_per_chunk))
-        .map(|(rows, targets)| {
-            let n = rows.len();
-            let index = Tensor::<1, Int>::from_data(TensorData::new(rows.to_vec(), [n]), device);
+        .enumerate()
+        .map(|(c, targets)| {
+            let n = targets.len();
             let target =
                 Tensor::<2, Int>::from_data(TensorData::new(targets.to_vec(), [n, 1]), device);
-            let logits = hidden.clone().select(0, index).matmul(head_t.clone());
+            let logits = rows
+                .clone()
+                .narrow(0, c * rows_per_chunk, n)
+                .matmul(head_t.clone());
             activation::log_softmax(logits, 1)
                 .gather(1, target)
                 .reshape([n])
@@ -126,4 +346,37 @@ pub fn to_f64<const D: usize>(tensor: Tensor<D>) -> Vec<f64> {
         .into_data_dtype(DType::F64)
         .try_to_vec::<f64>()
         .expect("a float tensor converts to f64")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_sum_exp_matches_f64_reference() {
+        let row: Vec<f32> = (0..32_003)
+            .map(|i| ((i * 7919) % 1000) as f32 / 37.0 - 20.0)
+            .collect();
+        let max = row
+            .iter()
+            .fold(f64::NEG_INFINITY, |m, &x| m.max(f64::from(x)));
+        let exact = max
+            + row
+                .iter()
+                .map(|&x| (f64::from(x) - max).exp())
+                .sum::<f64>()
+                .ln();
+        assert!(
+            (f64::from(log_sum_exp(&row)) - exact).abs() < 1e-5,
+            "{} vs {exact}",
+            log_sum_exp(&row)
+        );
+        for x in [-87.5f32, -50.0, -10.0, -1.0, -0.3, 0.0] {
+            let (a, b) = (exp_approx(x), f64::from(x).exp());
+            assert!(
+                (f64::from(a) - b).abs() <= 3e-7 * b + 1e-38,
+                "exp({x}) = {a} vs {b}"
+            );
+        }
+    }
 }

@@ -2,7 +2,7 @@
 //! `MistralForCausalLM` and `DPOTrainer`): tokenization, per-token log-probs of the reference
 //! and the policy, batched against unbatched, sharded against single-file loading.
 
-use flow_model::scoring::{Sequence, score, to_f64};
+use flow_model::scoring::{Scorer, Sequence, score, to_f64};
 use flow_model::tokenize::PreferenceTokenizer;
 use flow_model::{Mistral, MistralConfig, cpu};
 use serde_json::Value;
@@ -186,6 +186,30 @@ fn reference_logps_match_transformers_batched_and_unbatched() {
 #[test]
 fn policy_logps_match_transformers() {
     check_logps("mistral-tiny/policy", "policy", true);
+}
+
+#[test]
+fn host_scorer_equals_differentiable_scoring() {
+    let device = cpu();
+    let model = Mistral::load(&fixtures().join("mistral-tiny/base"), &device).unwrap();
+    let sequences = golden_sequences(&golden());
+    let graph = score(&model, &sequences, &device);
+    let host = Scorer::new(model).score(&sequences, &device);
+    for (a, b) in host.token_logps.iter().zip(to_f64(graph.token_logps)) {
+        assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+    }
+    let expected: Vec<f64> = golden()["pairs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| {
+            [
+                p["ref_chosen_logps"].as_f64().unwrap(),
+                p["ref_rejected_logps"].as_f64().unwrap(),
+            ]
+        })
+        .collect();
+    assert_close(&host.sums, &expected, 1e-4, "host sums");
 }
 
 #[test]

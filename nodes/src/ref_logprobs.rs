@@ -2,7 +2,7 @@
 //! completion, computed once so DPO training need not hold a reference model.
 
 use flow_engine::node::{LogSink, Node, NodeContext, NodeError, OutputSpec};
-use flow_model::scoring::{Sequence, score, to_f64};
+use flow_model::scoring::{Scorer, Sequence};
 use flow_model::tokenize::{PreferenceTokenizer, TokenizedPair, Truncation};
 use flow_model::{Device, Mistral};
 use schemars::JsonSchema;
@@ -183,7 +183,7 @@ fn score_dataset(
     token: &CancellationToken,
 ) -> Result<(), NodeError> {
     let tokenizer = PreferenceTokenizer::load(&params.model).map_err(model_error)?;
-    let model = Mistral::load(&params.model, device).map_err(model_error)?;
+    let scorer = Scorer::new(Mistral::load(&params.model, device).map_err(model_error)?);
     let pairs = read_pairs(&params.dataset)?;
     let mut jobs = Vec::new();
     let mut dropped_ids = Vec::new();
@@ -218,7 +218,7 @@ fn score_dataset(
         check_cancelled(token)?;
         let sequences: Vec<Sequence> = batch.iter().flat_map(|j| j.pair.sequences()).collect();
         tokens += sequences.iter().map(|s| s.ids.len()).sum::<usize>();
-        let sums = to_f64(score(&model, &sequences, device).sums);
+        let sums = scorer.score(&sequences, device).sums;
         let mut lines = String::new();
         for (job, logps) in batch.iter().zip(sums.chunks(2)) {
             let row = LogprobRow {

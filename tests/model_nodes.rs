@@ -222,6 +222,23 @@ fn tokenizer_model_and_reference_logprobs_run_as_a_cached_workflow() {
         .map(|n| n["action"].as_str().unwrap())
         .collect();
     assert_eq!(actions, ["cached", "run", "run"]);
+    // Editing the dataset file (a plain path, not an artifact) re-runs what reads it.
+    std::thread::sleep(Duration::from_millis(20));
+    let mut text = std::fs::read_to_string(&data).unwrap();
+    text.push_str("{\"prompt\": \"Hallo?\", \"chosen\": \"Hallo!\", \"rejected\": \"Nein.\"}\n");
+    std::fs::write(&data, text).unwrap();
+    let plan = p.flow(&["plan", "w.yaml", "--json"]).expect_code(0).json();
+    let reasons: Vec<&str> = plan["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["reasons"][0].as_str().unwrap_or(""))
+        .collect();
+    assert!(
+        reasons[0].starts_with("file ") && reasons[0].ends_with("pairs.jsonl changed"),
+        "{plan}"
+    );
+    assert_eq!(plan["nodes"][2]["action"], "run");
 }
 
 #[test]

@@ -10,6 +10,7 @@
 //! | `params` | the workflow params the node references, by name (so reasons can name them) |
 //! | `inputs` | `NODE.OUTPUT` → the content digest of that artifact |
 //! | `env` | the value of every `${env.X}` the node references |
+//! | `files` | for files outside the store that the node reads (`Node::external_files`): a digest of their paths, sizes and modification times |
 //!
 //! Secrets never enter it: changing a token does not re-run anything, and no value of a
 //! secret is ever written to the store. Input *paths* never enter it either, only digests,
@@ -46,6 +47,9 @@ pub struct Fingerprint {
     pub inputs: BTreeMap<String, String>,
     /// Referenced environment variables → values.
     pub env: BTreeMap<String, String>,
+    /// External files the node reads → digest of their sizes and modification times.
+    #[serde(default)]
+    pub files: BTreeMap<String, String>,
 }
 
 impl Fingerprint {
@@ -62,6 +66,7 @@ impl Fingerprint {
             params: BTreeMap::new(),
             inputs: BTreeMap::new(),
             env: BTreeMap::new(),
+            files: BTreeMap::new(),
         };
         let mut resolve = |r: &Reference| -> Result<Json, String> {
             match r {
@@ -92,6 +97,12 @@ impl Fingerprint {
             Some(with) => interpolate(with, &format!("nodes.{}.with", node.id), &mut resolve)?,
             None => Json::Object(Default::default()),
         };
+        for path in node.node_type.external_files(&with) {
+            let text = path.to_string_lossy().to_string();
+            if !text.starts_with("${") {
+                fp.files.insert(text, crate::store::metadata_digest(&path));
+            }
+        }
         fp.with = with;
         Ok(fp)
     }
@@ -157,6 +168,11 @@ impl Fingerprint {
         for (name, value) in &self.env {
             if previous.env.get(name) != Some(value) {
                 reasons.push(Reason::EnvChanged { name: name.clone() });
+            }
+        }
+        for (path, digest) in &self.files {
+            if previous.files.get(path) != Some(digest) {
+                reasons.push(Reason::FileChanged { path: path.clone() });
             }
         }
         reasons
@@ -256,6 +272,11 @@ pub enum Reason {
         /// The variable.
         name: String,
     },
+    /// An external file the node reads changed (size or modification time).
+    FileChanged {
+        /// The path as given in the params.
+        path: String,
+    },
     /// A cached output's artifact is gone from the store.
     OutputMissing {
         /// The output.
@@ -311,6 +332,7 @@ impl fmt::Display for Reason {
             }
             Reason::InputChanged { input, .. } => write!(f, "input {input} changed"),
             Reason::EnvChanged { name } => write!(f, "env {name} changed"),
+            Reason::FileChanged { path } => write!(f, "file {path} changed"),
             Reason::OutputMissing { output } => write!(f, "output {output} missing from the store"),
             Reason::OutputCorrupted { output, detail } => {
                 write!(f, "output {output} corrupted: {detail}")
@@ -339,6 +361,7 @@ mod tests {
                 .map(|(a, b)| (a.to_string(), b.to_string()))
                 .collect(),
             env: BTreeMap::new(),
+            files: BTreeMap::new(),
         }
     }
 

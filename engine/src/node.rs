@@ -60,6 +60,14 @@ pub trait Node: Send + Sync + 'static {
     /// The output directories the node writes.
     const OUTPUTS: &'static [OutputSpec];
 
+    /// Files and directories outside the store that the node reads, named by its params (a
+    /// dataset given as a plain path, say). Their size and modification time enter the cache key,
+    /// so editing such a file re-runs the node. Paths that are `${NODE.OUTPUT}` references are
+    /// artifacts and tracked by digest already.
+    fn external_files(_params: &Self::Params) -> Vec<PathBuf> {
+        Vec::new()
+    }
+
     /// Does the work: reads inputs through `params`, writes each output into `ctx.output_dir(name)`.
     fn run(
         &self,
@@ -93,6 +101,8 @@ pub trait DynNode: Send + Sync {
     fn params_schema(&self) -> schemars::Schema;
     /// Checks params against the typed struct.
     fn check_params(&self, params: &Json) -> Result<(), ParamError>;
+    /// Files outside the store named by `params` (see [`Node::external_files`]).
+    fn external_files(&self, params: &Json) -> Vec<PathBuf>;
     /// Runs with params given as JSON.
     fn run_json(self: Arc<Self>, ctx: NodeContext, params: Json) -> BoxFuture;
 }
@@ -141,6 +151,11 @@ impl<N: Node> DynNode for Erased<N> {
     }
     fn check_params(&self, params: &Json) -> Result<(), ParamError> {
         deserialize_params::<N::Params>(params).map(|_| ())
+    }
+    fn external_files(&self, params: &Json) -> Vec<PathBuf> {
+        deserialize_params::<N::Params>(params)
+            .map(|p| N::external_files(&p))
+            .unwrap_or_default()
     }
     fn run_json(self: Arc<Self>, ctx: NodeContext, params: Json) -> BoxFuture {
         Box::pin(async move {

@@ -436,6 +436,39 @@ fn mtime_ns(meta: &fs::Metadata) -> i128 {
     i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec())
 }
 
+/// A cheap digest of a file or directory tree outside the store: blake3 over every file's
+/// relative path, size and modification time (as make and cargo's mtime checks do);
+/// `missing` when the path does not exist.
+pub fn metadata_digest(path: &Path) -> String {
+    let Ok(meta) = fs::metadata(path) else {
+        return "missing".into();
+    };
+    let mut hasher = blake3::Hasher::new();
+    let mut stack = vec![(path.to_path_buf(), meta)];
+    let mut entries = Vec::new();
+    while let Some((here, meta)) = stack.pop() {
+        if meta.is_dir() {
+            for entry in fs::read_dir(&here).into_iter().flatten().flatten() {
+                if let Ok(m) = fs::metadata(entry.path()) {
+                    stack.push((entry.path(), m));
+                }
+            }
+        } else {
+            let rel = here
+                .strip_prefix(path)
+                .unwrap_or(&here)
+                .to_string_lossy()
+                .to_string();
+            entries.push(format!("{rel}\0{}\0{}\n", meta.len(), mtime_ns(&meta)));
+        }
+    }
+    entries.sort();
+    for e in entries {
+        hasher.update(e.as_bytes());
+    }
+    hasher.finalize().to_hex().to_string()
+}
+
 /// Hashes every file under `root` (sorted), refusing symlinks and special files.
 pub fn hash_dir(root: &Path) -> Result<Manifest, StoreError> {
     let mut files = Vec::new();

@@ -137,6 +137,10 @@ impl Node for ModelInit {
         description: "a Hugging Face model directory that transformers loads",
     }];
 
+    fn external_files(params: &ModelInitParams) -> Vec<PathBuf> {
+        vec![params.tokenizer.clone()]
+    }
+
     async fn run(&self, ctx: NodeContext, params: ModelInitParams) -> Result<(), NodeError> {
         let out = ctx.output_dir("model")?.to_path_buf();
         let log = ctx.log().clone();

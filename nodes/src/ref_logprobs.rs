@@ -163,6 +163,10 @@ impl Node for RefLogprobs {
         description: "`logprobs.jsonl` (one row per kept pair in input order: id, prompt_ids, chosen_ids, rejected_ids, chosen_logps, rejected_logps) and `summary.json`",
     }];
 
+    fn external_files(params: &RefLogprobsParams) -> Vec<PathBuf> {
+        vec![params.model.clone(), params.dataset.clone()]
+    }
+
     async fn run(&self, ctx: NodeContext, params: RefLogprobsParams) -> Result<(), NodeError> {
         params.check()?;
         let device = params.device.resolve()?;

@@ -51,6 +51,10 @@ impl Node for Shell {
         description: "the directory the command wrote to as `$FLOW_OUT`",
     }];
 
+    fn external_files(params: &ShellParams) -> Vec<PathBuf> {
+        params.inputs.values().cloned().collect()
+    }
+
     async fn run(&self, ctx: NodeContext, params: ShellParams) -> Result<(), NodeError> {
         let mut command = Command::new("sh");
         command

@@ -43,6 +43,10 @@ impl Node for TokenizerTrain {
         description: "`tokenizer.json` and `tokenizer_config.json`",
     }];
 
+    fn external_files(params: &TokenizerTrainParams) -> Vec<PathBuf> {
+        vec![params.dataset.clone()]
+    }
+
     async fn run(&self, ctx: NodeContext, params: TokenizerTrainParams) -> Result<(), NodeError> {
         let out = ctx.output_dir("tokenizer")?.to_path_buf();
         let log = ctx.log().clone();

@@ -4,7 +4,9 @@
 mod support;
 
 use std::time::Duration;
-use support::{Project, SUM_WORKFLOW, actions, exists_below, expect, signal, wait_until};
+use support::{
+    Project, SUM_WORKFLOW, actions, exists_below, expect, node_field, signal, wait_until,
+};
 
 #[test]
 fn second_run_is_fully_cached() {
@@ -64,12 +66,7 @@ fn set_reruns_only_affected_nodes_and_plan_names_the_param() {
         .flow(&["run", "w.yaml", "--set", "n=4", "--json"])
         .expect_code(0)
         .json();
-    let statuses: Vec<&str> = run["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| n["status"].as_str().unwrap())
-        .collect();
+    let statuses = node_field(&run, "status");
     assert_eq!(statuses, ["succeeded", "cached", "succeeded"]);
     // Going back to the old value is a cache hit: the cache is keyed by content, not by history.
     let back = p
@@ -115,12 +112,7 @@ fn force_only_and_dry_run() {
         .flow(&["run", "w.yaml", "--only", "sum", "--json"])
         .expect_code(0)
         .json();
-    let ids: Vec<&str> = only["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| n["id"].as_str().unwrap())
-        .collect();
+    let ids = node_field(&only, "id");
     assert_eq!(
         ids,
         ["make", "sum"],

@@ -7,7 +7,7 @@ mod support;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use support::{Project, signal, wait_until};
+use support::{Project, node_field, signal, wait_until};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
@@ -32,6 +32,24 @@ fn golden_dataset(p: &Project, copies: usize) -> PathBuf {
     p.write("pairs.jsonl", &text)
 }
 
+/// `flow exec model.ref_logprobs` on the base fixture model and `data`, outputs in `out`.
+fn exec_ref_logprobs(p: &Project, data: &Path, out: &str, extra: &[&str]) -> support::Run {
+    let model = format!("model={}", fixtures().join("mistral-tiny/base").display());
+    let dataset = format!("dataset={}", data.display());
+    let mut args = vec![
+        "exec",
+        "model.ref_logprobs",
+        "--input",
+        &model,
+        "--input",
+        &dataset,
+        "--out",
+        out,
+    ];
+    args.extend_from_slice(extra);
+    p.flow(&args)
+}
+
 fn rows(path: &Path) -> Vec<Value> {
     std::fs::read_to_string(path)
         .unwrap()
@@ -44,20 +62,7 @@ fn rows(path: &Path) -> Vec<Value> {
 fn ref_logprobs_exec_reproduces_the_golden_reference_logps() {
     let p = Project::new();
     let data = golden_dataset(&p, 1);
-    let model = fixtures().join("mistral-tiny/base");
-    p.flow(&[
-        "exec",
-        "model.ref_logprobs",
-        "--input",
-        &format!("model={}", model.display()),
-        "--input",
-        &format!("dataset={}", data.display()),
-        "--with",
-        "batch_size=3",
-        "--out",
-        "out",
-    ])
-    .expect_code(0);
+    exec_ref_logprobs(&p, &data, "out", &["--with", "batch_size=3"]).expect_code(0);
     let scored = rows(&p.path().join("out/logprobs/logprobs.jsonl"));
     let g = golden();
     assert_eq!(scored.len(), 6);
@@ -90,21 +95,17 @@ fn ref_logprobs_exec_reproduces_the_golden_reference_logps() {
 fn max_length_truncates_and_drops_long_prompts() {
     let p = Project::new();
     let data = golden_dataset(&p, 1);
-    let model = fixtures().join("mistral-tiny/base");
-    p.flow(&[
-        "exec",
-        "model.ref_logprobs",
-        "--input",
-        &format!("model={}", model.display()),
-        "--input",
-        &format!("dataset={}", data.display()),
-        "--with",
-        "max_length=20",
-        "--with",
-        "max_tokens_per_batch=64",
-        "--out",
+    exec_ref_logprobs(
+        &p,
+        &data,
         "out",
-    ])
+        &[
+            "--with",
+            "max_length=20",
+            "--with",
+            "max_tokens_per_batch=64",
+        ],
+    )
     .expect_code(0);
     let summary: Value = serde_json::from_str(
         &std::fs::read_to_string(p.path().join("out/logprobs/summary.json")).unwrap(),
@@ -215,12 +216,7 @@ fn tokenizer_model_and_reference_logprobs_run_as_a_cached_workflow() {
         .flow(&["plan", "w.yaml", "--set", "seed=2", "--json"])
         .expect_code(0)
         .json();
-    let actions: Vec<&str> = plan["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| n["action"].as_str().unwrap())
-        .collect();
+    let actions = node_field(&plan, "action");
     assert_eq!(actions, ["cached", "run", "run"]);
     // Editing the dataset file (a plain path, not an artifact) re-runs what reads it.
     std::thread::sleep(Duration::from_millis(20));

@@ -61,6 +61,16 @@ pub fn actions(plan: &serde_json::Value) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The value of `key` for every node of a `--json` run record or plan, in order.
+pub fn node_field(json: &serde_json::Value, key: &str) -> Vec<String> {
+    json["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .map(|n| n[key].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
 /// Pairs for comparison with [`actions`].
 pub fn expect(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
     pairs

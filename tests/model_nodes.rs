@@ -238,6 +238,68 @@ fn tokenizer_model_and_reference_logprobs_run_as_a_cached_workflow() {
 }
 
 #[test]
+fn tokenizer_and_model_init_work_with_exec() {
+    let p = Project::new();
+    let data = golden_dataset(&p, 2);
+    p.flow(&[
+        "exec",
+        "tokenizer.train",
+        "--input",
+        &format!("dataset={}", data.display()),
+        "--with",
+        "vocab_size=350",
+        "--out",
+        "tok",
+    ])
+    .expect_code(0);
+    assert!(p.path().join("tok/tokenizer/tokenizer.json").is_file());
+    p.flow(&[
+        "exec",
+        "model.init",
+        "--input",
+        "tokenizer=tok/tokenizer",
+        "--with",
+        "hidden_size=32",
+        "--with",
+        "num_layers=1",
+        "--with",
+        "tie_word_embeddings=true",
+        "--out",
+        "m",
+    ])
+    .expect_code(0);
+    let config: Value = serde_json::from_str(
+        &std::fs::read_to_string(p.path().join("m/model/config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        (
+            config["vocab_size"].as_u64(),
+            config["tie_word_embeddings"].as_bool()
+        ),
+        (Some(350), Some(true))
+    );
+    let bad = p
+        .flow(&[
+            "exec",
+            "model.init",
+            "--input",
+            "tokenizer=tok/tokenizer",
+            "--with",
+            "num_heads=3",
+            "--out",
+            "bad",
+        ])
+        .expect_code(1);
+    assert!(
+        bad.stderr
+            .contains("must be a positive multiple of num_key_value_heads"),
+        "{}",
+        bad.stderr
+    );
+}
+
+#[test]
 fn bad_model_inputs_fail_clearly() {
     let p = Project::new();
     let data = golden_dataset(&p, 1);

@@ -431,3 +431,60 @@ pub fn attention_mask(
     )
     .reshape([lengths.len(), 1, len, len])
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scoring::to_f64;
+
+    #[test]
+    fn mask_is_causal_windowed_and_hides_padding() {
+        let device = crate::cpu();
+        // One sequence of 4 real tokens padded to 5, window 2: query q sees keys q-1 and q.
+        let mask = to_f64(attention_mask(&[4], 5, Some(2), &device, DType::F32).reshape([25]));
+        let visible: Vec<Vec<usize>> = (0..5)
+            .map(|q| (0..5).filter(|&k| mask[q * 5 + k] == 0.0).collect())
+            .collect();
+        assert_eq!(
+            visible,
+            vec![vec![0], vec![0, 1], vec![1, 2], vec![2, 3], vec![3]]
+        );
+    }
+
+    #[test]
+    fn tied_embeddings_have_no_lm_head_and_round_trip() {
+        let device = crate::cpu();
+        let config = crate::bench::bench_config(&crate::bench::BenchShape {
+            hidden: 32,
+            intermediate: 64,
+            layers: 1,
+            heads: 4,
+            kv_heads: 2,
+            vocab: 50,
+            pairs: 1,
+            seq: 8,
+            repeats: 1,
+        });
+        let config = MistralConfig {
+            tie_word_embeddings: true,
+            ..config
+        };
+        let model = Mistral::random(&config, 3, 0.02, &device);
+        assert!(
+            weight_specs(&config)
+                .iter()
+                .all(|s| s.name != "lm_head.weight")
+        );
+        let dir = tempfile::tempdir().unwrap();
+        model
+            .save(dir.path(), crate::weights::SaveDtype::F32)
+            .unwrap();
+        let again = Mistral::load(dir.path(), &device).unwrap();
+        assert!(again.config.tie_word_embeddings && again.lm_head.is_none());
+        let (a, b) = (
+            to_f64(model.lm_head_weight().flatten::<1>(0, 1)),
+            to_f64(again.embed_tokens.clone().flatten::<1>(0, 1)),
+        );
+        assert_eq!(a, b);
+    }
+}

@@ -14,23 +14,22 @@ fn second_run_is_fully_cached() {
     p.write("w.yaml", SUM_WORKFLOW);
     let first = p.flow(&["run", "w.yaml", "--json"]).expect_code(0).json();
     assert!(
-        first["nodes"]
-            .as_array()
-            .unwrap()
+        node_field(&first, "status")
             .iter()
-            .all(|n| n["status"] == "succeeded")
+            .all(|s| s == "succeeded")
     );
     assert_eq!(
         std::fs::read_to_string(p.artifact_file("sum.txt")).unwrap(),
         "6\n"
     );
     let second = p.flow(&["run", "w.yaml", "--json"]).expect_code(0).json();
+    assert!(node_field(&second, "status").iter().all(|s| s == "cached"));
     assert!(
         second["nodes"]
             .as_array()
             .unwrap()
             .iter()
-            .all(|n| n["status"] == "cached" && n["cache_hit"] == true)
+            .all(|n| n["cache_hit"] == true)
     );
     let plan = p.flow(&["plan", "w.yaml", "--json"]).expect_code(0).json();
     assert_eq!(
@@ -201,11 +200,9 @@ fn sigkill_mid_node_then_rerun_completes_with_no_corrupt_artifact() {
         .expect_code(0)
         .json();
     assert!(
-        verified["nodes"]
-            .as_array()
-            .unwrap()
+        node_field(&verified, "status")
             .iter()
-            .all(|n| n["status"] == "cached")
+            .all(|s| s == "cached")
     );
     let runs = p.flow(&["runs", "--json"]).expect_code(0).json();
     assert_eq!(

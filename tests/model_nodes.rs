@@ -179,11 +179,9 @@ fn tokenizer_model_and_reference_logprobs_run_as_a_cached_workflow() {
     );
     let first = p.flow(&["run", "w.yaml", "--json"]).expect_code(0).json();
     assert!(
-        first["nodes"]
-            .as_array()
-            .unwrap()
+        node_field(&first, "status")
             .iter()
-            .all(|n| n["status"] == "succeeded"),
+            .all(|s| s == "succeeded"),
         "{first}"
     );
     let config: Value =
@@ -205,13 +203,7 @@ fn tokenizer_model_and_reference_logprobs_run_as_a_cached_workflow() {
             .all(|r| r["chosen_logps"].as_f64().unwrap() < 0.0)
     );
     let second = p.flow(&["run", "w.yaml", "--json"]).expect_code(0).json();
-    assert!(
-        second["nodes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|n| n["status"] == "cached")
-    );
+    assert!(node_field(&second, "status").iter().all(|s| s == "cached"));
     let plan = p
         .flow(&["plan", "w.yaml", "--set", "seed=2", "--json"])
         .expect_code(0)

@@ -344,7 +344,8 @@ impl NodeJob {
                 return rec;
             }
         };
-        rec.key = Some(fp.key());
+        let key = fp.key();
+        rec.key = Some(key.clone());
         let reasons = match assess(
             &self.shared.store,
             &wf.name,
@@ -354,7 +355,7 @@ impl NodeJob {
             self.shared.verify,
         ) {
             Assessment::Cached(entry) => {
-                tracing::info!(key = %fp.key(), "cache hit");
+                tracing::info!(key = %key, "cache hit");
                 rec.status = NodeStatus::Cached;
                 rec.cache_hit = true;
                 rec.outputs = entry.outputs;
@@ -369,13 +370,13 @@ impl NodeJob {
         self.shared
             .observer
             .node_started(&self.node.id, &rec.reasons);
-        let outcome = self.run_with_retries(&fp.key(), &log_path, &mut rec).await;
+        let outcome = self.run_with_retries(&key, &log_path, &mut rec).await;
         rec.duration_ms = started.elapsed().as_millis() as u64;
         match outcome {
             Ok(outputs) => {
                 rec.outputs = outputs;
                 rec.status = NodeStatus::Succeeded;
-                if let Err(e) = self.remember(&fp, &rec) {
+                if let Err(e) = self.remember(&key, &fp, &rec) {
                     rec.status = NodeStatus::Failed;
                     rec.error = Some(e.to_string());
                 }
@@ -388,13 +389,13 @@ impl NodeJob {
     }
 
     /// Writes the cache entry and the node state after a success.
-    fn remember(&self, fp: &Fingerprint, rec: &NodeRecord) -> Result<(), StoreError> {
+    fn remember(&self, key: &str, fp: &Fingerprint, rec: &NodeRecord) -> Result<(), StoreError> {
         let entry = CacheEntry {
             outputs: rec.outputs.clone(),
             duration_ms: rec.duration_ms,
             created: now_rfc3339(),
         };
-        self.shared.store.put_cache_entry(&fp.key(), &entry)?;
+        self.shared.store.put_cache_entry(key, &entry)?;
         self.shared
             .store
             .put_node_state(&self.shared.wf.name, &self.node.id, fp)

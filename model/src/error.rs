@@ -54,9 +54,6 @@ pub enum ModelError {
     /// A bad argument (shape params, batch sizes, …).
     #[error("{0}")]
     Argument(String),
-    /// Work was cancelled.
-    #[error("cancelled")]
-    Cancelled,
 }
 
 /// Attaches a path to an I/O error.

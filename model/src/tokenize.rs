@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::error::{ModelError, Result, io_at};
+use crate::error::{ModelError, Result};
 use crate::scoring::Sequence;
 
 /// A `tokenizer.json` with the ids DPO needs.
@@ -79,19 +79,6 @@ impl PreferenceTokenizer {
                 path: dir.join("tokenizer_config.json"),
                 message: "no EOS token: set `eos_token` in tokenizer_config.json".into(),
             })?;
-        Ok(PreferenceTokenizer {
-            inner,
-            eos_id,
-            warned_not_prefix: AtomicBool::new(false),
-        })
-    }
-
-    /// Reads a tokenizer from a file path (for tests and tools).
-    pub fn from_file(path: &Path, eos_id: u32) -> Result<PreferenceTokenizer> {
-        let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| ModelError::Invalid {
-            path: path.to_path_buf(),
-            message: format!("not a tokenizers tokenizer.json: {e}"),
-        })?;
         Ok(PreferenceTokenizer {
             inner,
             eos_id,
@@ -179,11 +166,6 @@ impl TokenizedPair {
         };
         [seq(&self.chosen_ids), seq(&self.rejected_ids)]
     }
-}
-
-/// Reads a text file (tokenizer config, chat template…), naming the path on failure.
-pub fn read_text(path: &Path) -> Result<String> {
-    std::fs::read_to_string(path).map_err(io_at(path))
 }
 
 #[cfg(test)]

@@ -2,17 +2,19 @@
 //! memory-mapped and converted from f32 / bf16 / f16 on load; and the same formats back.
 
 use memmap2::Mmap;
-use safetensors::{Dtype, SafeTensors, tensor::TensorView};
+use safetensors::tensor::{TensorInfo, TensorView};
+use safetensors::{Dtype, SafeTensors};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use crate::error::{ModelError, Result, io_at};
 
-/// The memory-mapped safetensors files of a checkpoint.
+/// The memory-mapped safetensors files of a checkpoint, with every header parsed once.
 pub struct Checkpoint {
-    files: Vec<(PathBuf, Mmap)>,
-    /// Tensor name → index into `files`.
-    location: HashMap<String, usize>,
+    /// Each file with the offset where its tensor data begins.
+    files: Vec<(PathBuf, Mmap, usize)>,
+    /// Tensor name → (index into `files`, dtype, shape and byte range within the data).
+    location: HashMap<String, (usize, TensorInfo)>,
 }
 
 /// Largest shard written by [`save_safetensors`] (as transformers' default, 5 GB).
@@ -24,12 +26,20 @@ fn map_file(path: &Path) -> Result<Mmap> {
     unsafe { Mmap::map(&file) }.map_err(io_at(path))
 }
 
-fn header(path: &Path, bytes: &[u8]) -> Result<Vec<String>> {
-    let tensors = SafeTensors::deserialize(bytes).map_err(|e| ModelError::Invalid {
+/// Validates a safetensors file and returns where its data begins and every tensor's info.
+fn header(path: &Path, bytes: &[u8]) -> Result<(usize, Vec<(String, TensorInfo)>)> {
+    let invalid = |e: safetensors::SafeTensorError| ModelError::Invalid {
         path: path.to_path_buf(),
         message: format!("not a safetensors file: {e}"),
-    })?;
-    Ok(tensors.names().into_iter().map(String::from).collect())
+    };
+    SafeTensors::deserialize(bytes).map_err(invalid)?;
+    let (header_len, metadata) = SafeTensors::read_metadata(bytes).map_err(invalid)?;
+    let infos = metadata
+        .tensors()
+        .into_iter()
+        .map(|(name, info)| (name, info.clone()))
+        .collect();
+    Ok((8 + header_len, infos))
 }
 
 impl Checkpoint {
@@ -57,22 +67,18 @@ impl Checkpoint {
                 });
             }
             let map = map_file(&path)?;
-            for name in header(&path, &map)? {
-                location.insert(name, files.len());
+            let (data_start, infos) = header(&path, &map)?;
+            for (name, info) in infos {
+                location.insert(name, (files.len(), info));
             }
-            files.push((path, map));
+            files.push((path, map, data_start));
         }
         Ok(Checkpoint { files, location })
     }
 
-    /// Every tensor name in the checkpoint.
-    pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.location.keys().map(String::as_str)
-    }
-
     /// Reads tensor `name` as f32, checking its shape.
     pub fn read_f32(&self, name: &str, expected: &[usize]) -> Result<Vec<f32>> {
-        let Some(&file) = self.location.get(name) else {
+        let Some((file, info)) = self.location.get(name) else {
             let path = self.files.first().map(|f| f.0.clone()).unwrap_or_default();
             return Err(ModelError::MissingTensor {
                 path,
@@ -80,22 +86,22 @@ impl Checkpoint {
                 expected: expected.to_vec(),
             });
         };
-        let (path, map) = &self.files[file];
-        let tensors = SafeTensors::deserialize(map).expect("validated when opened");
-        let view = tensors.tensor(name).expect("listed in the header");
-        if view.shape() != expected {
+        let (path, map, data_start) = &self.files[*file];
+        if info.shape != expected {
             return Err(ModelError::Shape {
                 path: path.clone(),
                 name: name.into(),
                 expected: expected.to_vec(),
-                found: view.shape().to_vec(),
+                found: info.shape.clone(),
             });
         }
-        to_f32(view.dtype(), view.data()).ok_or_else(|| ModelError::Invalid {
+        let (start, end) = info.data_offsets;
+        let bytes = &map[data_start + start..data_start + end];
+        to_f32(info.dtype, bytes).ok_or_else(|| ModelError::Invalid {
             path: path.clone(),
             message: format!(
                 "tensor `{name}` has dtype {:?}; expected F32, BF16 or F16",
-                view.dtype()
+                info.dtype
             ),
         })
     }

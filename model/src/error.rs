@@ -51,6 +51,21 @@ pub enum ModelError {
         /// Why.
         source: std::io::Error,
     },
+    /// Training produced a NaN or infinite loss or gradient.
+    #[error(
+        "non-finite {what} at step {step} (batch ids: {ids}); training stopped, the last good checkpoint is kept"
+    )]
+    NonFinite {
+        /// The optimizer step (1-based).
+        step: usize,
+        /// `loss` or `gradient`.
+        what: &'static str,
+        /// Ids of the examples in the step's batch.
+        ids: String,
+    },
+    /// The run was cancelled.
+    #[error("cancelled")]
+    Cancelled,
     /// A bad argument (shape params, batch sizes, …).
     #[error("{0}")]
     Argument(String),

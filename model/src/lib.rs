@@ -4,12 +4,17 @@
 
 pub mod bench;
 pub mod config;
+pub mod dpo;
 pub mod error;
 pub mod init;
+pub mod lora;
 pub mod mistral;
+pub mod optim;
+pub mod schedule;
 pub mod scoring;
 pub mod tokenize;
 pub mod tokenizer_train;
+pub mod train;
 pub mod weights;
 
 pub use burn::prelude::{Device, Int, Tensor};

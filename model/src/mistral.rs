@@ -12,7 +12,8 @@ use burn::tensor::{DType, TensorData, activation};
 use std::path::Path;
 
 use crate::config::MistralConfig;
-use crate::error::{ModelError, Result};
+use crate::error::Result;
+use crate::lora::LoraAdapter;
 use crate::weights::{Checkpoint, NamedTensor, SaveDtype, save_safetensors};
 
 /// A checkpoint tensor: its name, its shape in the file, and the 2-D shape the model holds.
@@ -66,20 +67,30 @@ pub fn weight_specs(c: &MistralConfig) -> Vec<WeightSpec> {
     specs
 }
 
-/// `y = x Wᵀ` with `W` in the checkpoint's `[out, in]` layout.
+/// `y = x Wᵀ` with `W` in the checkpoint's `[out, in]` layout, plus a LoRA update when an
+/// adapter is attached (see [`crate::lora`]).
 #[derive(Clone, Debug)]
 pub struct Linear {
     /// `[out, in]`.
     pub weight: Tensor<2>,
+    /// Low-rank adapter, if any.
+    pub lora: Option<LoraAdapter>,
 }
 
 impl Linear {
+    fn new(weight: Tensor<2>) -> Linear {
+        Linear { weight, lora: None }
+    }
+
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let [b, t, d] = x.dims();
         let out = self.weight.dims()[0];
-        x.reshape([b * t, d])
-            .matmul(self.weight.clone().transpose())
-            .reshape([b, t, out])
+        let x = x.reshape([b * t, d]);
+        let mut y = x.clone().matmul(self.weight.clone().transpose());
+        if let Some(lora) = &self.lora {
+            y = y + lora.forward(x);
+        }
+        y.reshape([b, t, out])
     }
 }
 
@@ -267,19 +278,19 @@ impl Mistral {
             .map(|_| DecoderLayer {
                 input_layernorm: norm(next()),
                 self_attn: Attention {
-                    q_proj: Linear { weight: next() },
-                    k_proj: Linear { weight: next() },
-                    v_proj: Linear { weight: next() },
-                    o_proj: Linear { weight: next() },
+                    q_proj: Linear::new(next()),
+                    k_proj: Linear::new(next()),
+                    v_proj: Linear::new(next()),
+                    o_proj: Linear::new(next()),
                     heads: config.num_attention_heads,
                     kv_heads: config.num_key_value_heads,
                     head_dim: config.head_dim,
                 },
                 post_attention_layernorm: norm(next()),
                 mlp: Mlp {
-                    gate_proj: Linear { weight: next() },
-                    up_proj: Linear { weight: next() },
-                    down_proj: Linear { weight: next() },
+                    gate_proj: Linear::new(next()),
+                    up_proj: Linear::new(next()),
+                    down_proj: Linear::new(next()),
                 },
             })
             .collect();
@@ -322,15 +333,46 @@ impl Mistral {
             .collect()
     }
 
-    /// The same model with every weight passed through `f` (to track gradients, move devices…).
+    /// Every linear layer with its module path (`model.layers.0.self_attn.q_proj`), in
+    /// [`weight_specs`] order.
+    pub fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
+        let mut all = Vec::new();
+        for (l, layer) in self.layers.iter_mut().enumerate() {
+            let a = &mut layer.self_attn;
+            let m = &mut layer.mlp;
+            let named = [
+                ("self_attn.q_proj", &mut a.q_proj),
+                ("self_attn.k_proj", &mut a.k_proj),
+                ("self_attn.v_proj", &mut a.v_proj),
+                ("self_attn.o_proj", &mut a.o_proj),
+                ("mlp.gate_proj", &mut m.gate_proj),
+                ("mlp.up_proj", &mut m.up_proj),
+                ("mlp.down_proj", &mut m.down_proj),
+            ];
+            all.extend(
+                named
+                    .into_iter()
+                    .map(|(name, linear)| (format!("model.layers.{l}.{name}"), linear)),
+            );
+        }
+        all
+    }
+
+    /// The same model with every base weight passed through `f` (to track gradients, move
+    /// devices…); LoRA adapters are kept as they are.
     pub fn map_weights(&self, mut f: impl FnMut(&str, Tensor<2>) -> Tensor<2>) -> Mistral {
         let mut weights = self.weights().into_iter();
-        Mistral::from_fn(&self.config, |spec| {
+        let mut mapped = Mistral::from_fn(&self.config, |spec| {
             let (name, tensor) = weights.next().expect("one tensor per spec");
             debug_assert_eq!(name, spec.name);
             Ok(f(&name, tensor))
         })
-        .expect("infallible")
+        .expect("infallible");
+        let mut original = self.clone();
+        for ((_, new), (_, old)) in mapped.linears_mut().into_iter().zip(original.linears_mut()) {
+            new.lora = old.lora.take();
+        }
+        mapped
     }
 
     /// Loads `config.json` and the safetensors checkpoint of a model directory.
@@ -359,15 +401,9 @@ impl Mistral {
             .into_iter()
             .zip(specs)
             .map(|((name, tensor), spec)| {
-                let values = tensor
-                    .into_data_dtype(burn::tensor::DType::F32)
-                    .try_to_vec::<f32>()
-                    .map_err(|e| ModelError::Argument(format!("{name}: {e:?}")))?;
-                Ok(NamedTensor {
-                    name,
-                    shape: spec.file_shape,
-                    values,
-                })
+                let mut named = NamedTensor::from_tensor(name, tensor)?;
+                named.shape = spec.file_shape;
+                Ok(named)
             })
             .collect::<Result<Vec<_>>>()?;
         save_safetensors(dir, &tensors, dtype, crate::weights::MAX_SHARD_BYTES)

@@ -57,15 +57,32 @@ impl Checkpoint {
                 what: "model weights (model.safetensors or model.safetensors.index.json)".into(),
             });
         };
-        let mut files = Vec::new();
-        let mut location = HashMap::new();
-        for path in shards {
+        for path in &shards {
             if !path.is_file() {
                 return Err(ModelError::MissingFile {
-                    path,
+                    path: path.clone(),
                     what: "a shard listed in model.safetensors.index.json".into(),
                 });
             }
+        }
+        Checkpoint::open_files(shards)
+    }
+
+    /// Opens one safetensors file (an adapter, a training checkpoint).
+    pub fn open_file(path: &Path) -> Result<Checkpoint> {
+        if !path.is_file() {
+            return Err(ModelError::MissingFile {
+                path: path.to_path_buf(),
+                what: "a safetensors file".into(),
+            });
+        }
+        Checkpoint::open_files(vec![path.to_path_buf()])
+    }
+
+    fn open_files(paths: Vec<PathBuf>) -> Result<Checkpoint> {
+        let mut files = Vec::new();
+        let mut location = HashMap::new();
+        for path in paths {
             let map = map_file(&path)?;
             let (data_start, infos) = header(&path, &map)?;
             for (name, info) in infos {
@@ -203,6 +220,41 @@ pub struct NamedTensor {
     pub shape: Vec<usize>,
     /// Values, row-major.
     pub values: Vec<f32>,
+}
+
+impl NamedTensor {
+    /// Copies a model tensor (any float dtype) to the host as f32.
+    pub fn from_tensor<const D: usize>(
+        name: String,
+        tensor: burn::prelude::Tensor<D>,
+    ) -> Result<NamedTensor> {
+        let shape = tensor.dims().to_vec();
+        let values = tensor
+            .into_data_dtype(burn::tensor::DType::F32)
+            .try_to_vec::<f32>()
+            .map_err(|e| ModelError::Argument(format!("{name}: {e:?}")))?;
+        Ok(NamedTensor {
+            name,
+            shape,
+            values,
+        })
+    }
+}
+
+/// Writes tensors into one safetensors file.
+pub fn save_safetensors_file(path: &Path, tensors: &[NamedTensor], dtype: SaveDtype) -> Result<()> {
+    let encoded: Vec<(Dtype, Vec<u8>)> = tensors.iter().map(|t| dtype.encode(&t.values)).collect();
+    let views = tensors.iter().zip(&encoded).map(|(t, (dt, bytes))| {
+        (
+            t.name.clone(),
+            TensorView::new(*dt, t.shape.clone(), bytes).expect("sizes match"),
+        )
+    });
+    let metadata = Some(HashMap::from([("format".to_string(), "pt".to_string())]));
+    safetensors::serialize_to_file(views, metadata, path).map_err(|e| ModelError::Invalid {
+        path: path.to_path_buf(),
+        message: format!("cannot write safetensors: {e}"),
+    })
 }
 
 /// Writes tensors as transformers does: `model.safetensors`, or shards of at most

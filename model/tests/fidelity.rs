@@ -6,34 +6,9 @@ use flow_model::scoring::{Scorer, Sequence, score, to_f64};
 use flow_model::tokenize::PreferenceTokenizer;
 use flow_model::{Mistral, MistralConfig, cpu};
 use serde_json::Value;
-use std::path::{Path, PathBuf};
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
-}
-
-fn golden() -> Value {
-    serde_json::from_str(
-        &std::fs::read_to_string(fixtures().join("mistral-tiny/golden.json")).unwrap(),
-    )
-    .unwrap()
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
-
-fn floats(v: &Value) -> Vec<f64> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap())
-        .collect()
-}
+mod common;
+use common::{assert_close, fixtures, floats, golden, ids};
 
 /// The chosen and rejected sequences of every golden pair, in order.
 fn golden_sequences(g: &Value) -> Vec<Sequence> {
@@ -49,16 +24,6 @@ fn golden_sequences(g: &Value) -> Vec<Sequence> {
             })
         })
         .collect()
-}
-
-fn assert_close(actual: &[f64], expected: &[f64], tolerance: f64, what: &str) {
-    assert_eq!(actual.len(), expected.len(), "{what}: lengths");
-    for (i, (a, e)) in actual.iter().zip(expected).enumerate() {
-        assert!(
-            (a - e).abs() <= tolerance,
-            "{what}[{i}]: {a} vs {e} (tolerance {tolerance})"
-        );
-    }
 }
 
 #[test]

@@ -1,0 +1,489 @@
+//! DPO training against TRL 1.16 (tests/fixtures/mistral-tiny/golden.json): every loss and
+//! metric, the gradient of the sigmoid loss, three real training steps (AdamW, linear schedule
+//! with warm-up, clipping), learning-rate multipliers; plus LoRA, β schedules and resuming.
+
+use burn::tensor::{DType, TensorData};
+use flow_model::dpo::{LossConfig, LossType, PairLogps, preference_loss};
+use flow_model::lora::{self, LoraConfig};
+use flow_model::optim::AdamWConfig;
+use flow_model::schedule::{BetaSchedule, BetaShape, LrScheduler};
+use flow_model::scoring::{Scorer, to_f64};
+use flow_model::tokenize::TokenizedPair;
+use flow_model::train::{Example, Objective, Record, Schedule, TrainConfig, Trainer};
+use flow_model::{Mistral, Tensor, cpu};
+use serde_json::Value;
+
+mod common;
+use common::{assert_close, assert_relative, fixtures, floats, golden, ids};
+
+fn pairs(g: &Value) -> &Vec<Value> {
+    g["pairs"].as_array().unwrap()
+}
+
+/// The golden pairs as training examples with TRL's reference log-probs.
+fn golden_examples(g: &Value) -> Vec<Example> {
+    pairs(g)
+        .iter()
+        .enumerate()
+        .map(|(i, p)| Example {
+            id: format!("pair-{i}"),
+            pair: TokenizedPair {
+                prompt_ids: ids(&p["prompt_ids"]),
+                chosen_ids: ids(&p["chosen_ids"]),
+                rejected_ids: ids(&p["rejected_ids"]),
+            },
+            reference: Some([
+                p["ref_chosen_logps"].as_f64().unwrap(),
+                p["ref_rejected_logps"].as_f64().unwrap(),
+            ]),
+        })
+        .collect()
+}
+
+fn policy() -> Mistral {
+    Mistral::load(&fixtures().join("mistral-tiny/policy"), &cpu()).unwrap()
+}
+
+/// TRL's `train_3_steps` settings.
+fn trl_config(g: &Value) -> TrainConfig {
+    let args = &g["train_3_steps"]["args"];
+    TrainConfig {
+        learning_rate: args["learning_rate"].as_f64().unwrap(),
+        lr_scheduler: LrScheduler::Linear,
+        warmup_steps: args["warmup_steps"].as_u64().unwrap() as usize,
+        max_steps: Some(args["max_steps"].as_u64().unwrap() as usize),
+        epochs: 1,
+        batch_size: pairs(g).len(),
+        grad_accum: 1,
+        max_grad_norm: args["max_grad_norm"].as_f64(),
+        adam: AdamWConfig {
+            betas: (0.9, 0.999),
+            eps: args["eps"].as_f64().unwrap(),
+            weight_decay: args["weight_decay"].as_f64().unwrap(),
+        },
+        seed: 42,
+        lora: None,
+        gradient_checkpointing: false,
+    }
+}
+
+fn sigmoid_objective(beta: f64) -> Objective {
+    Objective::Dpo {
+        loss: LossConfig {
+            loss: LossType::Sigmoid,
+            label_smoothing: 0.0,
+            simpo_gamma: 0.0,
+        },
+        beta: BetaSchedule::Constant(beta),
+    }
+}
+
+/// Collects records.
+#[derive(Default)]
+struct Log(Vec<Record>);
+
+impl flow_model::train::Observer for Log {
+    fn record(&mut self, record: &Record) -> flow_model::Result<()> {
+        self.0.push(record.clone());
+        Ok(())
+    }
+}
+
+#[test]
+fn every_loss_and_metric_matches_trl() {
+    let g = golden();
+    let device = cpu();
+    let column = |key: &str| {
+        let values: Vec<f64> = pairs(&g).iter().map(|p| p[key].as_f64().unwrap()).collect();
+        Tensor::<1>::from_data(
+            TensorData::new(values, [pairs(&g).len()]),
+            (&device, DType::F64),
+        )
+    };
+    let batch = PairLogps {
+        policy_chosen: column("policy_chosen_logps"),
+        policy_rejected: column("policy_rejected_logps"),
+        reference: golden_examples(&g)
+            .iter()
+            .map(|e| e.reference.unwrap())
+            .collect(),
+        lengths: golden_examples(&g)
+            .iter()
+            .map(|e| [e.pair.chosen_ids.len(), e.pair.rejected_ids.len()])
+            .collect(),
+    };
+    let cases = [
+        ("sigmoid", LossType::Sigmoid, 0.1, 0.0, 0.0),
+        ("hinge", LossType::Hinge, 0.1, 0.0, 0.0),
+        ("ipo", LossType::Ipo, 0.1, 0.0, 0.0),
+        ("robust_ls0.1", LossType::Robust, 0.1, 0.1, 0.0),
+        ("cdpo_ls0.1", LossType::Cdpo, 0.1, 0.1, 0.0),
+        ("sigmoid_norm", LossType::SigmoidNorm, 0.1, 0.0, 0.0),
+        ("simpo_beta2_gamma0.5", LossType::Simpo, 2.0, 0.0, 0.5),
+        (
+            "reference_free_sigmoid",
+            LossType::ReferenceFree,
+            0.1,
+            0.0,
+            0.0,
+        ),
+    ];
+    let losses = &g["losses"];
+    for (name, loss, beta, label_smoothing, simpo_gamma) in cases {
+        let config = LossConfig {
+            loss,
+            label_smoothing,
+            simpo_gamma,
+        };
+        let (value, _) = preference_loss(&config, beta, &batch);
+        assert_relative(to_f64(value)[0], losses[name].as_f64().unwrap(), 1e-5, name);
+    }
+    let sigmoid = LossConfig {
+        loss: LossType::Sigmoid,
+        label_smoothing: 0.0,
+        simpo_gamma: 0.0,
+    };
+    let (_, m) = preference_loss(&sigmoid, 0.1, &batch);
+    let metrics = [
+        ("rewards/chosen", m.rewards_chosen),
+        ("rewards/rejected", m.rewards_rejected),
+        ("rewards/accuracies", m.rewards_accuracies),
+        ("rewards/margins", m.rewards_margins),
+        ("logps/chosen", m.logps_chosen),
+        ("logps/rejected", m.logps_rejected),
+    ];
+    for (name, value) in metrics {
+        assert_relative(value, losses[name].as_f64().unwrap(), 1e-5, name);
+    }
+}
+
+#[test]
+fn learning_rate_multipliers_are_transformers_exactly() {
+    let g = golden();
+    let schedules = &g["lr_schedules_warmup5_total20"];
+    for (name, scheduler) in [
+        ("linear", LrScheduler::Linear),
+        ("cosine", LrScheduler::Cosine),
+        ("constant_with_warmup", LrScheduler::ConstantWithWarmup),
+        ("cosine_with_restarts", LrScheduler::CosineWithRestarts),
+    ] {
+        let ours: Vec<f64> = (0..20).map(|s| scheduler.multiplier(s, 5, 20)).collect();
+        assert_eq!(ours, floats(&schedules[name]), "{name}");
+    }
+}
+
+#[test]
+fn three_trl_steps_give_trls_losses_gradients_and_weights() {
+    let g = golden();
+    let mut trainer = Trainer::new(
+        policy(),
+        trl_config(&g),
+        sigmoid_objective(0.1),
+        golden_examples(&g),
+        Vec::new(),
+        cpu(),
+    )
+    .unwrap();
+    let mut log = Log::default();
+    trainer.run(&Schedule::default(), &mut log).unwrap();
+    let trl_log = g["train_3_steps"]["log"].as_array().unwrap();
+    assert_eq!(log.0.len(), 3);
+    for (ours, theirs) in log.0.iter().zip(trl_log) {
+        let step = ours.get("step").unwrap();
+        for name in [
+            "loss",
+            "rewards/chosen",
+            "rewards/rejected",
+            "rewards/margins",
+            "logps/chosen",
+            "logps/rejected",
+        ] {
+            let tolerance = if step == 3.0 { 1e-3 } else { 1e-4 };
+            assert_relative(
+                ours.get(name).unwrap(),
+                theirs[name].as_f64().unwrap(),
+                tolerance,
+                &format!("step {step} {name}"),
+            );
+        }
+        assert_relative(
+            ours.get("grad_norm").unwrap(),
+            theirs["grad_norm"].as_f64().unwrap(),
+            1e-3,
+            &format!("step {step} grad_norm"),
+        );
+        assert_eq!(
+            ours.get("learning_rate").unwrap(),
+            theirs["learning_rate"].as_f64().unwrap(),
+            "step {step} learning_rate"
+        );
+    }
+    let after = &g["train_3_steps"]["params_after_first8"];
+    let trained = trainer.policy().weights();
+    for (name, expected) in after.as_object().unwrap() {
+        let tensor = &trained.iter().find(|(n, _)| n == name).unwrap().1;
+        let first8 = &to_f64(tensor.clone().flatten::<1>(0, 1))[..8];
+        assert_close(first8, &floats(expected), 1e-5, name);
+    }
+}
+
+#[test]
+fn sigmoid_loss_gradient_matches_trl() {
+    let g = golden();
+    let config = TrainConfig {
+        max_steps: Some(1),
+        learning_rate: 0.0,
+        ..trl_config(&g)
+    };
+    let mut trainer = Trainer::new(
+        policy(),
+        config,
+        sigmoid_objective(0.1),
+        golden_examples(&g),
+        Vec::new(),
+        cpu(),
+    )
+    .unwrap();
+    let (record, grads) = trainer.gradients().unwrap();
+    assert_relative(
+        record.get("loss").unwrap(),
+        g["trl_batch_loss_sigmoid"].as_f64().unwrap(),
+        1e-5,
+        "loss",
+    );
+    assert_relative(
+        record.get("grad_norm").unwrap(),
+        g["grad"]["global_l2_norm"].as_f64().unwrap(),
+        1e-3,
+        "global norm",
+    );
+    for (name, expected) in g["grad"]["first8"].as_object().unwrap() {
+        let (_, grad) = grads.iter().find(|(n, _)| n == name).unwrap();
+        let ours = &to_f64(grad.clone().flatten::<1>(0, 1))[..8];
+        for (i, (a, e)) in ours.iter().zip(floats(expected)).enumerate() {
+            assert!(
+                (a - e).abs() <= 1e-3 * e.abs().max(1e-3),
+                "{name}[{i}]: {a} vs {e}"
+            );
+        }
+    }
+}
+
+#[test]
+fn beta_schedule_is_applied_and_logged_per_step() {
+    let g = golden();
+    let config = TrainConfig {
+        max_steps: Some(4),
+        batch_size: 2,
+        ..trl_config(&g)
+    };
+    let objective = Objective::Dpo {
+        loss: LossConfig {
+            loss: LossType::Sigmoid,
+            label_smoothing: 0.0,
+            simpo_gamma: 0.0,
+        },
+        beta: BetaSchedule::Ramp {
+            shape: BetaShape::Linear,
+            from: 0.4,
+            to: 0.1,
+            steps: Some(3),
+        },
+    };
+    let mut trainer = Trainer::new(
+        policy(),
+        config,
+        objective,
+        golden_examples(&g),
+        Vec::new(),
+        cpu(),
+    )
+    .unwrap();
+    let mut log = Log::default();
+    trainer.run(&Schedule::default(), &mut log).unwrap();
+    let betas: Vec<f64> = log.0.iter().map(|r| r.get("beta").unwrap()).collect();
+    assert_close(&betas, &[0.4, 0.3, 0.2, 0.1], 1e-12, "β per step");
+    // With zero learning rate at step 1 (warm-up), the policy is the fixture's, so the loss is
+    // the sigmoid loss of that batch at β = 0.4: check the logged loss follows β.
+    let first = &log.0[0];
+    let margin = first.get("rewards/margins").unwrap() / 0.4;
+    let expected = (1.0 + (-0.4 * margin).exp()).ln();
+    assert!(
+        first.get("loss").unwrap() > 0.0 && (first.get("loss").unwrap() - expected).abs() < 0.5,
+        "loss {} vs a single-margin estimate {expected}",
+        first.get("loss").unwrap()
+    );
+}
+
+fn lora_config() -> LoraConfig {
+    LoraConfig {
+        r: 4,
+        alpha: 8.0,
+        dropout: 0.0,
+        targets: vec!["q_proj".into(), "v_proj".into(), "down_proj".into()],
+    }
+}
+
+#[test]
+fn lora_with_zero_b_is_the_base_model_and_saves_in_peft_layout() {
+    let g = golden();
+    let base = policy();
+    let mut adapted = base.clone();
+    lora::attach(&mut adapted, &lora_config(), 1);
+    let examples = golden_examples(&g);
+    let sequences: Vec<_> = examples.iter().flat_map(|e| e.pair.sequences()).collect();
+    let device = cpu();
+    let plain = Scorer::new(base.clone()).score(&sequences, &device).sums;
+    let with_adapters = Scorer::new(adapted.clone()).score(&sequences, &device).sums;
+    assert_eq!(plain, with_adapters, "B = 0: the adapter changes nothing");
+
+    // Train the adapters a few steps, save as PEFT, load back: same scores, merged the same too.
+    let config = TrainConfig {
+        lora: Some(lora_config()),
+        max_steps: Some(3),
+        learning_rate: 1e-2,
+        ..trl_config(&g)
+    };
+    let mut trainer = Trainer::new(
+        base.clone(),
+        config,
+        sigmoid_objective(0.1),
+        examples,
+        Vec::new(),
+        cpu(),
+    )
+    .unwrap();
+    trainer
+        .run(&Schedule::default(), &mut Log::default())
+        .unwrap();
+    let trained = trainer.policy();
+    let trained_scores = flow_model::scoring::score(&trained, &sequences, &device).sums;
+    let dir = tempfile::tempdir().unwrap();
+    lora::save_peft(&trained, &lora_config(), "tiny", dir.path()).unwrap();
+    let config: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        (config["peft_type"].as_str(), config["r"].as_u64()),
+        (Some("LORA"), Some(4))
+    );
+    let file = std::fs::read(dir.path().join("adapter_model.safetensors")).unwrap();
+    let tensors = safetensors::SafeTensors::deserialize(&file).unwrap();
+    let a = tensors
+        .tensor("base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight")
+        .unwrap();
+    let b = tensors
+        .tensor("base_model.model.model.layers.1.mlp.down_proj.lora_B.weight")
+        .unwrap();
+    assert_eq!((a.shape(), b.shape()), (&[4, 64][..], &[64, 4][..]));
+    assert_eq!(
+        tensors.len(),
+        2 * 2 * 3,
+        "A and B for 3 targets in 2 layers"
+    );
+    let mut loaded = base.clone();
+    lora::load_peft(&mut loaded, dir.path()).unwrap();
+    let reloaded = flow_model::scoring::score(&loaded, &sequences, &device).sums;
+    let merged = flow_model::scoring::score(&lora::merged(&trained), &sequences, &device).sums;
+    let (t, r, m) = (to_f64(trained_scores), to_f64(reloaded), to_f64(merged));
+    assert_close(&r, &t, 1e-9, "reloaded adapter");
+    assert_close(&m, &t, 1e-3, "merged adapter");
+    assert!(
+        t.iter().zip(&plain).any(|(a, b)| (a - b).abs() > 1e-3),
+        "training moved the adapters"
+    );
+}
+
+#[test]
+fn resuming_from_a_checkpoint_gives_identical_weights() {
+    let g = golden();
+    let config = TrainConfig {
+        max_steps: Some(5),
+        batch_size: 2,
+        grad_accum: 2,
+        lora: Some(LoraConfig {
+            dropout: 0.1,
+            ..lora_config()
+        }),
+        learning_rate: 1e-2,
+        ..trl_config(&g)
+    };
+    let make = || {
+        Trainer::new(
+            policy(),
+            config.clone(),
+            sigmoid_objective(0.1),
+            golden_examples(&g),
+            Vec::new(),
+            cpu(),
+        )
+        .unwrap()
+    };
+    let mut straight = make();
+    straight
+        .run(&Schedule::default(), &mut Log::default())
+        .unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let schedule = Schedule {
+        checkpoint_dir: Some(dir.path().to_path_buf()),
+        checkpoint_every: Some(2),
+        eval_every: None,
+    };
+    /// Stops after three steps, as a kill would, leaving the step-2 checkpoint.
+    struct StopAfter(usize, Log);
+    impl flow_model::train::Observer for StopAfter {
+        fn record(&mut self, record: &Record) -> flow_model::Result<()> {
+            self.1.record(record)
+        }
+        fn cancelled(&self) -> bool {
+            self.1.0.len() >= self.0
+        }
+    }
+    let mut first = make();
+    assert!(
+        first
+            .run(&schedule, &mut StopAfter(3, Log::default()))
+            .is_err()
+    );
+    let mut resumed = make();
+    assert_eq!(resumed.resume(dir.path()).unwrap(), Some(2));
+    resumed.run(&schedule, &mut Log::default()).unwrap();
+    for (a, b) in straight.params().iter().zip(resumed.params()) {
+        assert_eq!(
+            to_f64(a.value.clone().flatten::<1>(0, 1)),
+            to_f64(b.value.clone().flatten::<1>(0, 1)),
+            "{}",
+            a.name
+        );
+    }
+}
+
+#[test]
+fn a_nan_loss_stops_with_the_step_and_batch_ids() {
+    let g = golden();
+    let mut examples = golden_examples(&g);
+    examples[0].reference = Some([f64::NAN, 0.0]);
+    let config = TrainConfig {
+        max_steps: Some(2),
+        ..trl_config(&g)
+    };
+    let mut trainer = Trainer::new(
+        policy(),
+        config,
+        sigmoid_objective(0.1),
+        examples,
+        Vec::new(),
+        cpu(),
+    )
+    .unwrap();
+    let error = trainer
+        .run(&Schedule::default(), &mut Log::default())
+        .unwrap_err();
+    let message = error.to_string();
+    assert!(
+        message.contains("non-finite loss at step 1") && message.contains("pair-0"),
+        "{message}"
+    );
+}

@@ -60,6 +60,13 @@ pub trait Node: Send + Sync + 'static {
     /// The output directories the node writes.
     const OUTPUTS: &'static [OutputSpec];
 
+    /// Checks that go beyond types (ranges, combinations of params), run by `flow validate`,
+    /// `flow run` before any node starts, and `flow exec`: an error names the param's path below
+    /// `with` and what was expected.
+    fn check(_params: &Self::Params) -> Result<(), ParamError> {
+        Ok(())
+    }
+
     /// Files and directories outside the store that the node reads, named by its params (a
     /// dataset given as a plain path, say). Their size and modification time enter the cache key,
     /// so editing such a file re-runs the node. Paths that are `${NODE.OUTPUT}` references are
@@ -76,7 +83,17 @@ pub trait Node: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), NodeError>> + Send;
 }
 
-/// A param that failed to deserialize: where (path below `with`) and why.
+impl ParamError {
+    /// An error about the param at `key` (below `with`).
+    pub fn at(key: &str, message: impl Into<String>) -> ParamError {
+        ParamError {
+            path: vec![crate::yaml::PathStep::Key(key.to_string())],
+            message: message.into(),
+        }
+    }
+}
+
+/// A param that failed to deserialize or a check: where (path below `with`) and why.
 #[derive(Debug)]
 pub struct ParamError {
     /// Keys and indices below `with`.
@@ -150,7 +167,7 @@ impl<N: Node> DynNode for Erased<N> {
             .into_root_schema_for::<N::Params>()
     }
     fn check_params(&self, params: &Json) -> Result<(), ParamError> {
-        deserialize_params::<N::Params>(params).map(|_| ())
+        deserialize_params::<N::Params>(params).and_then(|p| N::check(&p))
     }
     fn external_files(&self, params: &Json) -> Vec<PathBuf> {
         deserialize_params::<N::Params>(params)
@@ -159,8 +176,9 @@ impl<N: Node> DynNode for Erased<N> {
     }
     fn run_json(self: Arc<Self>, ctx: NodeContext, params: Json) -> BoxFuture {
         Box::pin(async move {
-            let typed =
-                deserialize_params::<N::Params>(&params).map_err(|e| NodeError::new(e.message))?;
+            let typed = deserialize_params::<N::Params>(&params)
+                .and_then(|p| N::check(&p).map(|()| p))
+                .map_err(|e| NodeError::new(e.message))?;
             self.0.run(ctx, typed).await
         })
     }

@@ -103,12 +103,20 @@ fn type_of(prop: &Json, root: &Json) -> String {
             .unwrap_or(&Json::Null);
         return type_of(target, root);
     }
+    if let Some(value) = prop.get("const") {
+        return value.to_string();
+    }
     if let Some(any) = prop["anyOf"].as_array().or(prop["oneOf"].as_array()) {
-        return any
-            .iter()
-            .map(|p| type_of(p, root))
-            .collect::<Vec<_>>()
-            .join(" | ");
+        let mut kinds: Vec<String> = Vec::new();
+        for kind in any.iter().map(|p| type_of(p, root)) {
+            if !kinds.contains(&kind) {
+                kinds.push(kind);
+            }
+        }
+        return kinds.join(" | ");
+    }
+    if prop["type"] == "object" && prop.get("properties").is_some() {
+        return "map".to_string();
     }
     match &prop["type"] {
         Json::String(t) if t == "object" && prop.get("additionalProperties").is_some() => {
@@ -131,6 +139,11 @@ fn type_of(prop: &Json, root: &Json) -> String {
     }
 }
 
+/// Escapes `|` so text stays inside one Markdown table cell.
+fn table_cell(text: &str) -> String {
+    text.replace('|', "\\|")
+}
+
 /// Markdown reference of the whole library (the README's node reference and `flow nodes --markdown`).
 pub fn markdown_reference(registry: &Registry) -> String {
     let mut out = String::new();
@@ -148,8 +161,11 @@ pub fn markdown_reference(registry: &Registry) -> String {
             let default = p.default.map(|d| format!("`{d}`")).unwrap_or_default();
             let required = if p.required { "yes" } else { "no" };
             out.push_str(&format!(
-                "| `{}` | {} | {required} | {default} | {} |\n",
-                p.name, p.kind, p.description
+                "| `{}` | {} | {required} | {} | {} |\n",
+                p.name,
+                table_cell(&p.kind),
+                table_cell(&default),
+                table_cell(&p.description)
             ));
         }
         out.push_str("\n| output | description |\n|---|---|\n");

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use std::f64::consts::PI;
 
 /// transformers' learning-rate scheduler types.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum LrScheduler {
     /// Always 1.
@@ -53,7 +53,7 @@ pub fn warmup_from_ratio(ratio: f64, total: usize) -> usize {
 }
 
 /// The shape of a β schedule.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum BetaShape {
     /// `from` throughout.

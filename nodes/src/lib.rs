@@ -3,11 +3,15 @@
 use flow_engine::node::Registry;
 
 pub mod compute;
+pub mod curves;
+pub mod dpo_train;
 pub mod model_init;
 pub mod preference;
 pub mod ref_logprobs;
 pub mod shell;
+pub mod sft_train;
 pub mod tokenizer_train;
+pub mod training;
 
 /// Every node type flow ships.
 pub fn library() -> Registry {
@@ -16,5 +20,7 @@ pub fn library() -> Registry {
     registry.register(tokenizer_train::TokenizerTrain);
     registry.register(model_init::ModelInit);
     registry.register(ref_logprobs::RefLogprobs);
+    registry.register(dpo_train::DpoTrain);
+    registry.register(sft_train::SftTrain);
     registry
 }

@@ -5,32 +5,9 @@
 mod support;
 
 use serde_json::Value;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
-use support::{Project, node_field, signal, wait_until};
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
-
-fn golden() -> Value {
-    serde_json::from_str(
-        &std::fs::read_to_string(fixtures().join("mistral-tiny/golden.json")).unwrap(),
-    )
-    .unwrap()
-}
-
-/// The golden pairs as a preference dataset (`copies` times, with distinct ids).
-fn golden_dataset(p: &Project, copies: usize) -> PathBuf {
-    let mut text = String::new();
-    for c in 0..copies {
-        for (i, pair) in golden()["pairs"].as_array().unwrap().iter().enumerate() {
-            let row = serde_json::json!({"id": format!("p{c}-{i}"), "prompt": pair["prompt"], "chosen": pair["chosen"], "rejected": pair["rejected"]});
-            text.push_str(&format!("{row}\n"));
-        }
-    }
-    p.write("pairs.jsonl", &text)
-}
+use support::{Project, fixtures, golden, golden_dataset, jsonl, node_field, signal, wait_until};
 
 /// `flow exec model.ref_logprobs` on the base fixture model and `data`, outputs in `out`.
 fn exec_ref_logprobs(p: &Project, data: &Path, out: &str, extra: &[&str]) -> support::Run {
@@ -50,20 +27,12 @@ fn exec_ref_logprobs(p: &Project, data: &Path, out: &str, extra: &[&str]) -> sup
     p.flow(&args)
 }
 
-fn rows(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
 #[test]
 fn ref_logprobs_exec_reproduces_the_golden_reference_logps() {
     let p = Project::new();
     let data = golden_dataset(&p, 1);
     exec_ref_logprobs(&p, &data, "out", &["--with", "batch_size=3"]).expect_code(0);
-    let scored = rows(&p.path().join("out/logprobs/logprobs.jsonl"));
+    let scored = jsonl(&p.path().join("out/logprobs/logprobs.jsonl"));
     let g = golden();
     assert_eq!(scored.len(), 6);
     for (row, pair) in scored.iter().zip(g["pairs"].as_array().unwrap()) {
@@ -113,7 +82,7 @@ fn max_length_truncates_and_drops_long_prompts() {
     .unwrap();
     // Prompts of 25, 28 and 30 tokens fill max_length 20.
     assert_eq!(summary["pairs_dropped"], 3, "{summary}");
-    for row in rows(&p.path().join("out/logprobs/logprobs.jsonl")) {
+    for row in jsonl(&p.path().join("out/logprobs/logprobs.jsonl")) {
         let prompt = row["prompt_ids"].as_array().unwrap().len();
         assert!(prompt + row["chosen_ids"].as_array().unwrap().len() <= 20);
         assert!(prompt + row["rejected_ids"].as_array().unwrap().len() <= 20);
@@ -153,13 +122,13 @@ fn killed_ref_logprobs_resumes_after_its_last_batch_with_identical_results() {
         resumed_summary["resumed_pairs"].as_u64().unwrap() >= 20,
         "{resumed_summary}"
     );
-    let resumed = rows(&p.artifact_file("logprobs.jsonl"));
+    let resumed = jsonl(&p.artifact_file("logprobs.jsonl"));
     assert_eq!(resumed.len(), 900);
     // An uninterrupted run in another store gives the same rows.
     let fresh = Project::new();
     fresh.write("w.yaml", &workflow);
     fresh.flow(&["run", "w.yaml"]).expect_code(0);
-    assert_eq!(rows(&fresh.artifact_file("logprobs.jsonl")), resumed);
+    assert_eq!(jsonl(&fresh.artifact_file("logprobs.jsonl")), resumed);
     assert!(
         std::fs::read_dir(&resume).unwrap().next().is_none(),
         "the resume directory is removed after success"
@@ -195,7 +164,7 @@ fn tokenizer_model_and_reference_logprobs_run_as_a_cached_workflow() {
         (Some("mistral"), Some(32))
     );
     assert!(p.artifact_file("generation_config.json").is_file());
-    let scored = rows(&p.artifact_file("logprobs.jsonl"));
+    let scored = jsonl(&p.artifact_file("logprobs.jsonl"));
     assert_eq!(scored.len(), 18);
     assert!(
         scored

@@ -23,7 +23,9 @@ use serde::{Deserialize, Serialize};
 use crate::scoring::to_f64;
 
 /// Which preference loss.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum LossType {
     /// DPO's logistic loss.

@@ -8,7 +8,9 @@ use serde::{Deserialize, Serialize};
 use std::f64::consts::PI;
 
 /// transformers' learning-rate scheduler types.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum LrScheduler {
     /// Always 1.

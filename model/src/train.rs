@@ -157,7 +157,7 @@ pub struct Schedule {
     pub checkpoint_dir: Option<PathBuf>,
     /// Checkpoint every this many steps (and never at the end: the result is saved instead).
     pub checkpoint_every: Option<usize>,
-    /// Evaluate every this many steps and after the last.
+    /// Evaluate every this many steps; with an eval set, always after the last step.
     pub eval_every: Option<usize>,
 }
 
@@ -276,8 +276,8 @@ impl Trainer {
             let record = self.train_step()?;
             observer.record(&record)?;
             let step = self.step;
-            let due = |every: Option<usize>| every.is_some_and(|n| step % n == 0);
-            if due(schedule.eval_every) || (step == total && schedule.eval_every.is_some()) {
+            let due = |every: Option<usize>| every.is_some_and(|n| step.is_multiple_of(n));
+            if !self.eval.is_empty() && (due(schedule.eval_every) || step == total) {
                 let record = self.evaluate();
                 observer.record(&record)?;
             }

@@ -57,7 +57,9 @@ impl BetaParam {
             BetaParam::Schedule(s) => s,
         };
         let need = |value: Option<f64>, key: &str| {
-            value.ok_or_else(|| format!("a `{:?}` β schedule needs `{key}`", s.schedule).to_lowercase())
+            value.ok_or_else(|| {
+                format!("a `{:?}` β schedule needs `{key}`", s.schedule).to_lowercase()
+            })
         };
         Ok(match s.schedule {
             BetaShape::Constant => BetaSchedule::Constant(need(s.from, "from")?),

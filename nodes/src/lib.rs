@@ -8,8 +8,8 @@ pub mod dpo_train;
 pub mod model_init;
 pub mod preference;
 pub mod ref_logprobs;
-pub mod shell;
 pub mod sft_train;
+pub mod shell;
 pub mod tokenizer_train;
 pub mod training;
 

@@ -260,7 +260,10 @@ impl Common<'_> {
             if value.is_finite() && value > 0.0 {
                 Ok(())
             } else {
-                Err(ParamError::at(key, format!("{key} must be a positive number, got {value}")))
+                Err(ParamError::at(
+                    key,
+                    format!("{key} must be a positive number, got {value}"),
+                ))
             }
         };
         positive("learning_rate", self.learning_rate)?;
@@ -281,10 +284,16 @@ impl Common<'_> {
             }
         }
         if self.max_steps.is_some() && self.epochs.is_some() {
-            return Err(ParamError::at("epochs", "give max_steps or epochs, not both"));
+            return Err(ParamError::at(
+                "epochs",
+                "give max_steps or epochs, not both",
+            ));
         }
         if self.warmup_steps.is_some() && self.warmup_ratio.is_some() {
-            return Err(ParamError::at("warmup_ratio", "give warmup_steps or warmup_ratio, not both"));
+            return Err(ParamError::at(
+                "warmup_ratio",
+                "give warmup_steps or warmup_ratio, not both",
+            ));
         }
         if let (Some(warmup), Some(max)) = (self.warmup_steps, self.max_steps)
             && warmup > max
@@ -297,22 +306,39 @@ impl Common<'_> {
         if let Some(ratio) = self.warmup_ratio
             && !(0.0..=1.0).contains(&ratio)
         {
-            return Err(ParamError::at("warmup_ratio", format!("warmup_ratio must be in [0, 1], got {ratio}")));
+            return Err(ParamError::at(
+                "warmup_ratio",
+                format!("warmup_ratio must be in [0, 1], got {ratio}"),
+            ));
         }
         if !(0.0..1.0).contains(&self.weight_decay) {
-            return Err(ParamError::at("weight_decay", format!("weight_decay must be in [0, 1), got {}", self.weight_decay)));
+            return Err(ParamError::at(
+                "weight_decay",
+                format!("weight_decay must be in [0, 1), got {}", self.weight_decay),
+            ));
         }
         if self.adam_betas.iter().any(|b| !(0.0..1.0).contains(b)) {
-            return Err(ParamError::at("adam_betas", "adam_betas must both be in [0, 1)"));
+            return Err(ParamError::at(
+                "adam_betas",
+                "adam_betas must both be in [0, 1)",
+            ));
         }
         if self.max_length.is_some_and(|m| m < 2) {
-            return Err(ParamError::at("max_length", "max_length must be at least 2"));
+            return Err(ParamError::at(
+                "max_length",
+                "max_length must be at least 2",
+            ));
         }
         if let Some(lora) = self.lora {
-            lora.config().check().map_err(|m| ParamError::at("lora", m))?;
+            lora.config()
+                .check()
+                .map_err(|m| ParamError::at("lora", m))?;
         }
         if self.lora.is_none() && matches!(self.save, Some(SaveMode::Adapter | SaveMode::Merged)) {
-            return Err(ParamError::at("save", "save `adapter` and `merged` need `lora`"));
+            return Err(ParamError::at(
+                "save",
+                "save `adapter` and `merged` need `lora`",
+            ));
         }
         self.dtype
             .check(self.device)
@@ -452,7 +478,9 @@ impl Observer for MetricsLog {
     }
 
     fn checkpointed(&mut self, step: usize) -> flow_model::Result<()> {
-        self.ctx.log().line(&format!("checkpoint written at step {step}"));
+        self.ctx
+            .log()
+            .line(&format!("checkpoint written at step {step}"));
         Ok(())
     }
 
@@ -530,7 +558,8 @@ where
                 .log()
                 .line(&format!("resuming from the checkpoint of step {step}"));
         }
-        let mut log = MetricsLog::open(&worker, &token, resumed.unwrap_or(0), trainer.total_steps())?;
+        let mut log =
+            MetricsLog::open(&worker, &token, resumed.unwrap_or(0), trainer.total_steps())?;
         let schedule = Schedule {
             checkpoint_dir: Some(checkpoints),
             checkpoint_every: common.checkpoint_every,
@@ -538,7 +567,13 @@ where
         };
         trainer.run(&schedule, &mut log).map_err(training_error)?;
         let model_out = worker.output_dir("model")?;
-        save_trained(&trainer.policy(), lora.as_ref(), common.save_mode(), common.model, model_out)?;
+        save_trained(
+            &trainer.policy(),
+            lora.as_ref(),
+            common.save_mode(),
+            common.model,
+            model_out,
+        )?;
         let metrics_out = worker.output_dir("metrics")?;
         std::fs::copy(log.path(), metrics_out.join("metrics.jsonl"))?;
         crate::curves::draw(log.path(), &metrics_out.join("training_curves.svg"))

@@ -218,3 +218,37 @@ nodes:
     with:
       run: "echo ${params.label} > $FLOW_OUT/label.txt"
 "#;
+
+/// `tests/fixtures` (tiny Mistral models and golden numbers made with transformers and TRL).
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+/// `mistral-tiny/golden.json`.
+pub fn golden() -> serde_json::Value {
+    serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("mistral-tiny/golden.json")).unwrap(),
+    )
+    .unwrap()
+}
+
+/// The golden pairs as a preference dataset `pairs.jsonl` (`copies` times, with distinct ids).
+pub fn golden_dataset(p: &Project, copies: usize) -> PathBuf {
+    let mut text = String::new();
+    for c in 0..copies {
+        for (i, pair) in golden()["pairs"].as_array().unwrap().iter().enumerate() {
+            let row = serde_json::json!({"id": format!("p{c}-{i}"), "prompt": pair["prompt"], "chosen": pair["chosen"], "rejected": pair["rejected"]});
+            text.push_str(&format!("{row}\n"));
+        }
+    }
+    p.write("pairs.jsonl", &text)
+}
+
+/// Every line of a JSONL file.
+pub fn jsonl(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}

@@ -169,6 +169,9 @@ pub struct ExecArgs {
 pub enum BenchCommand {
     /// Reference scoring (`model.ref_logprobs`) of 2 × pairs random sequences with a random model.
     Logprobs(BenchShapeArgs),
+    /// One full DPO training step (reference scoring, policy forward and backward, clipping,
+    /// AdamW) on `pairs` random pairs of `seq` tokens with a random model.
+    DpoStep(BenchShapeArgs),
 }
 
 /// Model and batch shape of a benchmark.

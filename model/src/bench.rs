@@ -4,9 +4,13 @@ use serde::Serialize;
 use std::time::Instant;
 
 use crate::config::MistralConfig;
+use crate::dpo::{LossConfig, LossType};
 use crate::init::SplitMix64;
 use crate::mistral::Mistral;
+use crate::schedule::{BetaSchedule, LrScheduler};
 use crate::scoring::{Scorer, Sequence};
+use crate::tokenize::TokenizedPair;
+use crate::train::{Example, Objective, TrainConfig, Trainer};
 
 /// The model and batch shape to measure.
 #[derive(Clone, Debug)]
@@ -107,6 +111,77 @@ pub fn bench_logprobs(shape: &BenchShape) -> BenchResult {
         peak_rss_mib: peak_rss_mib(),
         threads: rayon::current_num_threads(),
     }
+}
+
+/// What the DPO step benchmark measured.
+#[derive(Clone, Debug, Serialize)]
+pub struct StepBenchResult {
+    /// Tokens (all positions of all sequences) per second.
+    pub tokens_per_s: f64,
+    /// Seconds per optimizer step.
+    pub step_s: f64,
+    /// Peak resident memory of the process, MiB.
+    pub peak_rss_mib: f64,
+    /// Rayon threads used.
+    pub threads: usize,
+}
+
+/// One full DPO step as `dpo.train` runs it without precomputed references: reference scoring,
+/// policy forward and backward, clipping and AdamW, on `pairs` fresh random pairs per step.
+pub fn bench_dpo_step(shape: &BenchShape) -> crate::Result<StepBenchResult> {
+    let device = crate::cpu();
+    let model = Mistral::random(&bench_config(shape), 0, 0.02, &device);
+    let steps = shape.repeats.max(1) + 1;
+    let prompt = (shape.seq / 4).max(1);
+    let mut rng = SplitMix64::new(1);
+    let mut ids =
+        |n: usize| -> Vec<u32> { (0..n).map(|_| rng.below(shape.vocab) as u32).collect() };
+    let examples: Vec<Example> = (0..steps * shape.pairs)
+        .map(|i| Example {
+            id: i.to_string(),
+            pair: TokenizedPair {
+                prompt_ids: ids(prompt),
+                chosen_ids: ids(shape.seq - prompt),
+                rejected_ids: ids(shape.seq - prompt),
+            },
+            reference: None,
+        })
+        .collect();
+    let config = TrainConfig {
+        learning_rate: 1e-6,
+        lr_scheduler: LrScheduler::Constant,
+        warmup_steps: 0,
+        max_steps: Some(steps),
+        epochs: 1,
+        batch_size: shape.pairs,
+        grad_accum: 1,
+        max_grad_norm: Some(1.0),
+        adam: Default::default(),
+        seed: 0,
+        lora: None,
+        gradient_checkpointing: false,
+    };
+    let objective = Objective::Dpo {
+        loss: LossConfig {
+            loss: LossType::Sigmoid,
+            label_smoothing: 0.0,
+            simpo_gamma: 0.0,
+        },
+        beta: BetaSchedule::Constant(0.1),
+    };
+    let mut trainer = Trainer::new(model, config, objective, examples, Vec::new(), device)?;
+    trainer.train_step()?;
+    let start = Instant::now();
+    for _ in 1..steps {
+        trainer.train_step()?;
+    }
+    let step_s = start.elapsed().as_secs_f64() / (steps - 1) as f64;
+    Ok(StepBenchResult {
+        tokens_per_s: (2 * shape.pairs * shape.seq) as f64 / step_s,
+        step_s,
+        peak_rss_mib: peak_rss_mib(),
+        threads: rayon::current_num_threads(),
+    })
 }
 
 /// Sets the number of CPU threads tensor work uses (call before any tensor work).

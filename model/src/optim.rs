@@ -1,11 +1,16 @@
 //! AdamW with PyTorch's semantics (`torch.optim.AdamW`, Loshchilov & Hutter 2019) and global-norm
 //! gradient clipping (`torch.nn.utils.clip_grad_norm_`), on named 2-D tensors.
 //!
-//! One update, for step `t` (counted from 1) and learning rate `lr`:
-//! `p ← p·(1 − lr·wd)`, `m ← β₁m + (1−β₁)g`, `v ← β₂v + (1−β₂)g²`,
+//! One update, for step `t` (counted from 1) and learning rate `lr`, in f32 as PyTorch does it:
+//! `p ← p·(1 − lr·wd)`, `m ← m + (1−β₁)(g − m)`, `v ← β₂v + (1−β₂)g²`,
 //! `p ← p − (lr / (1−β₁ᵗ)) · m / (√v / √(1−β₂ᵗ) + ε)`.
+//!
+//! The moments live on the host and the update is one fused pass per tensor (parallel over
+//! chunks), instead of a dozen whole-tensor passes through the tensor library.
 
 use burn::prelude::*;
+use burn::tensor::{DType, TensorData};
+use rayon::prelude::*;
 
 /// AdamW hyper-parameters.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -36,10 +41,10 @@ pub struct Param {
     pub name: String,
     /// Current value.
     pub value: Tensor<2>,
-    /// First moment.
-    pub m: Tensor<2>,
-    /// Second moment.
-    pub v: Tensor<2>,
+    /// First moment, row-major.
+    pub m: Vec<f32>,
+    /// Second moment, row-major.
+    pub v: Vec<f32>,
     /// Whether weight decay applies (not to norm weights, as transformers' Trainer decides).
     pub decay: bool,
 }
@@ -47,13 +52,13 @@ pub struct Param {
 impl Param {
     /// A parameter with zero moments.
     pub fn new(name: String, value: Tensor<2>) -> Param {
-        let decay = !is_norm_weight(&name);
+        let [rows, cols] = value.dims();
         Param {
-            m: value.zeros_like(),
-            v: value.zeros_like(),
+            m: vec![0.0; rows * cols],
+            v: vec![0.0; rows * cols],
+            decay: !is_norm_weight(&name),
             name,
             value,
-            decay,
         }
     }
 }
@@ -61,6 +66,16 @@ impl Param {
 /// transformers' Trainer excludes biases and normalisation weights from weight decay.
 pub fn is_norm_weight(name: &str) -> bool {
     name.contains("norm") || name.ends_with("bias")
+}
+
+/// A gradient on the host, row-major f32.
+pub type HostGrad = Vec<f32>;
+
+/// Copies a gradient tensor to the host.
+pub fn to_host(grad: Tensor<2>) -> HostGrad {
+    grad.into_data_dtype(DType::F32)
+        .try_into_vec::<f32>()
+        .expect("f32 gradient")
 }
 
 /// AdamW over a set of parameters.
@@ -72,57 +87,83 @@ pub struct AdamW {
     pub step: u64,
 }
 
+/// Per-update scalars, in f32 as PyTorch applies them to f32 tensors.
+#[derive(Clone, Copy)]
+struct Scalars {
+    decay: f32,
+    one_minus_b1: f32,
+    b2: f32,
+    one_minus_b2: f32,
+    bias2_sqrt: f32,
+    eps: f32,
+    step_size: f32,
+    grad_scale: f32,
+}
+
 impl AdamW {
     /// A fresh optimizer.
     pub fn new(config: AdamWConfig) -> AdamW {
         AdamW { config, step: 0 }
     }
 
-    /// Applies one update with learning rate `lr`; `grads[i]` belongs to `params[i]`.
-    pub fn update(&mut self, params: &mut [Param], grads: Vec<Tensor<2>>, lr: f64) {
+    /// Applies one update with learning rate `lr` to every parameter; `grads[i]` belongs to
+    /// `params[i]` and is multiplied by `grad_scale` first (the clipping coefficient).
+    pub fn update(&mut self, params: &mut [Param], grads: Vec<HostGrad>, lr: f64, grad_scale: f64) {
         self.step += 1;
         let (b1, b2) = self.config.betas;
-        let bias1 = 1.0 - b1.powi(self.step as i32);
-        let bias2_sqrt = (1.0 - b2.powi(self.step as i32)).sqrt();
-        let step_size = lr / bias1;
+        let scalars = |decay: bool| Scalars {
+            decay: if decay {
+                (1.0 - lr * self.config.weight_decay) as f32
+            } else {
+                1.0
+            },
+            one_minus_b1: (1.0 - b1) as f32,
+            b2: b2 as f32,
+            one_minus_b2: (1.0 - b2) as f32,
+            bias2_sqrt: (1.0 - b2.powi(self.step as i32)).sqrt() as f32,
+            eps: self.config.eps as f32,
+            step_size: (lr / (1.0 - b1.powi(self.step as i32))) as f32,
+            grad_scale: grad_scale as f32,
+        };
         for (p, g) in params.iter_mut().zip(grads) {
-            let mut value = p.value.clone();
-            if p.decay && self.config.weight_decay != 0.0 {
-                value = value.mul_scalar(1.0 - lr * self.config.weight_decay);
-            }
-            // torch: m.lerp_(g, 1−β₁) is m + (1−β₁)(g − m).
-            p.m = p.m.clone() + (g.clone() - p.m.clone()).mul_scalar(1.0 - b1);
-            p.v = p.v.clone().mul_scalar(b2) + g.square().mul_scalar(1.0 - b2);
-            let denom =
-                p.v.clone()
-                    .sqrt()
-                    .div_scalar(bias2_sqrt)
-                    .add_scalar(self.config.eps);
-            p.value = value - (p.m.clone() / denom).mul_scalar(step_size);
+            let s = scalars(p.decay);
+            let shape = p.value.dims();
+            let device = p.value.device();
+            let mut values = to_host(p.value.clone());
+            const CHUNK: usize = 1 << 14;
+            values
+                .par_chunks_mut(CHUNK)
+                .zip(p.m.par_chunks_mut(CHUNK))
+                .zip(p.v.par_chunks_mut(CHUNK))
+                .zip(g.par_chunks(CHUNK))
+                .for_each(|(((w, m), v), g)| update_chunk(w, m, v, g, s));
+            p.value = Tensor::<2>::from_data(TensorData::new(values, shape), &device);
         }
+    }
+}
+
+fn update_chunk(w: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32], s: Scalars) {
+    for i in 0..w.len() {
+        let g = g[i] * s.grad_scale;
+        let p = w[i] * s.decay;
+        m[i] += s.one_minus_b1 * (g - m[i]);
+        v[i] = v[i] * s.b2 + s.one_minus_b2 * g * g;
+        let denom = v[i].sqrt() / s.bias2_sqrt + s.eps;
+        w[i] = p - s.step_size * (m[i] / denom);
     }
 }
 
 /// The L2 norm of all gradients together.
-pub fn global_norm(grads: &[Tensor<2>]) -> f64 {
-    let squares: f64 = grads
-        .iter()
-        .map(|g| crate::scoring::to_f64(g.clone().square().sum())[0])
-        .sum();
-    squares.sqrt()
+pub fn global_norm(grads: &[HostGrad]) -> f64 {
+    grads
+        .par_iter()
+        .map(|g| g.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>())
+        .sum::<f64>()
+        .sqrt()
 }
 
-/// Scales gradients so their global norm is at most `max_norm` (as `clip_grad_norm_`:
-/// coefficient `max_norm / (norm + 1e-6)`, capped at 1). Returns the norm before clipping.
-pub fn clip_global_norm(grads: &mut [Tensor<2>], max_norm: Option<f64>) -> f64 {
-    let norm = global_norm(grads);
-    if let Some(max) = max_norm {
-        let coefficient = (max / (norm + 1e-6)).min(1.0);
-        if coefficient < 1.0 {
-            for g in grads.iter_mut() {
-                *g = g.clone().mul_scalar(coefficient);
-            }
-        }
-    }
-    norm
+/// The clipping coefficient of `clip_grad_norm_`: `max_norm / (norm + 1e-6)`, capped at 1
+/// (1 without a threshold).
+pub fn clip_coefficient(norm: f64, max_norm: Option<f64>) -> f64 {
+    max_norm.map_or(1.0, |max| (max / (norm + 1e-6)).min(1.0))
 }

@@ -4,6 +4,7 @@
 
 use burn::prelude::*;
 use burn::tensor::{DType, TensorData, activation};
+use rayon::prelude::*;
 
 use crate::mistral::{Mistral, attention_mask};
 
@@ -273,6 +274,32 @@ fn log_sum_exp_lanes(row: &[f32]) -> f32 {
     max + total.ln()
 }
 
+/// Replaces `row` by `softmax(row)` and returns `ln Σ exp(row)` (vectorised like [`log_sum_exp`]).
+pub fn softmax_in_place(row: &mut [f32]) -> f32 {
+    let lse = log_sum_exp(row);
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU supports the features the function is compiled for.
+        unsafe { exp_shifted_avx2(row, lse) };
+        return lse;
+    }
+    exp_shifted(row, lse);
+    lse
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn exp_shifted_avx2(row: &mut [f32], shift: f32) {
+    exp_shifted(row, shift)
+}
+
+#[inline(always)]
+fn exp_shifted(row: &mut [f32], shift: f32) {
+    for x in row.iter_mut() {
+        *x = exp_approx(*x - shift);
+    }
+}
+
 /// `eˣ` for `x ≤ 0` to about 2 ulp: `2ⁿ · p(r)` with `x = n ln 2 + r`, `|r| ≤ ln 2 / 2`
 /// (Cephes' `expf` polynomial); branch-free so loops over it vectorise.
 #[inline(always)]
@@ -293,7 +320,14 @@ fn exp_approx(x: f32) -> f32 {
     p * f32::from_bits(((n as i32 + 127) as u32) << 23)
 }
 
-/// `log_softmax(rows · Wᵀ)[targets]`, a chunk of rows at a time.
+/// `log_softmax(rows · Wᵀ)[targets]`, a chunk of rows at a time, differentiable in `rows` and `W`.
+///
+/// In f32 the logits never enter the autodiff graph: they are computed without it, and the
+/// log-sum-exp and softmax `P` on the host (vectorised). The graph sees only the surrogate
+/// `rows · (W[targets] − P W)` per row, whose gradients are exactly those of
+/// `log_softmax(rows Wᵀ)[targets]` (`onehot − P` for the logits), plus a constant that makes its
+/// value the log-prob. That saves the dozen whole-logits passes of a generic log-softmax and its
+/// backward. Other dtypes (f64 in gradient checks) take the plain composition of tensor ops.
 fn chunked_token_logps(
     rows: Tensor<2>,
     lm_head: &Tensor<2>,
@@ -302,24 +336,77 @@ fn chunked_token_logps(
 ) -> Tensor<1> {
     let vocab = lm_head.dims()[0];
     let rows_per_chunk = (CHUNK_LOGIT_ELEMENTS / vocab).max(1);
-    let head_t = lm_head.clone().transpose();
+    let fast = lm_head.dtype() == DType::F32;
+    let head_t = if fast {
+        lm_head.clone().inner().transpose()
+    } else {
+        lm_head.clone().transpose()
+    };
     let pieces: Vec<Tensor<1>> = targets
         .chunks(rows_per_chunk)
         .enumerate()
         .map(|(c, targets)| {
-            let n = targets.len();
-            let target =
-                Tensor::<2, Int>::from_data(TensorData::new(targets.to_vec(), [n, 1]), device);
-            let logits = rows
-                .clone()
-                .narrow(0, c * rows_per_chunk, n)
-                .matmul(head_t.clone());
-            activation::log_softmax(logits, 1)
-                .gather(1, target)
-                .reshape([n])
+            let chunk = rows.clone().narrow(0, c * rows_per_chunk, targets.len());
+            if fast {
+                surrogate_token_logps(chunk, lm_head, &head_t, targets, device)
+            } else {
+                composed_token_logps(chunk, &head_t, targets, device)
+            }
         })
         .collect();
     Tensor::cat(pieces, 0)
+}
+
+/// `log_softmax(rows · head_t)[targets]` as tensor ops.
+fn composed_token_logps(
+    rows: Tensor<2>,
+    head_t: &Tensor<2>,
+    targets: &[i64],
+    device: &Device,
+) -> Tensor<1> {
+    let n = targets.len();
+    let target = Tensor::<2, Int>::from_data(TensorData::new(targets.to_vec(), [n, 1]), device);
+    activation::log_softmax(rows.matmul(head_t.clone()), 1)
+        .gather(1, target)
+        .reshape([n])
+}
+
+/// The surrogate described at [`chunked_token_logps`], for one chunk of f32 rows.
+fn surrogate_token_logps(
+    rows: Tensor<2>,
+    lm_head: &Tensor<2>,
+    head_t: &Tensor<2>,
+    targets: &[i64],
+    device: &Device,
+) -> Tensor<1> {
+    let n = targets.len();
+    let vocab = lm_head.dims()[0];
+    let mut probs = rows
+        .clone()
+        .inner()
+        .matmul(head_t.clone())
+        .into_data_dtype(DType::F32)
+        .try_into_vec::<f32>()
+        .expect("f32 logits");
+    let mut values = vec![0f32; n];
+    probs
+        .par_chunks_mut(vocab)
+        .zip(values.par_iter_mut())
+        .zip(targets.par_iter())
+        .for_each(|((row, value), &target)| {
+            let logit = row[target as usize];
+            *value = logit - softmax_in_place(row);
+        });
+    let probs = Tensor::<2>::from_data(TensorData::new(probs, [n, vocab]), device).inner();
+    let target = Tensor::<1, Int>::from_data(TensorData::new(targets.to_vec(), [n]), device);
+    let direction = lm_head.clone().select(0, target) - probs.matmul(lm_head.clone());
+    let surrogate = (rows * direction).sum_dim(1).reshape([n]);
+    let offsets: Vec<f32> = to_f64(surrogate.clone().inner())
+        .iter()
+        .zip(&values)
+        .map(|(s, v)| (f64::from(*v) - s) as f32)
+        .collect();
+    surrogate + Tensor::<1>::from_data(TensorData::new(offsets, [n]), device).inner()
 }
 
 /// Sums consecutive segments of `values` with the given lengths (a `[segments, n] · [n]` product).

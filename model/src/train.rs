@@ -18,7 +18,7 @@ use crate::error::{ModelError, Result, io_at};
 use crate::init::SplitMix64;
 use crate::lora::{self, LoraConfig};
 use crate::mistral::Mistral;
-use crate::optim::{AdamW, AdamWConfig, Param, clip_global_norm};
+use crate::optim::{AdamW, AdamWConfig, HostGrad, Param, clip_coefficient, global_norm, to_host};
 use crate::schedule::{BetaSchedule, LrScheduler};
 use crate::scoring::{Scorer, Sequence, score, to_f64};
 use crate::tokenize::TokenizedPair;
@@ -163,7 +163,7 @@ pub struct Schedule {
 
 /// Gradients and metrics of one optimizer step before the update.
 struct Accumulated {
-    grads: Vec<Tensor<2>>,
+    grads: Vec<HostGrad>,
     preference: Vec<(PreferenceMetrics, usize)>,
     sft_loss: f64,
     tokens: usize,
@@ -313,13 +313,13 @@ impl Trainer {
     }
 
     /// The loss and unclipped gradients of the next step's batch, without updating anything.
-    pub fn gradients(&mut self) -> Result<(Record, Vec<(String, Tensor<2>)>)> {
+    pub fn gradients(&mut self) -> Result<(Record, Vec<(String, HostGrad)>)> {
         let step = self.step + 1;
         let batches = self.micro_batches(step);
         let acc = self.accumulate(step, &batches, self.beta())?;
         let mut record = Record::default();
         record.push("loss", acc.loss(&self.objective));
-        record.push("grad_norm", crate::optim::global_norm(&acc.grads));
+        record.push("grad_norm", global_norm(&acc.grads));
         let names = self.params.iter().map(|p| p.name.clone());
         Ok((record, names.zip(acc.grads).collect()))
     }
@@ -331,8 +331,8 @@ impl Trainer {
         let total = self.total_steps();
         let batches = self.micro_batches(step);
         let beta = self.beta();
-        let mut acc = self.accumulate(step, &batches, beta)?;
-        let grad_norm = clip_global_norm(&mut acc.grads, self.config.max_grad_norm);
+        let acc = self.accumulate(step, &batches, beta)?;
+        let grad_norm = global_norm(&acc.grads);
         let loss = acc.loss(&self.objective);
         if !loss.is_finite() || !grad_norm.is_finite() {
             let ids: Vec<&str> = batches
@@ -351,7 +351,9 @@ impl Trainer {
                 .lr_scheduler
                 .multiplier(self.step, self.config.warmup_steps, total);
         let lr = self.config.learning_rate * multiplier;
-        self.optimizer.update(&mut self.params, acc.grads, lr);
+        let scale = clip_coefficient(grad_norm, self.config.max_grad_norm);
+        self.optimizer
+            .update(&mut self.params, acc.grads, lr, scale);
         self.step = step;
         self.num_tokens += acc.tokens;
         let seconds = started.elapsed().as_secs_f64();
@@ -427,14 +429,17 @@ impl Trainer {
             acc.tokens += tokens;
             let gradients = loss.backward();
             let grads = tracked.iter().map(|t| {
+                let [rows, cols] = t.dims();
                 t.grad(&gradients)
-                    .unwrap_or_else(|| t.clone().inner().zeros_like())
+                    .map_or_else(|| vec![0.0; rows * cols], to_host)
             });
-            acc.grads = if acc.grads.is_empty() {
-                grads.collect()
+            if acc.grads.is_empty() {
+                acc.grads = grads.collect();
             } else {
-                acc.grads.drain(..).zip(grads).map(|(a, g)| a + g).collect()
-            };
+                for (sum, g) in acc.grads.iter_mut().zip(grads) {
+                    sum.iter_mut().zip(&g).for_each(|(a, b)| *a += b);
+                }
+            }
         }
         Ok(acc)
     }
@@ -450,8 +455,8 @@ impl Trainer {
         leaf.require_grad()
     }
 
-    /// Scores the reference log-probs the examples lack (without caching: as TRL does when
-    /// reference log-probs are not precomputed).
+    /// Scores the reference log-probs the batch's examples lack and keeps them with the
+    /// examples; once every example has them, the reference model is dropped.
     fn fill_reference(&mut self, batch: &[usize], eval: bool) {
         let Some(scorer) = &self.reference else {
             return;
@@ -476,6 +481,14 @@ impl Trainer {
         let sums = scorer.score(&sequences, &self.device).sums;
         for (&i, pair) in missing.iter().zip(sums.chunks(2)) {
             examples[i].reference = Some([pair[0], pair[1]]);
+        }
+        if self
+            .train
+            .iter()
+            .chain(&self.eval)
+            .all(|e| e.reference.is_some())
+        {
+            self.reference = None;
         }
     }
 
@@ -532,19 +545,23 @@ impl Trainer {
         let tmp = dir.join(format!("{name}.tmp"));
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir_all(&tmp).map_err(io_at(&tmp))?;
-        let named = |suffix: &str, pick: fn(&Param) -> &Tensor<2>| {
-            self.params
-                .iter()
-                .map(|p| NamedTensor::from_tensor(format!("{}{suffix}", p.name), pick(p).clone()))
-                .collect::<Result<Vec<_>>>()
+        let values = self
+            .params
+            .iter()
+            .map(|p| NamedTensor::from_tensor(p.name.clone(), p.value.clone()))
+            .collect::<Result<Vec<_>>>()?;
+        save_safetensors_file(&tmp.join("trainable.safetensors"), &values, SaveDtype::F32)?;
+        let moment = |p: &Param, suffix: &str, values: &[f32]| NamedTensor {
+            name: format!("{}{suffix}", p.name),
+            shape: p.value.dims().to_vec(),
+            values: values.to_vec(),
         };
-        save_safetensors_file(
-            &tmp.join("trainable.safetensors"),
-            &named("", |p| &p.value)?,
-            SaveDtype::F32,
-        )?;
-        let mut moments = named(".exp_avg", |p| &p.m)?;
-        moments.extend(named(".exp_avg_sq", |p| &p.v)?);
+        let mut moments: Vec<NamedTensor> = self
+            .params
+            .iter()
+            .map(|p| moment(p, ".exp_avg", &p.m))
+            .collect();
+        moments.extend(self.params.iter().map(|p| moment(p, ".exp_avg_sq", &p.v)));
         save_safetensors_file(&tmp.join("optimizer.safetensors"), &moments, SaveDtype::F32)?;
         let state = serde_json::json!({
             "step": self.step,
@@ -598,16 +615,13 @@ impl Trainer {
         );
         let values = Checkpoint::open_file(&checkpoint.join("trainable.safetensors"))?;
         let moments = Checkpoint::open_file(&checkpoint.join("optimizer.safetensors"))?;
-        let device = self.device.clone();
-        let read = |file: &Checkpoint, name: String, shape: [usize; 2]| {
-            file.read_f32(&name, &shape)
-                .map(|v| Tensor::<2>::from_data(burn::tensor::TensorData::new(v, shape), &device))
-        };
         for p in &mut self.params {
             let shape = p.value.dims();
-            p.value = read(&values, p.name.clone(), shape)?;
-            p.m = read(&moments, format!("{}.exp_avg", p.name), shape)?;
-            p.v = read(&moments, format!("{}.exp_avg_sq", p.name), shape)?;
+            let value = values.read_f32(&p.name, &shape)?;
+            p.value =
+                Tensor::<2>::from_data(burn::tensor::TensorData::new(value, shape), &self.device);
+            p.m = moments.read_f32(&format!("{}.exp_avg", p.name), &shape)?;
+            p.v = moments.read_f32(&format!("{}.exp_avg_sq", p.name), &shape)?;
         }
         self.step = step as usize;
         self.optimizer.step = optimizer_step;

@@ -1,6 +1,6 @@
 //! `flow bench`: throughput and peak memory of tensor work (numbers for notes, never tests).
 
-use flow_model::bench::{BenchShape, bench_config, bench_logprobs, set_threads};
+use flow_model::bench::{BenchShape, bench_config, bench_dpo_step, bench_logprobs, set_threads};
 
 use super::{Failure, print_json};
 use crate::cli::{BenchCommand, BenchShapeArgs};
@@ -31,6 +31,25 @@ fn shape(args: &BenchShapeArgs) -> Result<BenchShape, Failure> {
 /// Runs a benchmark and prints its numbers.
 pub fn bench(what: BenchCommand) -> Result<(), Failure> {
     match what {
+        BenchCommand::DpoStep(args) => {
+            let shape = shape(&args)?;
+            set_threads(args.threads).map_err(|e| Failure::Input(format!("error: {e}")))?;
+            let result = bench_dpo_step(&shape).map_err(|e| Failure::Run(format!("error: {e}")))?;
+            if args.json {
+                print_json(&result);
+            } else {
+                println!(
+                    "dpo-step: {:.0} tokens/s ({:.3} s per step of {} pairs × 2 × {} tokens), peak RSS {:.0} MiB, {} threads",
+                    result.tokens_per_s,
+                    result.step_s,
+                    shape.pairs,
+                    shape.seq,
+                    result.peak_rss_mib,
+                    result.threads
+                );
+            }
+            Ok(())
+        }
         BenchCommand::Logprobs(args) => {
             let shape = shape(&args)?;
             set_threads(args.threads).map_err(|e| Failure::Input(format!("error: {e}")))?;

@@ -29,6 +29,8 @@ def truncate(text):
     return " ".join(words[: max(2, len(words) // 2)])
 
 
+NAMES = ["Anna", "Ben", "Clara", "David", "Emma", "Felix", "Greta", "Hannah", "Jonas", "Lena",
+         "Mia", "Noah", "Paul", "Sophie", "Tim", "Lukas"]
 EVASIVE = ["Das weiß ich leider nicht.", "Dazu kann ich nichts sagen.",
            "Keine Ahnung, frag lieber jemand anderen.", "Das ist schwer zu sagen."]
 RUDE = ["Das solltest du wirklich selbst wissen.", "Was für eine dumme Frage.",
@@ -138,8 +140,6 @@ for i in range(14):
     add("reasoning", prompt, chosen, rejected, kind)
 
 # Reasoning: arithmetic word problems.
-NAMES = ["Anna", "Ben", "Clara", "David", "Emma", "Felix", "Greta", "Hannah", "Jonas", "Lena",
-         "Mia", "Noah", "Paul", "Sophie", "Tim", "Lukas"]
 THINGS = [("Äpfel", "Äpfel"), ("Bücher", "Bücher"), ("Murmeln", "Murmeln"), ("Stifte", "Stifte"),
           ("Briefmarken", "Briefmarken"), ("Kekse", "Kekse")]
 for i in range(24):

@@ -44,6 +44,15 @@ impl SplitMix64 {
     }
 }
 
+/// Shuffles `items` in place (Fisher–Yates) with a generator seeded by `seed`: the same order on
+/// every machine.
+pub fn shuffle<T>(items: &mut [T], seed: u64) {
+    let mut rng = SplitMix64::new(seed);
+    for i in (1..items.len()).rev() {
+        items.swap(i, rng.below(i + 1));
+    }
+}
+
 impl Mistral {
     /// A freshly initialised model: norms one, everything else normal(0, `std`), seeded.
     pub fn random(config: &MistralConfig, seed: u64, std: f64, device: &Device) -> Mistral {

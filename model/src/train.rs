@@ -15,7 +15,6 @@ use std::time::Instant;
 
 use crate::dpo::{LossConfig, PairLogps, PreferenceMetrics, preference_loss};
 use crate::error::{ModelError, Result, io_at};
-use crate::init::SplitMix64;
 use crate::lora::{self, LoraConfig};
 use crate::mistral::Mistral;
 use crate::optim::{AdamW, AdamWConfig, HostGrad, Param, clip_coefficient, global_norm, to_host};
@@ -297,7 +296,8 @@ impl Trainer {
         let n = self.train.len();
         let per_epoch = self.config.steps_per_epoch(n);
         let (epoch, local) = ((step - 1) / per_epoch, (step - 1) % per_epoch);
-        let order = shuffled(n, self.config.seed.wrapping_add(epoch as u64));
+        let mut order: Vec<usize> = (0..n).collect();
+        crate::init::shuffle(&mut order, self.config.seed.wrapping_add(epoch as u64));
         let micro: Vec<&[usize]> = order.chunks(self.config.batch_size).collect();
         let first = local * self.config.grad_accum;
         let last = (first + self.config.grad_accum).min(micro.len());
@@ -683,16 +683,6 @@ fn with_trainable(model: &Mistral, lora: bool, values: Vec<Tensor<2>>) -> Mistra
         let mut values = values.into_iter();
         model.map_weights(|_, _| values.next().expect("one value per weight"))
     }
-}
-
-/// `0..n` shuffled (Fisher–Yates) by a generator seeded with `seed`.
-fn shuffled(n: usize, seed: u64) -> Vec<usize> {
-    let mut rng = SplitMix64::new(seed);
-    let mut order: Vec<usize> = (0..n).collect();
-    for i in (1..n).rev() {
-        order.swap(i, rng.below(i + 1));
-    }
-    order
 }
 
 fn write_synced(path: &Path, text: &str) -> Result<()> {

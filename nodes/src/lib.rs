@@ -4,6 +4,9 @@ use flow_engine::node::Registry;
 
 pub mod compute;
 pub mod curves;
+pub mod dataset_filter;
+pub mod dataset_load;
+pub mod dataset_split;
 pub mod dpo_train;
 pub mod model_init;
 pub mod preference;
@@ -17,6 +20,9 @@ pub mod training;
 pub fn library() -> Registry {
     let mut registry = Registry::new();
     registry.register(shell::Shell);
+    registry.register(dataset_load::DatasetLoad);
+    registry.register(dataset_filter::DatasetFilter);
+    registry.register(dataset_split::DatasetSplit);
     registry.register(tokenizer_train::TokenizerTrain);
     registry.register(model_init::ModelInit);
     registry.register(ref_logprobs::RefLogprobs);

@@ -4,7 +4,7 @@
 
 use flow_engine::node::NodeError;
 use serde::{Deserialize, Serialize};
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 
 /// One preference pair.
@@ -46,37 +46,116 @@ pub fn data_file(path: &Path) -> PathBuf {
     }
 }
 
-/// Reads every pair; a bad line is an error naming the file and line.
-pub fn read_pairs(path: &Path) -> Result<Vec<PreferencePair>, NodeError> {
+/// Streams the pairs of a dataset (a directory with `data.jsonl`, or a JSONL file) with their
+/// line numbers; a bad line is an error naming the file and line.
+pub fn stream_pairs(
+    path: &Path,
+) -> Result<impl Iterator<Item = Result<(usize, PreferencePair), NodeError>>, NodeError> {
     let file_path = data_file(path);
     let file = std::fs::File::open(&file_path)
         .map_err(|e| NodeError::new(format!("{}: {e}", file_path.display())))?;
-    let mut pairs = Vec::new();
-    for (n, line) in BufReader::new(file).lines().enumerate() {
-        let line =
-            line.map_err(|e| NodeError::new(format!("{}:{}: {e}", file_path.display(), n + 1)))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let mut pair: PreferencePair = serde_json::from_str(&line).map_err(|e| {
-            NodeError::new(format!(
-                "{}:{}: not a preference pair: {e}",
-                file_path.display(),
-                n + 1
-            ))
-        })?;
-        if pair.id.is_empty() {
-            pair.id = content_id(&pair.prompt, &pair.chosen, &pair.rejected);
-        }
-        pairs.push(pair);
+    Ok(BufReader::new(file)
+        .lines()
+        .enumerate()
+        .filter_map(move |(n, line)| {
+            let line = match line {
+                Ok(line) if line.trim().is_empty() => return None,
+                Ok(line) => line,
+                Err(e) => {
+                    return Some(Err(NodeError::new(format!(
+                        "{}:{}: {e}",
+                        file_path.display(),
+                        n + 1
+                    ))));
+                }
+            };
+            Some(parse_pair(&line).map(|p| (n + 1, p)).map_err(|e| {
+                NodeError::new(format!(
+                    "{}:{}: not a preference pair: {e}",
+                    file_path.display(),
+                    n + 1
+                ))
+            }))
+        }))
+}
+
+fn parse_pair(line: &str) -> Result<PreferencePair, serde_json::Error> {
+    let mut pair: PreferencePair = serde_json::from_str(line)?;
+    if pair.id.is_empty() {
+        pair.id = content_id(&pair.prompt, &pair.chosen, &pair.rejected);
     }
+    Ok(pair)
+}
+
+/// Reads every pair; a bad line is an error naming the file and line.
+pub fn read_pairs(path: &Path) -> Result<Vec<PreferencePair>, NodeError> {
+    let pairs = stream_pairs(path)?
+        .map(|r| r.map(|(_, p)| p))
+        .collect::<Result<Vec<_>, _>>()?;
     if pairs.is_empty() {
         return Err(NodeError::new(format!(
             "{}: no preference pairs (the file is empty)",
-            file_path.display()
+            data_file(path).display()
         )));
     }
     Ok(pairs)
+}
+
+/// What a dataset node did: rows read, rows written, rows dropped per reason (`stats.json`).
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Stats {
+    /// Rows read.
+    pub rows_in: usize,
+    /// Rows written.
+    pub rows_out: usize,
+    /// Rows dropped, by reason.
+    pub dropped: std::collections::BTreeMap<String, usize>,
+}
+
+impl Stats {
+    /// Counts a dropped row.
+    pub fn drop_for(&mut self, reason: &str) {
+        *self.dropped.entry(reason.to_string()).or_default() += 1;
+    }
+}
+
+/// Writes a preference dataset artifact: `data.jsonl` row by row, then `stats.json`.
+pub struct PairSink {
+    out: std::io::BufWriter<std::fs::File>,
+    dir: PathBuf,
+    /// Counts so far.
+    pub stats: Stats,
+}
+
+impl PairSink {
+    /// Starts `dir/data.jsonl`.
+    pub fn create(dir: &Path) -> Result<PairSink, NodeError> {
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join("data.jsonl");
+        let file = std::fs::File::create(&path)
+            .map_err(|e| NodeError::new(format!("{}: {e}", path.display())))?;
+        Ok(PairSink {
+            out: std::io::BufWriter::new(file),
+            dir: dir.to_path_buf(),
+            stats: Stats::default(),
+        })
+    }
+
+    /// Appends a pair.
+    pub fn write(&mut self, pair: &PreferencePair) -> Result<(), NodeError> {
+        serde_json::to_writer(&mut self.out, pair).map_err(|e| NodeError::new(e.to_string()))?;
+        self.out.write_all(b"\n")?;
+        self.stats.rows_out += 1;
+        Ok(())
+    }
+
+    /// Flushes `data.jsonl` and writes `stats.json`; returns the stats.
+    pub fn finish(mut self) -> Result<Stats, NodeError> {
+        self.out.flush()?;
+        let text = serde_json::to_string_pretty(&self.stats).expect("JSON");
+        std::fs::write(self.dir.join("stats.json"), text)?;
+        Ok(self.stats)
+    }
 }
 
 #[cfg(test)]

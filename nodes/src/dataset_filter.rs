@@ -1,0 +1,403 @@
+//! `dataset.filter`: drops preference pairs by rules, each drop counted by reason in
+//! `stats.json`. Streams: rows are read, judged and written in chunks (stateless rules in
+//! parallel), so memory grows only with the dedup state (8 bytes per kept prompt, a MinHash
+//! signature per kept row when near-dup detection is on), never with the whole dataset.
+
+use flow_engine::node::{Node, NodeContext, NodeError, OutputSpec, ParamError};
+use rayon::prelude::*;
+use schemars::JsonSchema;
+use serde::Deserialize;
+use std::collections::{HashMap, HashSet};
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use tokio_util::sync::CancellationToken;
+
+use crate::compute::{check_cancelled, run_blocking};
+use crate::preference::{PairSink, PreferencePair, Stats, stream_pairs};
+
+/// Filters a preference dataset.
+pub struct DatasetFilter;
+
+/// Params of `dataset.filter`; every rule is optional.
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DatasetFilterParams {
+    /// The preference dataset, e.g. `${load.dataset}`.
+    pub dataset: PathBuf,
+    /// Keep pairs whose chosen answer is in this language (ISO 639-1 like `de`, or 639-3 like `deu`).
+    #[serde(default)]
+    pub language: Option<String>,
+    /// Least detection confidence (0–1) for `language`.
+    #[serde(default = "default_min_confidence")]
+    pub min_confidence: f64,
+    /// Drop pairs with a prompt, chosen or rejected text shorter than this (characters).
+    #[serde(default)]
+    pub min_chars: Option<usize>,
+    /// Drop pairs with a prompt, chosen or rejected text longer than this (characters).
+    #[serde(default)]
+    pub max_chars: Option<usize>,
+    /// Drop pairs whose prompt + longer answer exceeds this many tokens of `tokenizer`.
+    #[serde(default)]
+    pub max_tokens: Option<usize>,
+    /// Directory with the `tokenizer.json` for `max_tokens`, e.g. `${base.model}`.
+    #[serde(default)]
+    pub tokenizer: Option<PathBuf>,
+    /// Drop pairs whose chosen equals rejected, or with an empty text.
+    #[serde(default = "yes")]
+    pub drop_identical: bool,
+    /// Drop pairs whose prompt (case and whitespace normalised) was seen before.
+    #[serde(default = "yes")]
+    pub dedup_prompts: bool,
+    /// Drop pairs whose prompt + chosen is this similar (estimated Jaccard of word 3-grams, MinHash) to a kept one.
+    #[serde(default)]
+    pub near_dup_threshold: Option<f64>,
+    /// Regular expressions; a pair with any field matching one is dropped.
+    #[serde(default)]
+    pub blocklist: Vec<String>,
+}
+
+fn default_min_confidence() -> f64 {
+    0.5
+}
+fn yes() -> bool {
+    true
+}
+
+/// ISO 639-1 codes of common languages, to whatlang's ISO 639-3.
+const LANGUAGE_CODES: [(&str, &str); 24] = [
+    ("de", "deu"),
+    ("en", "eng"),
+    ("fr", "fra"),
+    ("es", "spa"),
+    ("it", "ita"),
+    ("nl", "nld"),
+    ("pt", "por"),
+    ("pl", "pol"),
+    ("ru", "rus"),
+    ("sv", "swe"),
+    ("da", "dan"),
+    ("fi", "fin"),
+    ("tr", "tur"),
+    ("cs", "ces"),
+    ("hu", "hun"),
+    ("ro", "ron"),
+    ("uk", "ukr"),
+    ("el", "ell"),
+    ("ja", "jpn"),
+    ("zh", "cmn"),
+    ("ko", "kor"),
+    ("ar", "ara"),
+    ("hi", "hin"),
+    ("nb", "nob"),
+];
+
+fn language(code: &str) -> Option<whatlang::Lang> {
+    let three = LANGUAGE_CODES
+        .iter()
+        .find(|(two, _)| *two == code)
+        .map_or(code, |(_, three)| three);
+    whatlang::Lang::from_code(three)
+}
+
+/// The rules, compiled.
+pub struct Rules {
+    params: DatasetFilterParams,
+    language: Option<whatlang::Lang>,
+    blocklist: Vec<regex::Regex>,
+    tokenizer: Option<tokenizers::Tokenizer>,
+}
+
+impl DatasetFilterParams {
+    /// Compiles the rules; errors name the param.
+    pub fn compile(&self) -> Result<Rules, ParamError> {
+        let language = match &self.language {
+            Some(code) => Some(language(code).ok_or_else(|| {
+                ParamError::at("language", format!("unknown language code `{code}` (use ISO 639-1 like `de` or 639-3 like `deu`)"))
+            })?),
+            None => None,
+        };
+        let blocklist = self
+            .blocklist
+            .iter()
+            .map(|pattern| {
+                regex::Regex::new(pattern).map_err(|e| {
+                    ParamError::at("blocklist", format!("invalid regex `{pattern}`: {e}"))
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        if self.max_tokens.is_some() != self.tokenizer.is_some() {
+            return Err(ParamError::at(
+                "tokenizer",
+                "max_tokens and tokenizer go together",
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.min_confidence) {
+            return Err(ParamError::at(
+                "min_confidence",
+                "min_confidence must be in [0, 1]",
+            ));
+        }
+        if let Some(t) = self.near_dup_threshold
+            && !(t > 0.0 && t <= 1.0)
+        {
+            return Err(ParamError::at(
+                "near_dup_threshold",
+                "near_dup_threshold must be in (0, 1]",
+            ));
+        }
+        Ok(Rules {
+            params: self.clone(),
+            language,
+            blocklist,
+            tokenizer: None,
+        })
+    }
+}
+
+impl Node for DatasetFilter {
+    type Params = DatasetFilterParams;
+    const TYPE: &'static str = "dataset.filter";
+    const VERSION: &'static str = "1";
+    const DESCRIPTION: &'static str = "Drops preference pairs by rules, each counted by reason in `stats.json`: language of the chosen answer (whatlang, `language`, `min_confidence`), `min_chars` / `max_chars`, token length with a model's tokenizer (`max_tokens`, `tokenizer`), identical or empty answers, duplicate prompts (normalised), near-duplicates (MinHash over word 3-grams, `near_dup_threshold`) and a regex `blocklist`. Streams the data in chunks, judging rows in parallel.";
+    const OUTPUTS: &'static [OutputSpec] = &[OutputSpec {
+        name: "dataset",
+        description: "`data.jsonl` (the kept pairs, in input order) and `stats.json` (rows in, rows out, drops per rule)",
+    }];
+
+    fn check(params: &DatasetFilterParams) -> Result<(), ParamError> {
+        params.compile().map(|_| ())
+    }
+
+    fn external_files(params: &DatasetFilterParams) -> Vec<PathBuf> {
+        let mut files = vec![params.dataset.clone()];
+        files.extend(params.tokenizer.clone());
+        files
+    }
+
+    async fn run(&self, ctx: NodeContext, params: DatasetFilterParams) -> Result<(), NodeError> {
+        let out = ctx.output_dir("dataset")?.to_path_buf();
+        let log = ctx.log().clone();
+        run_blocking(&ctx, move |token| {
+            let rules = params
+                .compile()
+                .map_err(|e| NodeError::new(e.message))?
+                .with_tokenizer()?;
+            let stats = filter_dataset(&params.dataset, &out, &rules, &token)?;
+            log.line(&format!(
+                "kept {} of {} rows; dropped {:?}",
+                stats.rows_out, stats.rows_in, stats.dropped
+            ));
+            Ok(())
+        })
+        .await
+    }
+}
+
+/// Rows judged at a time.
+const CHUNK_ROWS: usize = 4096;
+
+/// Filters `input` into the dataset directory `out`.
+pub fn filter_dataset(
+    input: &Path,
+    out: &Path,
+    rules: &Rules,
+    token: &CancellationToken,
+) -> Result<Stats, NodeError> {
+    let mut sink = PairSink::create(out)?;
+    let mut dedup = Dedup::new(rules.params.near_dup_threshold);
+    let mut rows = stream_pairs(input)?;
+    loop {
+        check_cancelled(token)?;
+        let chunk: Vec<PreferencePair> = rows
+            .by_ref()
+            .take(CHUNK_ROWS)
+            .map(|r| r.map(|(_, p)| p))
+            .collect::<Result<_, _>>()?;
+        if chunk.is_empty() {
+            break;
+        }
+        let verdicts: Vec<Result<Keys, &'static str>> =
+            chunk.par_iter().map(|p| rules.judge(p)).collect();
+        for (pair, verdict) in chunk.iter().zip(verdicts) {
+            sink.stats.rows_in += 1;
+            match verdict.and_then(|keys| dedup.admit(keys)) {
+                Ok(()) => sink.write(pair)?,
+                Err(reason) => sink.stats.drop_for(reason),
+            }
+        }
+    }
+    if sink.stats.rows_in == 0 {
+        return Err(NodeError::new(format!(
+            "{}: no preference pairs (the file is empty)",
+            input.display()
+        )));
+    }
+    sink.finish()
+}
+
+/// What the dedup rules need of a row that passed the others.
+pub struct Keys {
+    prompt: u64,
+    signature: Option<Vec<u32>>,
+}
+
+impl Rules {
+    fn with_tokenizer(mut self) -> Result<Rules, NodeError> {
+        if let Some(dir) = &self.params.tokenizer {
+            let path = if dir.is_dir() {
+                dir.join("tokenizer.json")
+            } else {
+                dir.clone()
+            };
+            self.tokenizer = Some(
+                tokenizers::Tokenizer::from_file(&path)
+                    .map_err(|e| NodeError::new(format!("{}: {e}", path.display())))?,
+            );
+        }
+        Ok(self)
+    }
+
+    /// The stateless rules: the first failing one's reason, or the row's dedup keys.
+    fn judge(&self, p: &PreferencePair) -> Result<Keys, &'static str> {
+        let texts = [&p.prompt, &p.chosen, &p.rejected];
+        let rules = &self.params;
+        if rules.drop_identical {
+            if texts.iter().any(|t| t.trim().is_empty()) {
+                return Err("empty");
+            }
+            if p.chosen.trim() == p.rejected.trim() {
+                return Err("identical");
+            }
+        }
+        let chars = |t: &&String| t.chars().count();
+        if rules
+            .min_chars
+            .is_some_and(|min| texts.iter().any(|t| chars(t) < min))
+        {
+            return Err("too_short");
+        }
+        if rules
+            .max_chars
+            .is_some_and(|max| texts.iter().any(|t| chars(t) > max))
+        {
+            return Err("too_long");
+        }
+        if !self.blocklist.is_empty()
+            && self
+                .blocklist
+                .iter()
+                .any(|r| texts.iter().any(|t| r.is_match(t)))
+        {
+            return Err("blocklist");
+        }
+        if let Some(lang) = self.language {
+            let detected = whatlang::detect(&p.chosen);
+            if !detected.is_some_and(|i| i.lang() == lang && i.confidence() >= rules.min_confidence)
+            {
+                return Err("language");
+            }
+        }
+        if let (Some(max), Some(tokenizer)) = (rules.max_tokens, &self.tokenizer) {
+            let count = |t: &str| tokenizer.encode(t, false).map_or(usize::MAX, |e| e.len());
+            let longest = count(&p.chosen).max(count(&p.rejected));
+            if count(&p.prompt).saturating_add(longest) > max {
+                return Err("too_many_tokens");
+            }
+        }
+        Ok(Keys {
+            prompt: prompt_key(&p.prompt),
+            signature: rules
+                .near_dup_threshold
+                .map(|_| minhash(&format!("{} {}", p.prompt, p.chosen))),
+        })
+    }
+}
+
+/// A hash of the prompt with case and whitespace normalised.
+fn prompt_key(prompt: &str) -> u64 {
+    let normal: Vec<String> = prompt.split_whitespace().map(str::to_lowercase).collect();
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    normal.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// MinHash permutations (and LSH: `BANDS` bands of `ROWS_PER_BAND`).
+const PERMUTATIONS: usize = 128;
+const BANDS: usize = 32;
+const ROWS_PER_BAND: usize = PERMUTATIONS / BANDS;
+
+/// MinHash signature of the word 3-grams of `text` (lowercased).
+fn minhash(text: &str) -> Vec<u32> {
+    let words: Vec<String> = text.split_whitespace().map(str::to_lowercase).collect();
+    let mut signature = vec![u32::MAX; PERMUTATIONS];
+    let shingles = words.windows(3.min(words.len()).max(1));
+    for shingle in shingles {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        shingle.hash(&mut hasher);
+        let h = hasher.finish();
+        for (k, slot) in signature.iter_mut().enumerate() {
+            // A family of universal hashes: (a·h + b) with odd a, top 32 bits.
+            let a = 0x9E37_79B9_7F4A_7C15u64.wrapping_mul(2 * k as u64 + 1) | 1;
+            let b = 0xD1B5_4A32_D192_ED03u64.wrapping_mul(k as u64 + 1);
+            *slot = (*slot).min((a.wrapping_mul(h).wrapping_add(b) >> 32) as u32);
+        }
+    }
+    signature
+}
+
+/// The dedup state: prompts seen, and an LSH index over kept rows' MinHash signatures.
+struct Dedup {
+    prompts: HashSet<u64>,
+    threshold: Option<f64>,
+    signatures: Vec<Vec<u32>>,
+    bands: HashMap<(usize, u64), Vec<usize>>,
+}
+
+impl Dedup {
+    fn new(threshold: Option<f64>) -> Dedup {
+        Dedup {
+            prompts: HashSet::new(),
+            threshold,
+            signatures: Vec::new(),
+            bands: HashMap::new(),
+        }
+    }
+
+    /// Admits a row (remembering it) or names why it is a duplicate.
+    fn admit(&mut self, keys: Keys) -> Result<(), &'static str> {
+        if !self.prompts.insert(keys.prompt) {
+            return Err("duplicate_prompt");
+        }
+        let (Some(threshold), Some(signature)) = (self.threshold, keys.signature) else {
+            return Ok(());
+        };
+        let band_keys: Vec<(usize, u64)> = signature
+            .chunks(ROWS_PER_BAND)
+            .enumerate()
+            .map(|(b, rows)| {
+                let mut hasher = std::collections::hash_map::DefaultHasher::new();
+                rows.hash(&mut hasher);
+                (b, hasher.finish())
+            })
+            .collect();
+        for key in &band_keys {
+            for &other in self.bands.get(key).into_iter().flatten() {
+                let same = self.signatures[other]
+                    .iter()
+                    .zip(&signature)
+                    .filter(|(a, b)| a == b)
+                    .count();
+                if same as f64 / PERMUTATIONS as f64 >= threshold {
+                    self.prompts.remove(&keys.prompt);
+                    return Err("near_duplicate");
+                }
+            }
+        }
+        let index = self.signatures.len();
+        self.signatures.push(signature);
+        for key in band_keys {
+            self.bands.entry(key).or_default().push(index);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,312 @@
+//! `dataset.load`: a preference dataset artifact from a local JSONL, JSON-array or CSV file,
+//! with source columns mapped to `prompt` / `chosen` / `rejected` / `system` by a preset or a map.
+
+use flow_engine::node::{Node, NodeContext, NodeError, OutputSpec};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value as Json};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+
+use crate::compute::run_blocking;
+use crate::preference::{PairSink, PreferencePair, content_id};
+
+/// Loads a preference dataset.
+pub struct DatasetLoad;
+
+/// File formats `dataset.load` reads.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// From the file extension (`.jsonl`, `.json`, `.csv`).
+    #[default]
+    Auto,
+    /// One JSON object per line.
+    Jsonl,
+    /// A JSON array of objects.
+    Json,
+    /// Comma-separated values with a header row.
+    Csv,
+}
+
+/// Named column layouts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Preset {
+    /// `prompt`, `chosen`, `rejected` (and `system` when present), as TRL's datasets.
+    Trl,
+    /// Intel/orca_dpo_pairs: `system`, `question`, `chosen`, `rejected`.
+    IntelOrca,
+    /// LLaMA-Factory's ranking format: `instruction` (+ `input`) and `output: [chosen, rejected]`.
+    Ranking,
+}
+
+/// Source column of each field.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ColumnMap {
+    /// Column holding the prompt.
+    pub prompt: String,
+    /// Column holding the preferred answer.
+    pub chosen: String,
+    /// Column holding the worse answer.
+    pub rejected: String,
+    /// Column holding the system prompt, if any.
+    #[serde(default)]
+    pub system: Option<String>,
+}
+
+/// A preset name or an explicit map.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(
+    untagged,
+    expecting = "a preset (`trl`, `intel_orca`, `ranking`) or a map {prompt, chosen, rejected, system?} of source columns"
+)]
+pub enum Columns {
+    /// A named layout.
+    Preset(Preset),
+    /// Explicit source columns.
+    Map(ColumnMap),
+}
+
+impl Default for Columns {
+    fn default() -> Self {
+        Columns::Preset(Preset::Trl)
+    }
+}
+
+/// Params of `dataset.load`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DatasetLoadParams {
+    /// Local file: JSONL, JSON array or CSV.
+    pub path: PathBuf,
+    /// File format (default: from the extension).
+    #[serde(default)]
+    pub format: Format,
+    /// Column layout: `trl`, `intel_orca`, `ranking`, or `{prompt, chosen, rejected, system?}`.
+    #[serde(default)]
+    pub columns: Columns,
+    /// Keep at most this many rows (after shuffling, when shuffled).
+    #[serde(default)]
+    pub limit: Option<usize>,
+    /// Shuffle the rows (seeded).
+    #[serde(default)]
+    pub shuffle: bool,
+    /// Seed of the shuffle.
+    #[serde(default)]
+    pub seed: u64,
+}
+
+impl Node for DatasetLoad {
+    type Params = DatasetLoadParams;
+    const TYPE: &'static str = "dataset.load";
+    const VERSION: &'static str = "1";
+    const DESCRIPTION: &'static str = "Loads preference pairs from a local JSONL, JSON-array or CSV file into a preference dataset artifact (`data.jsonl` with prompt, chosen, rejected, optional system, a stable id, extra columns kept; `stats.json`), mapping source columns by a preset (`trl`, `intel_orca`, LLaMA-Factory's `ranking`) or a map; optional seeded shuffle and row limit.";
+    const OUTPUTS: &'static [OutputSpec] = &[OutputSpec {
+        name: "dataset",
+        description: "`data.jsonl` (one pair per line) and `stats.json` (rows in and out)",
+    }];
+
+    fn external_files(params: &DatasetLoadParams) -> Vec<PathBuf> {
+        vec![params.path.clone()]
+    }
+
+    async fn run(&self, ctx: NodeContext, params: DatasetLoadParams) -> Result<(), NodeError> {
+        let out = ctx.output_dir("dataset")?.to_path_buf();
+        let log = ctx.log().clone();
+        run_blocking(&ctx, move |_| {
+            let rows = read_rows(&params.path, params.format)?;
+            let mut pairs = rows
+                .into_iter()
+                .map(|(at, row)| {
+                    to_pair(row, &params.columns).map_err(|e| NodeError::new(format!("{at}: {e}")))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let rows_in = pairs.len();
+            if params.shuffle {
+                flow_model::init::shuffle(&mut pairs, params.seed);
+            }
+            pairs.truncate(params.limit.unwrap_or(usize::MAX));
+            let mut sink = PairSink::create(&out)?;
+            sink.stats.rows_in = rows_in;
+            for pair in &pairs {
+                sink.write(pair)?;
+            }
+            if rows_in > pairs.len() {
+                sink.stats
+                    .dropped
+                    .insert("limit".into(), rows_in - pairs.len());
+            }
+            let stats = sink.finish()?;
+            log.line(&format!(
+                "loaded {} of {} rows",
+                stats.rows_out, stats.rows_in
+            ));
+            Ok(())
+        })
+        .await
+    }
+}
+
+/// A source row: where it came from (`file:line`) and its columns.
+type SourceRow = (String, Map<String, Json>);
+
+/// Every row of a source file as a JSON object, with where it came from (`file:line`).
+fn read_rows(path: &Path, format: Format) -> Result<Vec<SourceRow>, NodeError> {
+    let fail = |e: &dyn std::fmt::Display| NodeError::new(format!("{}: {e}", path.display()));
+    let format = match format {
+        Format::Auto => match path.extension().and_then(|e| e.to_str()) {
+            Some("jsonl") | Some("ndjson") => Format::Jsonl,
+            Some("json") => Format::Json,
+            Some("csv") => Format::Csv,
+            _ => {
+                return Err(fail(
+                    &"cannot tell the format from the extension; set `format: jsonl|json|csv`",
+                ));
+            }
+        },
+        f => f,
+    };
+    let file = std::fs::File::open(path).map_err(|e| fail(&e))?;
+    let rows = match format {
+        Format::Jsonl => jsonl_rows(path, file)?,
+        Format::Json => {
+            let all: Vec<Json> = serde_json::from_reader(BufReader::new(file))
+                .map_err(|e| fail(&format!("not a JSON array of objects: {e}")))?;
+            all.into_iter()
+                .enumerate()
+                .map(|(i, v)| match v {
+                    Json::Object(o) => Ok((format!("{}: row {}", path.display(), i + 1), o)),
+                    _ => Err(fail(&format!("row {} is not an object", i + 1))),
+                })
+                .collect::<Result<_, _>>()?
+        }
+        Format::Csv => csv_rows(path, file)?,
+        Format::Auto => unreachable!("resolved above"),
+    };
+    if rows.is_empty() {
+        return Err(fail(&"no rows (the file is empty)"));
+    }
+    Ok(rows)
+}
+
+fn jsonl_rows(path: &Path, file: std::fs::File) -> Result<Vec<SourceRow>, NodeError> {
+    let mut rows = Vec::new();
+    for (n, line) in BufReader::new(file).lines().enumerate() {
+        let at = format!("{}:{}", path.display(), n + 1);
+        let line = line.map_err(|e| NodeError::new(format!("{at}: {e}")))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str(&line) {
+            Ok(Json::Object(o)) => rows.push((at, o)),
+            Ok(_) => return Err(NodeError::new(format!("{at}: expected a JSON object"))),
+            Err(e) => return Err(NodeError::new(format!("{at}: bad JSON: {e}"))),
+        }
+    }
+    Ok(rows)
+}
+
+fn csv_rows(path: &Path, file: std::fs::File) -> Result<Vec<SourceRow>, NodeError> {
+    let mut reader = csv::Reader::from_reader(file);
+    let headers = reader
+        .headers()
+        .map_err(|e| NodeError::new(format!("{}: {e}", path.display())))?
+        .clone();
+    let mut rows = Vec::new();
+    for record in reader.records() {
+        let record = record.map_err(|e| NodeError::new(format!("{}: {e}", path.display())))?;
+        let line = record.position().map_or(0, |p| p.line());
+        let row = headers
+            .iter()
+            .zip(record.iter())
+            .map(|(k, v)| (k.to_string(), Json::String(v.to_string())))
+            .collect();
+        rows.push((format!("{}:{line}", path.display()), row));
+    }
+    Ok(rows)
+}
+
+/// Maps one source row to a pair; other columns are kept.
+fn to_pair(mut row: Map<String, Json>, columns: &Columns) -> Result<PreferencePair, String> {
+    let (prompt, chosen, rejected, system) = match columns {
+        Columns::Preset(Preset::Ranking) => return ranking_pair(row),
+        Columns::Preset(Preset::Trl) => ("prompt", "chosen", "rejected", Some("system")),
+        Columns::Preset(Preset::IntelOrca) => ("question", "chosen", "rejected", Some("system")),
+        Columns::Map(m) => (
+            m.prompt.as_str(),
+            m.chosen.as_str(),
+            m.rejected.as_str(),
+            m.system.as_deref(),
+        ),
+    };
+    let prompt = take_text(&mut row, prompt)?;
+    let chosen = take_text(&mut row, chosen)?;
+    let rejected = take_text(&mut row, rejected)?;
+    let system = match system {
+        Some(column) if row.contains_key(column) => Some(take_text(&mut row, column)?),
+        _ => None,
+    };
+    Ok(finish_pair(row, prompt, chosen, rejected, system))
+}
+
+/// LLaMA-Factory's ranking rows: `instruction`, optional `input`, `output: [chosen, rejected]`.
+fn ranking_pair(mut row: Map<String, Json>) -> Result<PreferencePair, String> {
+    let instruction = take_text(&mut row, "instruction")?;
+    let input = match row.contains_key("input") {
+        true => take_text(&mut row, "input")?,
+        false => String::new(),
+    };
+    let prompt = if input.is_empty() {
+        instruction
+    } else {
+        format!("{instruction}\n{input}")
+    };
+    let output = row
+        .remove("output")
+        .ok_or("missing column `output` (the ranking preset needs instruction, input, output)")?;
+    let [chosen, rejected]: [String; 2] = serde_json::from_value(output)
+        .map_err(|_| "column `output` must be a list of two strings: [chosen, rejected]")?;
+    let system = match row.contains_key("system") {
+        true => Some(take_text(&mut row, "system")?),
+        false => None,
+    };
+    Ok(finish_pair(row, prompt, chosen, rejected, system))
+}
+
+fn take_text(row: &mut Map<String, Json>, column: &str) -> Result<String, String> {
+    let columns: Vec<&String> = row.keys().collect();
+    let names = columns
+        .iter()
+        .map(|c| c.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
+    match row.remove(column) {
+        Some(Json::String(s)) => Ok(s),
+        Some(other) => Err(format!("column `{column}` must be a string, found {other}")),
+        None => Err(format!("missing column `{column}` (the row has: {names})")),
+    }
+}
+
+fn finish_pair(
+    mut extra: Map<String, Json>,
+    prompt: String,
+    chosen: String,
+    rejected: String,
+    system: Option<String>,
+) -> PreferencePair {
+    let id = match extra.remove("id") {
+        Some(Json::String(s)) if !s.is_empty() => s,
+        Some(Json::Number(n)) => n.to_string(),
+        _ => content_id(&prompt, &chosen, &rejected),
+    };
+    PreferencePair {
+        id,
+        prompt,
+        chosen,
+        rejected,
+        system,
+        extra,
+    }
+}

@@ -1,0 +1,361 @@
+//! `dataset.load`, `dataset.filter` and `dataset.split` through the real binary: every format and
+//! column preset, every filter rule counted in `stats.json`, a seeded split, and clear errors
+//! for malformed inputs.
+
+mod support;
+
+use serde_json::Value;
+use support::{Project, jsonl};
+
+fn stats(p: &Project, dir: &str) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(p.path().join(dir).join("stats.json")).unwrap())
+        .unwrap()
+}
+
+fn load(p: &Project, file: &str, out: &str, with: &[&str]) -> support::Run {
+    let path = format!("path={}", p.path().join(file).display());
+    let mut args = vec!["exec", "dataset.load", "--with", &path, "--out", out];
+    for w in with {
+        args.extend(["--with", w]);
+    }
+    p.flow(&args)
+}
+
+#[test]
+fn load_reads_every_format_and_preset() {
+    let p = Project::new();
+    p.write(
+        "trl.jsonl",
+        "{\"prompt\":\"P1\",\"chosen\":\"C1\",\"rejected\":\"R1\",\"lang\":\"de\"}\n\n{\"id\":\"x\",\"prompt\":\"P2\",\"chosen\":\"C2\",\"rejected\":\"R2\",\"system\":\"S\"}\n",
+    );
+    load(&p, "trl.jsonl", "trl", &[]).expect_code(0);
+    let rows = jsonl(&p.path().join("trl/dataset/data.jsonl"));
+    assert_eq!(rows.len(), 2);
+    assert_eq!(
+        (rows[0]["prompt"].as_str(), rows[0]["lang"].as_str()),
+        (Some("P1"), Some("de"))
+    );
+    assert_eq!(rows[0]["id"].as_str().unwrap().len(), 16, "a content id");
+    assert_eq!(
+        (rows[1]["id"].as_str(), rows[1]["system"].as_str()),
+        (Some("x"), Some("S"))
+    );
+    assert_eq!(stats(&p, "trl/dataset")["rows_out"], 2);
+
+    p.write(
+        "orca.json",
+        r#"[{"system":"Sei hilfreich.","question":"Q","chosen":"gut","rejected":"schlecht"}]"#,
+    );
+    load(&p, "orca.json", "orca", &["columns=intel_orca"]).expect_code(0);
+    let orca = &jsonl(&p.path().join("orca/dataset/data.jsonl"))[0];
+    assert_eq!(
+        (orca["prompt"].as_str(), orca["system"].as_str()),
+        (Some("Q"), Some("Sei hilfreich."))
+    );
+
+    p.write(
+        "ranking.jsonl",
+        "{\"instruction\":\"Übersetze\",\"input\":\"Hallo\",\"output\":[\"Hello\",\"Hi there friend\"]}\n",
+    );
+    load(&p, "ranking.jsonl", "ranking", &["columns=ranking"]).expect_code(0);
+    let ranking = &jsonl(&p.path().join("ranking/dataset/data.jsonl"))[0];
+    assert_eq!(
+        (
+            ranking["prompt"].as_str(),
+            ranking["chosen"].as_str(),
+            ranking["rejected"].as_str()
+        ),
+        (
+            Some("Übersetze\nHallo"),
+            Some("Hello"),
+            Some("Hi there friend")
+        )
+    );
+
+    p.write(
+        "pairs.csv",
+        "frage,gut,schlecht\n\"Wie, bitte?\",Ja,Nein\nZwei,A,B\n",
+    );
+    load(
+        &p,
+        "pairs.csv",
+        "csv",
+        &[
+            "columns.prompt=frage",
+            "columns.chosen=gut",
+            "columns.rejected=schlecht",
+        ],
+    )
+    .expect_code(0);
+    let csv = jsonl(&p.path().join("csv/dataset/data.jsonl"));
+    assert_eq!(
+        (csv.len(), csv[0]["prompt"].as_str()),
+        (2, Some("Wie, bitte?"))
+    );
+}
+
+#[test]
+fn load_shuffles_and_limits_deterministically() {
+    let p = Project::new();
+    let text: String = (0..20)
+        .map(|i| {
+            format!("{{\"id\":\"{i}\",\"prompt\":\"p{i}\",\"chosen\":\"c\",\"rejected\":\"r\"}}\n")
+        })
+        .collect();
+    p.write("many.jsonl", &text);
+    let ids = |out: &str| -> Vec<String> {
+        jsonl(&p.path().join(out).join("dataset/data.jsonl"))
+            .iter()
+            .map(|r| r["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    load(
+        &p,
+        "many.jsonl",
+        "a",
+        &["shuffle=true", "seed=3", "limit=5"],
+    )
+    .expect_code(0);
+    load(
+        &p,
+        "many.jsonl",
+        "b",
+        &["shuffle=true", "seed=3", "limit=5"],
+    )
+    .expect_code(0);
+    assert_eq!(ids("a").len(), 5);
+    assert_eq!(ids("a"), ids("b"));
+    assert_ne!(ids("a"), ["0", "1", "2", "3", "4"]);
+    assert_eq!(stats(&p, "a/dataset")["dropped"]["limit"], 15);
+}
+
+#[test]
+fn malformed_sources_name_the_file_and_line() {
+    let p = Project::new();
+    p.write(
+        "bad.jsonl",
+        "{\"prompt\":\"a\",\"chosen\":\"b\",\"rejected\":\"c\"}\n{broken\n",
+    );
+    let bad = load(&p, "bad.jsonl", "o1", &[]).expect_code(1);
+    assert!(
+        bad.stderr.contains("bad.jsonl:2: bad JSON"),
+        "{}",
+        bad.stderr
+    );
+    p.write(
+        "orca.jsonl",
+        "{\"system\":\"s\",\"prompt\":\"a\",\"chosen\":\"b\",\"rejected\":\"c\"}\n",
+    );
+    let missing = load(&p, "orca.jsonl", "o2", &["columns=intel_orca"]).expect_code(1);
+    assert!(
+        missing
+            .stderr
+            .contains("orca.jsonl:1: missing column `question`"),
+        "{}",
+        missing.stderr
+    );
+    p.write("empty.jsonl", "");
+    let empty = load(&p, "empty.jsonl", "o3", &[]).expect_code(1);
+    assert!(empty.stderr.contains("no rows"), "{}", empty.stderr);
+    p.write(
+        "typed.jsonl",
+        "{\"prompt\":1,\"chosen\":\"b\",\"rejected\":\"c\"}\n",
+    );
+    let typed = load(&p, "typed.jsonl", "o4", &[]).expect_code(1);
+    assert!(
+        typed
+            .stderr
+            .contains("typed.jsonl:1: column `prompt` must be a string, found 1"),
+        "{}",
+        typed.stderr
+    );
+    p.write("data.txt", "x");
+    let unknown = load(&p, "data.txt", "o5", &[]).expect_code(1);
+    assert!(
+        unknown.stderr.contains("set `format: jsonl|json|csv`"),
+        "{}",
+        unknown.stderr
+    );
+    assert!(
+        !p.path().join("o1/dataset/data.jsonl").exists(),
+        "nothing half-written"
+    );
+}
+
+#[test]
+fn filter_applies_and_counts_every_rule() {
+    let p = Project::new();
+    let rows = [
+        (
+            "Was ist die Hauptstadt von Frankreich?",
+            "Die Hauptstadt von Frankreich ist Paris, eine sehr schöne Stadt an der Seine.",
+            "Keine Ahnung.",
+        ),
+        (
+            "Was ist die Hauptstadt von  frankreich?",
+            "Paris ist die Hauptstadt, und sie liegt an der Seine im Norden des Landes.",
+            "Weiß nicht.",
+        ),
+        (
+            "Wie heißt der größte Planet?",
+            "The largest planet in our solar system is Jupiter, a gas giant.",
+            "Mars.",
+        ),
+        ("Gleich?", "Dieselbe Antwort.", "Dieselbe Antwort."),
+        ("Leer?", "", "Etwas."),
+        (
+            "Beleidigung?",
+            "Das ist eine dumme Frage, aber die Antwort lautet: ja, das stimmt wirklich.",
+            "Nein.",
+        ),
+        ("Kurz?", "Ja", "Nein, das ist nicht richtig."),
+        (
+            "Erzähl mir bitte etwas über den Rhein und seine Geschichte.",
+            "Der Rhein ist einer der wichtigsten Flüsse Europas. Er entspringt in den Schweizer Alpen, fließt durch den Bodensee, bildet die Grenze zu Frankreich und mündet nach mehr als tausend Kilometern in den Niederlanden in die Nordsee. Schon die Römer nutzten ihn als Handelsweg.",
+            "Kein Interesse.",
+        ),
+        (
+            "Erzähl mir bitte etwas über den Rhein und seine Geschichte heute.",
+            "Der Rhein ist einer der wichtigsten Flüsse Europas. Er entspringt in den Schweizer Alpen, fließt durch den Bodensee, bildet die Grenze zu Frankreich und mündet nach mehr als tausend Kilometern in den Niederlanden in die Nordsee. Schon die Römer nutzten ihn als Handelsweg.",
+            "Kein Interesse.",
+        ),
+    ];
+    let text: String = rows
+        .iter()
+        .map(|(prompt, chosen, rejected)| {
+            format!(
+                "{}\n",
+                serde_json::json!({"prompt": prompt, "chosen": chosen, "rejected": rejected})
+            )
+        })
+        .collect();
+    p.write("in.jsonl", &text);
+    p.flow(&[
+        "exec",
+        "dataset.filter",
+        "--input",
+        "dataset=in.jsonl",
+        "--with",
+        "language=de",
+        "--with",
+        "min_confidence=0.0",
+        "--with",
+        "min_chars=3",
+        "--with",
+        "near_dup_threshold=0.7",
+        "--with",
+        "blocklist=[\"(?i)dumme\"]",
+        "--out",
+        "out",
+    ])
+    .expect_code(0);
+    let s = stats(&p, "out/dataset");
+    assert_eq!(s["rows_in"], 9);
+    assert_eq!(s["rows_out"], 2, "{s}");
+    for (reason, count) in [
+        ("duplicate_prompt", 1),
+        ("language", 1),
+        ("identical", 1),
+        ("empty", 1),
+        ("blocklist", 1),
+        ("too_short", 1),
+        ("near_duplicate", 1),
+    ] {
+        assert_eq!(s["dropped"][reason], count, "{reason}: {s}");
+    }
+    let kept = jsonl(&p.path().join("out/dataset/data.jsonl"));
+    assert!(kept[0]["prompt"].as_str().unwrap().contains("Frankreich"));
+
+    p.flow(&[
+        "exec",
+        "dataset.filter",
+        "--input",
+        "dataset=in.jsonl",
+        "--input",
+        &format!(
+            "tokenizer={}",
+            support::fixtures().join("mistral-tiny/base").display()
+        ),
+        "--with",
+        "max_tokens=30",
+        "--with",
+        "dedup_prompts=false",
+        "--with",
+        "drop_identical=false",
+        "--out",
+        "tokens",
+    ])
+    .expect_code(0);
+    let t = stats(&p, "tokens/dataset");
+    assert!(
+        t["dropped"]["too_many_tokens"].as_u64().unwrap() >= 3,
+        "{t}"
+    );
+}
+
+#[test]
+fn split_is_seeded_disjoint_and_complete() {
+    let p = Project::new();
+    let data = support::golden_dataset(&p, 5);
+    let split = |out: &str, seed: &str| {
+        p.flow(&[
+            "exec",
+            "dataset.split",
+            "--input",
+            &format!("dataset={}", data.display()),
+            "--with",
+            "eval_rows=7",
+            "--with",
+            seed,
+            "--out",
+            out,
+        ])
+        .expect_code(0);
+        let ids = |part: &str| -> Vec<String> {
+            jsonl(&p.path().join(out).join(part).join("data.jsonl"))
+                .iter()
+                .map(|r| r["id"].as_str().unwrap().to_string())
+                .collect()
+        };
+        (ids("train"), ids("eval"))
+    };
+    let (train, eval) = split("a", "seed=1");
+    assert_eq!((train.len(), eval.len()), (23, 7));
+    assert!(eval.iter().all(|id| !train.contains(id)));
+    assert_eq!(split("b", "seed=1"), (train.clone(), eval.clone()));
+    assert_ne!(split("c", "seed=2").1, eval);
+}
+
+#[test]
+fn bad_dataset_params_fail_validation() {
+    let p = Project::new();
+    p.write(
+        "bad.yaml",
+        r#"name: bad-data
+nodes:
+  filter:
+    uses: dataset.filter
+    with: { dataset: in.jsonl, language: klingon, blocklist: ["(unclosed"] }
+  split:
+    uses: dataset.split
+    with: { dataset: in.jsonl, eval_fraction: 0.1, eval_rows: 3 }
+  load:
+    uses: dataset.load
+    with: { path: in.jsonl, columns: alpaca }
+"#,
+    );
+    let run = p.flow(&["validate", "bad.yaml"]).expect_code(2);
+    for expected in [
+        "nodes.filter.with.language",
+        "unknown language code `klingon`",
+        "nodes.split.with.eval_rows",
+        "give eval_fraction or eval_rows, not both",
+        "nodes.load.with.columns",
+    ] {
+        assert!(
+            run.stderr.contains(expected),
+            "missing `{expected}` in\n{}",
+            run.stderr
+        );
+    }
+}

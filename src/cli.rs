@@ -172,6 +172,22 @@ pub enum BenchCommand {
     /// One full DPO training step (reference scoring, policy forward and backward, clipping,
     /// AdamW) on `pairs` random pairs of `seq` tokens with a random model.
     DpoStep(BenchShapeArgs),
+    /// `dataset.filter` with every rule on synthetic German pairs.
+    Filter(FilterBenchArgs),
+}
+
+/// Size of the filter benchmark.
+#[derive(Debug, Args)]
+pub struct FilterBenchArgs {
+    /// Synthetic rows.
+    #[arg(long, default_value_t = 100_000)]
+    pub rows: usize,
+    /// CPU threads.
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Model and batch shape of a benchmark.

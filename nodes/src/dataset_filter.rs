@@ -13,7 +13,8 @@ use std::path::{Path, PathBuf};
 use tokio_util::sync::CancellationToken;
 
 use crate::compute::{check_cancelled, run_blocking};
-use crate::preference::{PairSink, PreferencePair, Stats, stream_pairs};
+use crate::preference::{PairSink, PreferencePair, Stats, data_file, parse_pair};
+use std::io::{BufRead, BufReader};
 
 /// Filters a preference dataset.
 pub struct DatasetFilter;
@@ -205,23 +206,39 @@ pub fn filter_dataset(
 ) -> Result<Stats, NodeError> {
     let mut sink = PairSink::create(out)?;
     let mut dedup = Dedup::new(rules.params.near_dup_threshold);
-    let mut rows = stream_pairs(input)?;
+    let file_path = data_file(input);
+    let file = std::fs::File::open(&file_path)
+        .map_err(|e| NodeError::new(format!("{}: {e}", file_path.display())))?;
+    let mut lines = BufReader::new(file).lines().enumerate();
     loop {
         check_cancelled(token)?;
-        let chunk: Vec<PreferencePair> = rows
+        let chunk: Vec<(usize, String)> = lines
             .by_ref()
             .take(CHUNK_ROWS)
-            .map(|r| r.map(|(_, p)| p))
-            .collect::<Result<_, _>>()?;
+            .map(|(n, l)| l.map(|l| (n + 1, l)))
+            .collect::<Result<_, _>>()
+            .map_err(|e| NodeError::new(format!("{}: {e}", file_path.display())))?;
         if chunk.is_empty() {
             break;
         }
-        let verdicts: Vec<Result<Keys, &'static str>> =
-            chunk.par_iter().map(|p| rules.judge(p)).collect();
-        for (pair, verdict) in chunk.iter().zip(verdicts) {
+        let judged: Vec<(PreferencePair, Result<Keys, &'static str>)> = chunk
+            .par_iter()
+            .filter(|(_, line)| !line.trim().is_empty())
+            .map(|(n, line)| {
+                let pair = parse_pair(line).map_err(|e| {
+                    NodeError::new(format!(
+                        "{}:{n}: not a preference pair: {e}",
+                        file_path.display()
+                    ))
+                })?;
+                let verdict = rules.judge(&pair);
+                Ok((pair, verdict))
+            })
+            .collect::<Result<_, NodeError>>()?;
+        for (pair, verdict) in judged {
             sink.stats.rows_in += 1;
             match verdict.and_then(|keys| dedup.admit(keys)) {
-                Ok(()) => sink.write(pair)?,
+                Ok(()) => sink.write(&pair)?,
                 Err(reason) => sink.stats.drop_for(reason),
             }
         }
@@ -400,4 +417,83 @@ impl Dedup {
         }
         Ok(())
     }
+}
+
+/// What the filter benchmark measured.
+#[derive(Debug, serde::Serialize)]
+pub struct FilterBenchResult {
+    /// Rows filtered.
+    pub rows: usize,
+    /// Rows kept.
+    pub rows_out: usize,
+    /// Rows per second (reading, judging, dedup, writing).
+    pub rows_per_s: f64,
+    /// Peak resident memory of the process, MiB.
+    pub peak_rss_mib: f64,
+    /// Rayon threads used.
+    pub threads: usize,
+}
+
+/// `flow bench filter`: every rule on `rows` synthetic German pairs (some duplicated, some
+/// near-duplicated, some English, some blocked), with a BPE tokenizer trained on them.
+pub fn bench_filter(rows: usize, dir: &Path) -> Result<FilterBenchResult, NodeError> {
+    const WORDS: [&str; 24] = [
+        "der", "die", "das", "Haus", "ist", "groß", "und", "schön", "wir", "gehen", "heute",
+        "nach", "Berlin", "mit", "dem", "Zug", "weil", "es", "regnet", "aber", "morgen", "scheint",
+        "die", "Sonne",
+    ];
+    let mut rng = flow_model::init::SplitMix64::new(7);
+    let mut sentence = |n: usize| -> String {
+        (0..n)
+            .map(|_| WORDS[rng.below(WORDS.len())])
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let input = dir.join("bench-input.jsonl");
+    let mut text = String::new();
+    for i in 0..rows {
+        let prompt = match i % 50 {
+            0 if i > 0 => format!("Frage {}: {}", i - 50, "?"),
+            _ => format!("Frage {i}: {}?", sentence(8)),
+        };
+        let chosen = match i % 97 {
+            0 => "This answer is written in English and should be dropped.".to_string(),
+            _ => format!("{}.", sentence(20)),
+        };
+        let row = serde_json::json!({"id": i.to_string(), "prompt": prompt, "chosen": chosen, "rejected": sentence(12)});
+        text.push_str(&format!("{row}\n"));
+    }
+    std::fs::write(&input, &text)?;
+    let sample: Vec<String> = text.lines().take(2000).map(String::from).collect();
+    let tokenizer_dir = dir.join("tokenizer");
+    std::fs::create_dir_all(&tokenizer_dir)?;
+    flow_model::tokenizer_train::train_bpe(&sample, 400, 2, &tokenizer_dir)
+        .map_err(|e| NodeError::new(e.to_string()))?;
+    let params = DatasetFilterParams {
+        dataset: input.clone(),
+        language: Some("de".into()),
+        min_confidence: 0.0,
+        min_chars: Some(5),
+        max_chars: Some(2000),
+        max_tokens: Some(256),
+        tokenizer: Some(tokenizer_dir),
+        drop_identical: true,
+        dedup_prompts: true,
+        near_dup_threshold: Some(0.8),
+        blocklist: vec!["(?i)verboten".into(), r"\bhttps?://".into()],
+    };
+    let rules = params
+        .compile()
+        .map_err(|e| NodeError::new(e.message))?
+        .with_tokenizer()?;
+    let started = std::time::Instant::now();
+    let stats = filter_dataset(&input, &dir.join("out"), &rules, &CancellationToken::new())?;
+    let seconds = started.elapsed().as_secs_f64();
+    Ok(FilterBenchResult {
+        rows,
+        rows_out: stats.rows_out,
+        rows_per_s: rows as f64 / seconds,
+        peak_rss_mib: flow_model::bench::peak_rss_mib(),
+        threads: rayon::current_num_threads(),
+    })
 }

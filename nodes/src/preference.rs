@@ -79,7 +79,8 @@ pub fn stream_pairs(
         }))
 }
 
-fn parse_pair(line: &str) -> Result<PreferencePair, serde_json::Error> {
+/// One `data.jsonl` line as a pair (with a content id when it has none).
+pub fn parse_pair(line: &str) -> Result<PreferencePair, serde_json::Error> {
     let mut pair: PreferencePair = serde_json::from_str(line)?;
     if pair.id.is_empty() {
         pair.id = content_id(&pair.prompt, &pair.chosen, &pair.rejected);

@@ -3,7 +3,7 @@
 use flow_model::bench::{BenchShape, bench_config, bench_dpo_step, bench_logprobs, set_threads};
 
 use super::{Failure, print_json};
-use crate::cli::{BenchCommand, BenchShapeArgs};
+use crate::cli::{BenchCommand, BenchShapeArgs, FilterBenchArgs};
 
 fn shape(args: &BenchShapeArgs) -> Result<BenchShape, Failure> {
     if args.seq < 2 || args.pairs == 0 || args.heads == 0 {
@@ -31,6 +31,7 @@ fn shape(args: &BenchShapeArgs) -> Result<BenchShape, Failure> {
 /// Runs a benchmark and prints its numbers.
 pub fn bench(what: BenchCommand) -> Result<(), Failure> {
     match what {
+        BenchCommand::Filter(args) => bench_filter(&args),
         BenchCommand::DpoStep(args) => {
             let shape = shape(&args)?;
             set_threads(args.threads).map_err(|e| Failure::Input(format!("error: {e}")))?;
@@ -70,4 +71,20 @@ pub fn bench(what: BenchCommand) -> Result<(), Failure> {
             Ok(())
         }
     }
+}
+
+fn bench_filter(args: &FilterBenchArgs) -> Result<(), Failure> {
+    set_threads(args.threads).map_err(|e| Failure::Input(format!("error: {e}")))?;
+    let dir = tempfile::tempdir().map_err(|e| Failure::Run(format!("error: {e}")))?;
+    let result = flow_nodes::dataset_filter::bench_filter(args.rows, dir.path())
+        .map_err(|e| Failure::Run(format!("error: {e}")))?;
+    if args.json {
+        print_json(&result);
+    } else {
+        println!(
+            "filter: {:.0} rows/s ({} rows in, {} kept), peak RSS {:.0} MiB, {} threads",
+            result.rows_per_s, result.rows, result.rows_out, result.peak_rss_mib, result.threads
+        );
+    }
+    Ok(())
 }

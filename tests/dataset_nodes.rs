@@ -359,3 +359,58 @@ nodes:
         );
     }
 }
+
+#[test]
+fn conversational_rows_are_rendered_with_a_chat_template() {
+    let p = Project::new();
+    p.write(
+        "chat.jsonl",
+        concat!(
+            r#"{"prompt":[{"role":"user","content":"Hallo?"}],"chosen":[{"role":"assistant","content":"Guten Tag!"}],"rejected":[{"role":"assistant","content":"Was?"}]}"#,
+            "\n",
+            r#"{"chosen":[{"role":"user","content":"Wie geht's?"},{"role":"assistant","content":"Gut, danke."}],"rejected":[{"role":"user","content":"Wie geht's?"},{"role":"assistant","content":"Egal."}]}"#,
+            "\n"
+        ),
+    );
+    load(&p, "chat.jsonl", "chatml", &["chat_template=chatml"]).expect_code(0);
+    let rows = jsonl(&p.path().join("chatml/dataset/data.jsonl"));
+    assert_eq!(
+        rows[0]["prompt"].as_str(),
+        Some("<|im_start|>user\nHallo?<|im_end|>\n<|im_start|>assistant\n")
+    );
+    assert_eq!(rows[0]["chosen"].as_str(), Some("Guten Tag!<|im_end|>\n"));
+    assert_eq!(
+        (rows[1]["prompt"].as_str(), rows[1]["rejected"].as_str()),
+        (
+            Some("<|im_start|>user\nWie geht's?<|im_end|>\n<|im_start|>assistant\n"),
+            Some("Egal.<|im_end|>\n")
+        ),
+        "implicit prompt: the shared messages"
+    );
+    load(&p, "chat.jsonl", "mistral", &["chat_template=mistral"]).expect_code(0);
+    let mistral = jsonl(&p.path().join("mistral/dataset/data.jsonl"));
+    assert_eq!(
+        (mistral[0]["prompt"].as_str(), mistral[0]["chosen"].as_str()),
+        (Some("[INST] Hallo? [/INST]"), Some("Guten Tag!</s>"))
+    );
+    std::fs::create_dir_all(p.path().join("tok")).unwrap();
+    p.write(
+        "tok/tokenizer_config.json",
+        r#"{"eos_token":"<e>","chat_template":"{% for m in messages %}{{ m.role|upper }}: {{ m.content.strip() }}{% if m.role == 'assistant' %}{{ eos_token }}{% endif %}\n{% endfor %}{% if add_generation_prompt %}ASSISTANT: {% endif %}"}"#,
+    );
+    let dir = format!("chat_template={}", p.path().join("tok").display());
+    load(&p, "chat.jsonl", "model", &[&dir]).expect_code(0);
+    let model = jsonl(&p.path().join("model/dataset/data.jsonl"));
+    assert_eq!(
+        model[0]["prompt"].as_str(),
+        Some("USER: Hallo?\nASSISTANT: ")
+    );
+    let missing = load(&p, "chat.jsonl", "none", &[]).expect_code(1);
+    assert!(
+        missing
+            .stderr
+            .contains("chat.jsonl:1: the answers are message lists"),
+        "{}",
+        missing.stderr
+    );
+}

@@ -8,6 +8,7 @@ use serde_json::{Map, Value as Json};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
+use crate::chat_template::{ChatTemplate, ChatTemplateParam, Message};
 use crate::compute::run_blocking;
 use crate::preference::{PairSink, PreferencePair, content_id};
 
@@ -87,6 +88,9 @@ pub struct DatasetLoadParams {
     /// Column layout: `trl`, `intel_orca`, `ranking`, or `{prompt, chosen, rejected, system?}`.
     #[serde(default)]
     pub columns: Columns,
+    /// For conversational sources (columns holding `[{role, content}, …]`): `mistral`, `chatml`, or a tokenizer directory whose `chat_template` renders them.
+    #[serde(default)]
+    pub chat_template: Option<ChatTemplateParam>,
     /// Keep at most this many rows (after shuffling, when shuffled).
     #[serde(default)]
     pub limit: Option<usize>,
@@ -102,7 +106,7 @@ impl Node for DatasetLoad {
     type Params = DatasetLoadParams;
     const TYPE: &'static str = "dataset.load";
     const VERSION: &'static str = "1";
-    const DESCRIPTION: &'static str = "Loads preference pairs from a local JSONL, JSON-array or CSV file into a preference dataset artifact (`data.jsonl` with prompt, chosen, rejected, optional system, a stable id, extra columns kept; `stats.json`), mapping source columns by a preset (`trl`, `intel_orca`, LLaMA-Factory's `ranking`) or a map; optional seeded shuffle and row limit.";
+    const DESCRIPTION: &'static str = "Loads preference pairs from a local JSONL, JSON-array or CSV file into a preference dataset artifact (`data.jsonl` with prompt, chosen, rejected, optional system, a stable id, extra columns kept; `stats.json`), mapping source columns by a preset (`trl`, `intel_orca`, LLaMA-Factory's `ranking`) or a map. Conversational rows (message lists, explicit or implicit prompt) are rendered with a chat template as TRL does. Optional seeded shuffle and row limit.";
     const OUTPUTS: &'static [OutputSpec] = &[OutputSpec {
         name: "dataset",
         description: "`data.jsonl` (one pair per line) and `stats.json` (rows in and out)",
@@ -116,11 +120,17 @@ impl Node for DatasetLoad {
         let out = ctx.output_dir("dataset")?.to_path_buf();
         let log = ctx.log().clone();
         run_blocking(&ctx, move |_| {
+            let template = params
+                .chat_template
+                .as_ref()
+                .map(ChatTemplate::load)
+                .transpose()?;
             let rows = read_rows(&params.path, params.format)?;
             let mut pairs = rows
                 .into_iter()
                 .map(|(at, row)| {
-                    to_pair(row, &params.columns).map_err(|e| NodeError::new(format!("{at}: {e}")))
+                    to_pair(row, &params.columns, template.as_ref())
+                        .map_err(|e| NodeError::new(format!("{at}: {e}")))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             let rows_in = pairs.len();
@@ -229,7 +239,11 @@ fn csv_rows(path: &Path, file: std::fs::File) -> Result<Vec<SourceRow>, NodeErro
 }
 
 /// Maps one source row to a pair; other columns are kept.
-fn to_pair(mut row: Map<String, Json>, columns: &Columns) -> Result<PreferencePair, String> {
+fn to_pair(
+    mut row: Map<String, Json>,
+    columns: &Columns,
+    template: Option<&ChatTemplate>,
+) -> Result<PreferencePair, String> {
     let (prompt, chosen, rejected, system) = match columns {
         Columns::Preset(Preset::Ranking) => return ranking_pair(row),
         Columns::Preset(Preset::Trl) => ("prompt", "chosen", "rejected", Some("system")),
@@ -241,6 +255,9 @@ fn to_pair(mut row: Map<String, Json>, columns: &Columns) -> Result<PreferencePa
             m.system.as_deref(),
         ),
     };
+    if row.get(chosen).is_some_and(Json::is_array) {
+        return conversational_pair(row, [prompt, chosen, rejected], system, template);
+    }
     let prompt = take_text(&mut row, prompt)?;
     let chosen = take_text(&mut row, chosen)?;
     let rejected = take_text(&mut row, rejected)?;
@@ -249,6 +266,51 @@ fn to_pair(mut row: Map<String, Json>, columns: &Columns) -> Result<PreferencePa
         _ => None,
     };
     Ok(finish_pair(row, prompt, chosen, rejected, system))
+}
+
+/// A row whose answers are message lists, rendered with the chat template. The prompt column
+/// may hold messages, a plain user text, or be absent (the shared leading messages are the prompt).
+fn conversational_pair(
+    mut row: Map<String, Json>,
+    [prompt, chosen, rejected]: [&str; 3],
+    system: Option<&str>,
+    template: Option<&ChatTemplate>,
+) -> Result<PreferencePair, String> {
+    let template = template.ok_or(
+        "the answers are message lists; set `chat_template: mistral|chatml|<tokenizer dir>` to render them",
+    )?;
+    let messages = |value: Json, column: &str| -> Result<Vec<Message>, String> {
+        serde_json::from_value(value)
+            .map_err(|_| format!("column `{column}` must be a list of {{role, content}} messages"))
+    };
+    let mut prompt_messages = match row.remove(prompt) {
+        Some(Json::String(text)) => Some(vec![Message {
+            role: "user".into(),
+            content: text,
+        }]),
+        Some(value) => Some(messages(value, prompt)?),
+        None => None,
+    };
+    if let Some(column) = system
+        && let Some(Json::String(text)) = row.remove(column)
+        && let Some(list) = prompt_messages.as_mut()
+    {
+        list.insert(
+            0,
+            Message {
+                role: "system".into(),
+                content: text,
+            },
+        );
+    }
+    let chosen_messages = messages(row.remove(chosen).unwrap_or_default(), chosen)?;
+    let rejected_messages = match row.remove(rejected) {
+        Some(value) => messages(value, rejected)?,
+        None => return Err(format!("missing column `{rejected}`")),
+    };
+    let (prompt, chosen, rejected) =
+        template.render_pair(prompt_messages, chosen_messages, rejected_messages)?;
+    Ok(finish_pair(row, prompt, chosen, rejected, None))
 }
 
 /// LLaMA-Factory's ranking rows: `instruction`, optional `input`, `output: [chosen, rejected]`.

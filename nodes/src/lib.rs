@@ -2,6 +2,7 @@
 
 use flow_engine::node::Registry;
 
+pub mod chat_template;
 pub mod compute;
 pub mod curves;
 pub mod dataset_filter;

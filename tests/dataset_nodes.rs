@@ -172,7 +172,9 @@ fn malformed_sources_name_the_file_and_line() {
     p.write("data.txt", "x");
     let unknown = load(&p, "data.txt", "o5", &[]).expect_code(1);
     assert!(
-        unknown.stderr.contains("set `format: jsonl|json|csv`"),
+        unknown
+            .stderr
+            .contains("set `format: jsonl|json|csv|parquet`"),
         "{}",
         unknown.stderr
     );
@@ -412,5 +414,91 @@ fn conversational_rows_are_rendered_with_a_chat_template() {
             .contains("chat.jsonl:1: the answers are message lists"),
         "{}",
         missing.stderr
+    );
+}
+
+/// Writes a Parquet file with one string column per name and an INT64 column `score`.
+fn write_parquet(path: &std::path::Path, columns: &[(&str, Vec<&str>)], prompt_as_int: bool) {
+    use parquet::data_type::{ByteArray, ByteArrayType, Int64Type};
+    use parquet::file::properties::WriterProperties;
+    use parquet::file::writer::SerializedFileWriter;
+    let fields: Vec<String> = columns
+        .iter()
+        .map(|(name, _)| {
+            if prompt_as_int && *name == "prompt" {
+                format!("REQUIRED INT64 {name};")
+            } else {
+                format!("REQUIRED BYTE_ARRAY {name} (UTF8);")
+            }
+        })
+        .collect();
+    let schema = parquet::schema::parser::parse_message_type(&format!(
+        "message pairs {{ {} }}",
+        fields.join(" ")
+    ))
+    .unwrap();
+    let file = std::fs::File::create(path).unwrap();
+    let mut writer = SerializedFileWriter::new(
+        file,
+        std::sync::Arc::new(schema),
+        std::sync::Arc::new(WriterProperties::builder().build()),
+    )
+    .unwrap();
+    let mut group = writer.next_row_group().unwrap();
+    let mut index = 0;
+    while let Some(mut column) = group.next_column().unwrap() {
+        let (name, values) = &columns[index];
+        if prompt_as_int && *name == "prompt" {
+            let numbers: Vec<i64> = (0..values.len() as i64).collect();
+            column
+                .typed::<Int64Type>()
+                .write_batch(&numbers, None, None)
+                .unwrap();
+        } else {
+            let bytes: Vec<ByteArray> = values.iter().map(|v| ByteArray::from(*v)).collect();
+            column
+                .typed::<ByteArrayType>()
+                .write_batch(&bytes, None, None)
+                .unwrap();
+        }
+        column.close().unwrap();
+        index += 1;
+    }
+    group.close().unwrap();
+    writer.close().unwrap();
+}
+
+#[test]
+fn parquet_sources_load_and_wrong_types_are_named() {
+    let p = Project::new();
+    let columns = [
+        ("prompt", vec!["Wie spät ist es?", "Wo ist Bonn?"]),
+        ("chosen", vec!["Es ist zwölf Uhr.", "Bonn liegt am Rhein."]),
+        ("rejected", vec!["Egal.", "Keine Ahnung."]),
+        ("lang", vec!["de", "de"]),
+    ];
+    write_parquet(&p.path().join("pairs.parquet"), &columns, false);
+    load(&p, "pairs.parquet", "ok", &[]).expect_code(0);
+    let rows = jsonl(&p.path().join("ok/dataset/data.jsonl"));
+    assert_eq!(rows.len(), 2);
+    assert_eq!(
+        (rows[1]["prompt"].as_str(), rows[1]["lang"].as_str()),
+        (Some("Wo ist Bonn?"), Some("de"))
+    );
+    write_parquet(&p.path().join("typed.parquet"), &columns, true);
+    let typed = load(&p, "typed.parquet", "bad", &[]).expect_code(1);
+    assert!(
+        typed
+            .stderr
+            .contains("typed.parquet: row 1: column `prompt` must be a string, found 0"),
+        "{}",
+        typed.stderr
+    );
+    p.write("broken.parquet", "not parquet");
+    let broken = load(&p, "broken.parquet", "broken", &[]).expect_code(1);
+    assert!(
+        broken.stderr.contains("not a readable Parquet file"),
+        "{}",
+        broken.stderr
     );
 }

@@ -1,4 +1,4 @@
-//! `dataset.load`: a preference dataset artifact from a local JSONL, JSON-array or CSV file,
+//! `dataset.load`: a preference dataset artifact from a local JSONL, JSON-array, CSV or Parquet file,
 //! with source columns mapped to `prompt` / `chosen` / `rejected` / `system` by a preset or a map.
 
 use flow_engine::node::{Node, NodeContext, NodeError, OutputSpec};
@@ -19,7 +19,7 @@ pub struct DatasetLoad;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Format {
-    /// From the file extension (`.jsonl`, `.json`, `.csv`).
+    /// From the file extension (`.jsonl`, `.json`, `.csv`, `.parquet`).
     #[default]
     Auto,
     /// One JSON object per line.
@@ -28,6 +28,8 @@ pub enum Format {
     Json,
     /// Comma-separated values with a header row.
     Csv,
+    /// Apache Parquet (string columns; lists for the ranking preset and messages).
+    Parquet,
 }
 
 /// Named column layouts.
@@ -80,7 +82,7 @@ impl Default for Columns {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DatasetLoadParams {
-    /// Local file: JSONL, JSON array or CSV.
+    /// Local file: JSONL, JSON array, CSV or Parquet.
     pub path: PathBuf,
     /// File format (default: from the extension).
     #[serde(default)]
@@ -106,7 +108,7 @@ impl Node for DatasetLoad {
     type Params = DatasetLoadParams;
     const TYPE: &'static str = "dataset.load";
     const VERSION: &'static str = "1";
-    const DESCRIPTION: &'static str = "Loads preference pairs from a local JSONL, JSON-array or CSV file into a preference dataset artifact (`data.jsonl` with prompt, chosen, rejected, optional system, a stable id, extra columns kept; `stats.json`), mapping source columns by a preset (`trl`, `intel_orca`, LLaMA-Factory's `ranking`) or a map. Conversational rows (message lists, explicit or implicit prompt) are rendered with a chat template as TRL does. Optional seeded shuffle and row limit.";
+    const DESCRIPTION: &'static str = "Loads preference pairs from a local JSONL, JSON-array, CSV or Parquet file into a preference dataset artifact (`data.jsonl` with prompt, chosen, rejected, optional system, a stable id, extra columns kept; `stats.json`), mapping source columns by a preset (`trl`, `intel_orca`, LLaMA-Factory's `ranking`) or a map. Conversational rows (message lists, explicit or implicit prompt) are rendered with a chat template as TRL does. Optional seeded shuffle and row limit.";
     const OUTPUTS: &'static [OutputSpec] = &[OutputSpec {
         name: "dataset",
         description: "`data.jsonl` (one pair per line) and `stats.json` (rows in and out)",
@@ -170,9 +172,10 @@ fn read_rows(path: &Path, format: Format) -> Result<Vec<SourceRow>, NodeError> {
             Some("jsonl") | Some("ndjson") => Format::Jsonl,
             Some("json") => Format::Json,
             Some("csv") => Format::Csv,
+            Some("parquet") => Format::Parquet,
             _ => {
                 return Err(fail(
-                    &"cannot tell the format from the extension; set `format: jsonl|json|csv`",
+                    &"cannot tell the format from the extension; set `format: jsonl|json|csv|parquet`",
                 ));
             }
         },
@@ -193,6 +196,7 @@ fn read_rows(path: &Path, format: Format) -> Result<Vec<SourceRow>, NodeError> {
                 .collect::<Result<_, _>>()?
         }
         Format::Csv => csv_rows(path, file)?,
+        Format::Parquet => parquet_rows(path, file)?,
         Format::Auto => unreachable!("resolved above"),
     };
     if rows.is_empty() {
@@ -234,6 +238,26 @@ fn csv_rows(path: &Path, file: std::fs::File) -> Result<Vec<SourceRow>, NodeErro
             .map(|(k, v)| (k.to_string(), Json::String(v.to_string())))
             .collect();
         rows.push((format!("{}:{line}", path.display()), row));
+    }
+    Ok(rows)
+}
+
+fn parquet_rows(path: &Path, file: std::fs::File) -> Result<Vec<SourceRow>, NodeError> {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let fail = |e: parquet::errors::ParquetError| {
+        NodeError::new(format!(
+            "{}: not a readable Parquet file: {e}",
+            path.display()
+        ))
+    };
+    let reader = SerializedFileReader::new(file).map_err(fail)?;
+    let mut rows = Vec::new();
+    for (i, row) in reader.get_row_iter(None).map_err(fail)?.enumerate() {
+        let at = format!("{}: row {}", path.display(), i + 1);
+        match row.map_err(fail)?.to_json_value() {
+            Json::Object(o) => rows.push((at, o)),
+            _ => return Err(NodeError::new(format!("{at}: not a record"))),
+        }
     }
     Ok(rows)
 }

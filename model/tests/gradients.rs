@@ -35,7 +35,7 @@ fn loss(model: &Mistral, device: &Device) -> Tensor<1> {
     let sums = score(model, &batch(), device).sums;
     let weights = Tensor::<1>::from_data(
         TensorData::new(vec![1.0f64, -0.5], [2]),
-        (device, DType::F64),
+        (device, sums.dtype()),
     );
     (sums * weights).sum()
 }
@@ -101,6 +101,35 @@ fn summed_logp_gradient_matches_finite_differences() {
         assert!(
             error < 1e-5,
             "{name}[{index}]: autodiff {analytic} vs finite difference {numeric}"
+        );
+    }
+}
+
+/// The f32 path scores the lm_head through a surrogate (host softmax, gradient onehot − softmax);
+/// its gradients must equal those of the plain log-softmax composition (taken here in f64).
+#[test]
+fn f32_surrogate_lm_head_gradients_equal_the_log_softmax_ones() {
+    let plain = cpu();
+    let tracked_device = plain.clone().autodiff();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/mistral-tiny/policy");
+    let f32_model = Mistral::load(&dir, &plain)
+        .unwrap()
+        .map_weights(|_, t| t.autodiff().require_grad());
+    let f64_model = model_f64(&tracked_device, true);
+    let grads32 = loss(&f32_model, &tracked_device).backward();
+    let grads64 = loss(&f64_model, &tracked_device).backward();
+    for ((name, a), (_, b)) in f32_model.weights().iter().zip(f64_model.weights().iter()) {
+        let g32 = to_f64(a.grad(&grads32).expect("a gradient").flatten::<1>(0, 1));
+        let g64 = to_f64(b.grad(&grads64).expect("a gradient").flatten::<1>(0, 1));
+        let scale = g64.iter().fold(0f64, |m, x| m.max(x.abs())).max(1e-6);
+        let worst = g32
+            .iter()
+            .zip(&g64)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f64, f64::max);
+        assert!(
+            worst <= 1e-4 * scale,
+            "{name}: max difference {worst} (scale {scale})"
         );
     }
 }

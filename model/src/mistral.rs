@@ -400,12 +400,11 @@ impl Mistral {
             .weights()
             .into_iter()
             .zip(specs)
-            .map(|((name, tensor), spec)| {
-                let mut named = NamedTensor::from_tensor(name, tensor)?;
-                named.shape = spec.file_shape;
-                Ok(named)
+            .map(|((name, tensor), spec)| NamedTensor {
+                shape: spec.file_shape,
+                ..NamedTensor::from_tensor(name, tensor)
             })
-            .collect::<Result<Vec<_>>>()?;
+            .collect::<Vec<_>>();
         save_safetensors(dir, &tensors, dtype, crate::weights::MAX_SHARD_BYTES)
     }
 

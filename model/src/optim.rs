@@ -9,7 +9,7 @@
 //! chunks), instead of a dozen whole-tensor passes through the tensor library.
 
 use burn::prelude::*;
-use burn::tensor::{DType, TensorData};
+use burn::tensor::TensorData;
 use rayon::prelude::*;
 
 /// AdamW hyper-parameters.
@@ -71,13 +71,6 @@ pub fn is_norm_weight(name: &str) -> bool {
 /// A gradient on the host, row-major f32.
 pub type HostGrad = Vec<f32>;
 
-/// Copies a gradient tensor to the host.
-pub fn to_host(grad: Tensor<2>) -> HostGrad {
-    grad.into_data_dtype(DType::F32)
-        .try_into_vec::<f32>()
-        .expect("f32 gradient")
-}
-
 /// AdamW over a set of parameters.
 #[derive(Clone, Debug)]
 pub struct AdamW {
@@ -129,7 +122,7 @@ impl AdamW {
             let s = scalars(p.decay);
             let shape = p.value.dims();
             let device = p.value.device();
-            let mut values = to_host(p.value.clone());
+            let mut values = crate::scoring::to_f32(p.value.clone());
             const CHUNK: usize = 1 << 14;
             values
                 .par_chunks_mut(CHUNK)

@@ -145,11 +145,7 @@ impl Scorer {
     /// Scores one right-padded batch.
     pub fn score(&self, batch: &[Sequence], device: &Device) -> ScoreValues {
         let prepared = prepare(&self.model, batch, device);
-        let rows = prepared
-            .rows
-            .into_data_dtype(DType::F32)
-            .try_to_vec::<f32>()
-            .expect("f32 hidden states");
+        let rows = to_f32(prepared.rows);
         let token_logps: Vec<f64> = self
             .head
             .token_logps(&rows, &prepared.targets)
@@ -179,10 +175,7 @@ impl HostHead {
     pub fn new(model: &Mistral) -> HostHead {
         let weight = model.lm_head_weight();
         let [vocab, hidden] = weight.dims();
-        let weight = weight
-            .into_data_dtype(DType::F32)
-            .try_to_vec::<f32>()
-            .expect("f32 weights");
+        let weight = to_f32(weight);
         HostHead {
             weight,
             vocab,
@@ -381,13 +374,7 @@ fn surrogate_token_logps(
 ) -> Tensor<1> {
     let n = targets.len();
     let vocab = lm_head.dims()[0];
-    let mut probs = rows
-        .clone()
-        .inner()
-        .matmul(head_t.clone())
-        .into_data_dtype(DType::F32)
-        .try_into_vec::<f32>()
-        .expect("f32 logits");
+    let mut probs = to_f32(rows.clone().inner().matmul(head_t.clone()));
     let mut values = vec![0f32; n];
     probs
         .par_chunks_mut(vocab)
@@ -425,6 +412,14 @@ fn segment_sums(values: Tensor<1>, counts: &[usize], device: &Device, dtype: DTy
     indicator
         .matmul(values.reshape([n, 1]))
         .reshape([counts.len()])
+}
+
+/// Reads a tensor back as row-major `f32`s, whatever its float dtype.
+pub fn to_f32<const D: usize>(tensor: Tensor<D>) -> Vec<f32> {
+    tensor
+        .into_data_dtype(DType::F32)
+        .try_into_vec::<f32>()
+        .expect("a float tensor converts to f32")
 }
 
 /// Reads a tensor back as `f64`s, whatever its float dtype.

@@ -17,9 +17,9 @@ use crate::dpo::{LossConfig, PairLogps, PreferenceMetrics, preference_loss};
 use crate::error::{ModelError, Result, io_at};
 use crate::lora::{self, LoraConfig};
 use crate::mistral::Mistral;
-use crate::optim::{AdamW, AdamWConfig, HostGrad, Param, clip_coefficient, global_norm, to_host};
+use crate::optim::{AdamW, AdamWConfig, HostGrad, Param, clip_coefficient, global_norm};
 use crate::schedule::{BetaSchedule, LrScheduler};
-use crate::scoring::{Scorer, Sequence, score, to_f64};
+use crate::scoring::{Scorer, Sequence, score, to_f32, to_f64};
 use crate::tokenize::TokenizedPair;
 use crate::weights::{Checkpoint, NamedTensor, SaveDtype, save_safetensors_file};
 
@@ -431,7 +431,7 @@ impl Trainer {
             let grads = tracked.iter().map(|t| {
                 let [rows, cols] = t.dims();
                 t.grad(&gradients)
-                    .map_or_else(|| vec![0.0; rows * cols], to_host)
+                    .map_or_else(|| vec![0.0; rows * cols], to_f32)
             });
             if acc.grads.is_empty() {
                 acc.grads = grads.collect();
@@ -549,7 +549,7 @@ impl Trainer {
             .params
             .iter()
             .map(|p| NamedTensor::from_tensor(p.name.clone(), p.value.clone()))
-            .collect::<Result<Vec<_>>>()?;
+            .collect::<Vec<_>>();
         save_safetensors_file(&tmp.join("trainable.safetensors"), &values, SaveDtype::F32)?;
         let moment = |p: &Param, suffix: &str, values: &[f32]| NamedTensor {
             name: format!("{}{suffix}", p.name),

@@ -227,17 +227,12 @@ impl NamedTensor {
     pub fn from_tensor<const D: usize>(
         name: String,
         tensor: burn::prelude::Tensor<D>,
-    ) -> Result<NamedTensor> {
-        let shape = tensor.dims().to_vec();
-        let values = tensor
-            .into_data_dtype(burn::tensor::DType::F32)
-            .try_to_vec::<f32>()
-            .map_err(|e| ModelError::Argument(format!("{name}: {e:?}")))?;
-        Ok(NamedTensor {
+    ) -> NamedTensor {
+        NamedTensor {
             name,
-            shape,
-            values,
-        })
+            shape: tensor.dims().to_vec(),
+            values: crate::scoring::to_f32(tensor),
+        }
     }
 }
 

@@ -151,11 +151,7 @@ impl ChatTemplate {
 
 /// `chat_template` (a string, or a list of named templates: `default`) of a model's tokenizer config.
 fn model_template(path: &Path) -> Result<(String, serde_json::Value), NodeError> {
-    let file = if path.is_dir() {
-        path.join("tokenizer_config.json")
-    } else {
-        path.to_path_buf()
-    };
+    let file = crate::preference::file_in(path, "tokenizer_config.json");
     let text = std::fs::read_to_string(&file)
         .map_err(|e| NodeError::new(format!("{}: {e}", file.display())))?;
     let config: serde_json::Value = serde_json::from_str(&text)

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use tokio_util::sync::CancellationToken;
 
 use crate::compute::{check_cancelled, run_blocking};
-use crate::preference::{PairSink, PreferencePair, Stats, data_file, parse_pair};
+use crate::preference::{PairSink, PreferencePair, Stats, data_file, file_in, parse_pair};
 use std::io::{BufRead, BufReader};
 
 /// Filters a preference dataset.
@@ -285,11 +285,7 @@ pub struct Keys {
 impl Rules {
     fn with_tokenizer(mut self) -> Result<Rules, NodeError> {
         if let Some(dir) = &self.params.tokenizer {
-            let path = if dir.is_dir() {
-                dir.join("tokenizer.json")
-            } else {
-                dir.clone()
-            };
+            let path = file_in(dir, "tokenizer.json");
             self.tokenizer = Some(
                 tokenizers::Tokenizer::from_file(&path)
                     .map_err(|e| NodeError::new(format!("{}: {e}", path.display())))?,

@@ -286,8 +286,8 @@ fn to_pair(
     let chosen = take_text(&mut row, chosen)?;
     let rejected = take_text(&mut row, rejected)?;
     let system = match system {
-        Some(column) if row.contains_key(column) => Some(take_text(&mut row, column)?),
-        _ => None,
+        Some(column) => take_optional_text(&mut row, column)?,
+        None => None,
     };
     Ok(finish_pair(row, prompt, chosen, rejected, system))
 }
@@ -340,10 +340,7 @@ fn conversational_pair(
 /// LLaMA-Factory's ranking rows: `instruction`, optional `input`, `output: [chosen, rejected]`.
 fn ranking_pair(mut row: Map<String, Json>) -> Result<PreferencePair, String> {
     let instruction = take_text(&mut row, "instruction")?;
-    let input = match row.contains_key("input") {
-        true => take_text(&mut row, "input")?,
-        false => String::new(),
-    };
+    let input = take_optional_text(&mut row, "input")?.unwrap_or_default();
     let prompt = if input.is_empty() {
         instruction
     } else {
@@ -354,24 +351,30 @@ fn ranking_pair(mut row: Map<String, Json>) -> Result<PreferencePair, String> {
         .ok_or("missing column `output` (the ranking preset needs instruction, input, output)")?;
     let [chosen, rejected]: [String; 2] = serde_json::from_value(output)
         .map_err(|_| "column `output` must be a list of two strings: [chosen, rejected]")?;
-    let system = match row.contains_key("system") {
-        true => Some(take_text(&mut row, "system")?),
-        false => None,
-    };
+    let system = take_optional_text(&mut row, "system")?;
     Ok(finish_pair(row, prompt, chosen, rejected, system))
 }
 
 fn take_text(row: &mut Map<String, Json>, column: &str) -> Result<String, String> {
-    let columns: Vec<&String> = row.keys().collect();
-    let names = columns
-        .iter()
-        .map(|c| c.as_str())
-        .collect::<Vec<_>>()
-        .join(", ");
     match row.remove(column) {
         Some(Json::String(s)) => Ok(s),
         Some(other) => Err(format!("column `{column}` must be a string, found {other}")),
-        None => Err(format!("missing column `{column}` (the row has: {names})")),
+        None => {
+            let names: Vec<&str> = row.keys().map(String::as_str).collect();
+            Err(format!(
+                "missing column `{column}` (the row has: {})",
+                names.join(", ")
+            ))
+        }
+    }
+}
+
+/// A text column that may be absent.
+fn take_optional_text(row: &mut Map<String, Json>, column: &str) -> Result<Option<String>, String> {
+    if row.contains_key(column) {
+        take_text(row, column).map(Some)
+    } else {
+        Ok(None)
     }
 }
 

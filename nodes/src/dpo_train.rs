@@ -171,11 +171,7 @@ impl Node for DpoTrain {
 
 /// `logprobs.jsonl` of a `model.ref_logprobs` artifact, by pair id.
 fn read_reference(path: &Path) -> Result<HashMap<String, LogprobRow>, NodeError> {
-    let file = if path.is_dir() {
-        path.join("logprobs.jsonl")
-    } else {
-        path.to_path_buf()
-    };
+    let file = crate::preference::file_in(path, "logprobs.jsonl");
     let text = std::fs::read_to_string(&file)
         .map_err(|e| NodeError::new(format!("{}: {e}", file.display())))?;
     text.lines()

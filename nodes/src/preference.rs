@@ -37,13 +37,18 @@ pub fn content_id(prompt: &str, chosen: &str, rejected: &str) -> String {
     hasher.finalize().to_hex()[..16].to_string()
 }
 
-/// `data.jsonl` inside a dataset directory, or the path itself when it is a file.
-pub fn data_file(path: &Path) -> PathBuf {
+/// `name` inside `path` when it is a directory (an artifact), else `path` itself (a file).
+pub fn file_in(path: &Path, name: &str) -> PathBuf {
     if path.is_dir() {
-        path.join("data.jsonl")
+        path.join(name)
     } else {
         path.to_path_buf()
     }
+}
+
+/// `data.jsonl` inside a dataset directory, or the path itself when it is a file.
+pub fn data_file(path: &Path) -> PathBuf {
+    file_in(path, "data.jsonl")
 }
 
 /// Streams the pairs of a dataset (a directory with `data.jsonl`, or a JSONL file) with their

@@ -11,7 +11,7 @@ use tokio::task::JoinSet;
 pub use tokio_util::sync::CancellationToken;
 
 use crate::fingerprint::{Fingerprint, Reason};
-use crate::node::{LogSink, NodeContext, ProgressSink};
+use crate::node::{Lineage, LogSink, NodeContext, Producer, ProgressSink};
 use crate::plan::{Assessment, Selection, assess};
 use crate::record::{NodeRecord, NodeStatus, RunRecord, RunStatus, new_run_id, now_rfc3339};
 use crate::reference::{Reference, interpolate};
@@ -534,7 +534,8 @@ impl NodeJob {
             log.clone(),
             cancel.clone(),
             progress,
-        );
+        )
+        .with_lineage(self.lineage());
         let running = self.node.node_type.clone().run_json(ctx, params);
         let limit = self.node.timeout.unwrap_or(Duration::MAX);
         let outcome = tokio::select! {
@@ -553,6 +554,41 @@ impl NodeJob {
             digests.insert(name, digest);
         }
         Ok(digests)
+    }
+}
+
+impl NodeJob {
+    fn lineage(&self) -> Lineage {
+        let wf = &self.shared.wf;
+        Lineage {
+            workflow: wf.name.clone(),
+            workflow_file: wf.file.path.clone(),
+            workflow_source: wf.file.source.clone(),
+            run_id: self.shared.run_id.clone(),
+            inputs: self.inputs.clone(),
+            producers: self.producers(),
+        }
+    }
+
+    fn producers(&self) -> BTreeMap<String, Producer> {
+        let wf = &self.shared.wf;
+        let ids: std::collections::BTreeSet<&str> = self
+            .inputs
+            .keys()
+            .filter_map(|input| input.split('.').next())
+            .collect();
+        wf.nodes
+            .iter()
+            .filter(|n| ids.contains(n.id.as_str()))
+            .filter_map(|n| {
+                let fp = Fingerprint::compute_local(n, &wf.params, &BTreeMap::new()).ok()?;
+                let producer = Producer {
+                    uses: fp.node_type,
+                    with: fp.with,
+                };
+                Some((n.id.clone(), producer))
+            })
+            .collect()
     }
 }
 

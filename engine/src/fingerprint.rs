@@ -11,6 +11,7 @@
 //! | `inputs` | `NODE.OUTPUT` → the content digest of that artifact |
 //! | `env` | the value of every `${env.X}` the node references |
 //! | `files` | for files outside the store that the node reads (`Node::external_files`): a digest of their paths, sizes and modification times |
+//! | `remote` | state outside flow the node depends on (`Node::remote_state`): a Hub branch's commit sha and file etags, say |
 //!
 //! Secrets never enter it: changing a token does not re-run anything, and no value of a
 //! secret is ever written to the store. Input *paths* never enter it either, only digests,
@@ -50,11 +51,29 @@ pub struct Fingerprint {
     /// External files the node reads → digest of their sizes and modification times.
     #[serde(default)]
     pub files: BTreeMap<String, String>,
+    /// Remote state the node depends on → its current value (absent from the key when empty).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub remote: BTreeMap<String, String>,
 }
 
 impl Fingerprint {
     /// Computes a node's fingerprint; `input_digests` maps `NODE.OUTPUT` to digests.
     pub fn compute(
+        node: &ValidNode,
+        params: &BTreeMap<String, Json>,
+        input_digests: &BTreeMap<String, String>,
+    ) -> Result<Fingerprint, Vec<Diagnostic>> {
+        let mut fp = Self::compute_local(node, params, input_digests)?;
+        fp.remote = node
+            .node_type
+            .remote_state(&fp.with)
+            .unwrap_or_else(|error| BTreeMap::from([("unresolved".to_string(), error)]));
+        Ok(fp)
+    }
+
+    /// The fingerprint without its remote part: what the workflow and local files decide
+    /// (no network access).
+    pub fn compute_local(
         node: &ValidNode,
         params: &BTreeMap<String, Json>,
         input_digests: &BTreeMap<String, String>,
@@ -67,6 +86,7 @@ impl Fingerprint {
             inputs: BTreeMap::new(),
             env: BTreeMap::new(),
             files: BTreeMap::new(),
+            remote: BTreeMap::new(),
         };
         let mut resolve = |r: &Reference| -> Result<Json, String> {
             match r {
@@ -175,6 +195,14 @@ impl Fingerprint {
                 reasons.push(Reason::FileChanged { path: path.clone() });
             }
         }
+        for (name, value) in &self.remote {
+            if previous.remote.get(name) != Some(value) {
+                reasons.push(Reason::RemoteChanged {
+                    name: name.clone(),
+                    value: value.clone(),
+                });
+            }
+        }
         reasons
     }
 }
@@ -277,6 +305,13 @@ pub enum Reason {
         /// The path as given in the params.
         path: String,
     },
+    /// Remote state the node depends on changed (a Hub branch moved, say).
+    RemoteChanged {
+        /// What it is.
+        name: String,
+        /// Its value now.
+        value: String,
+    },
     /// A cached output's artifact is gone from the store.
     OutputMissing {
         /// The output.
@@ -333,6 +368,7 @@ impl fmt::Display for Reason {
             Reason::InputChanged { input, .. } => write!(f, "input {input} changed"),
             Reason::EnvChanged { name } => write!(f, "env {name} changed"),
             Reason::FileChanged { path } => write!(f, "file {path} changed"),
+            Reason::RemoteChanged { name, value } => write!(f, "{name} is now {value}"),
             Reason::OutputMissing { output } => write!(f, "output {output} missing from the store"),
             Reason::OutputCorrupted { output, detail } => {
                 write!(f, "output {output} corrupted: {detail}")
@@ -362,6 +398,7 @@ mod tests {
                 .collect(),
             env: BTreeMap::new(),
             files: BTreeMap::new(),
+            remote: BTreeMap::new(),
         }
     }
 

@@ -75,6 +75,15 @@ pub trait Node: Send + Sync + 'static {
         Vec::new()
     }
 
+    /// State outside flow that decides the node's result and is cheap to look up (the commit a
+    /// Hub branch points at, say), as `name → value`. It is looked up before every cache check
+    /// and enters the cache key, so the node re-runs when that state moves and is taken from the
+    /// cache while it does not. An `Err` enters the key as well (the node then runs, and its run
+    /// reports the problem).
+    fn remote_state(_params: &Self::Params) -> Result<BTreeMap<String, String>, String> {
+        Ok(BTreeMap::new())
+    }
+
     /// Does the work: reads inputs through `params`, writes each output into `ctx.output_dir(name)`.
     fn run(
         &self,
@@ -120,6 +129,8 @@ pub trait DynNode: Send + Sync {
     fn check_params(&self, params: &Json) -> Result<(), ParamError>;
     /// Files outside the store named by `params` (see [`Node::external_files`]).
     fn external_files(&self, params: &Json) -> Vec<PathBuf>;
+    /// Looks up the remote state named by `params` (see [`Node::remote_state`]).
+    fn remote_state(&self, params: &Json) -> Result<BTreeMap<String, String>, String>;
     /// Runs with params given as JSON.
     fn run_json(self: Arc<Self>, ctx: NodeContext, params: Json) -> BoxFuture;
 }
@@ -173,6 +184,11 @@ impl<N: Node> DynNode for Erased<N> {
         deserialize_params::<N::Params>(params)
             .map(|p| N::external_files(&p))
             .unwrap_or_default()
+    }
+    fn remote_state(&self, params: &Json) -> Result<BTreeMap<String, String>, String> {
+        deserialize_params::<N::Params>(params)
+            .map_err(|e| e.message)
+            .and_then(|p| N::remote_state(&p))
     }
     fn run_json(self: Arc<Self>, ctx: NodeContext, params: Json) -> BoxFuture {
         Box::pin(async move {
@@ -271,6 +287,33 @@ pub fn mask_secrets(text: &str, secrets: &[String]) -> String {
         })
 }
 
+/// Where a node's run comes from: the workflow and the artifacts it reads, for records that
+/// travel with a result (a model card, say).
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Lineage {
+    /// The workflow's name.
+    pub workflow: String,
+    /// The workflow file's path.
+    pub workflow_file: PathBuf,
+    /// The workflow file's text.
+    pub workflow_source: String,
+    /// The run's id.
+    pub run_id: String,
+    /// `NODE.OUTPUT` → content digest of every artifact the node reads.
+    pub inputs: BTreeMap<String, String>,
+    /// The nodes that produced those artifacts, by id.
+    pub producers: BTreeMap<String, Producer>,
+}
+
+/// A node that produced an input artifact, as the workflow declares it.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Producer {
+    /// Its node type (`uses:`).
+    pub uses: String,
+    /// Its params, workflow params substituted, references left symbolic.
+    pub with: Json,
+}
+
 /// What a running node can see and use.
 #[derive(Clone)]
 pub struct NodeContext {
@@ -285,6 +328,7 @@ pub struct NodeContext {
     log: LogSink,
     cancel: CancellationToken,
     progress: Arc<dyn ProgressSink>,
+    lineage: Lineage,
 }
 
 impl NodeContext {
@@ -306,7 +350,19 @@ impl NodeContext {
             log,
             cancel,
             progress,
+            lineage: Lineage::default(),
         }
+    }
+
+    /// The same context, with the run's lineage.
+    pub fn with_lineage(mut self, lineage: Lineage) -> Self {
+        self.lineage = lineage;
+        self
+    }
+
+    /// Where this run comes from (empty outside a workflow run, as in `flow exec`).
+    pub fn lineage(&self) -> &Lineage {
+        &self.lineage
     }
 
     /// The directory to write output `name` into.

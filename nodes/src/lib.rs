@@ -9,6 +9,10 @@ pub mod dataset_filter;
 pub mod dataset_load;
 pub mod dataset_split;
 pub mod dpo_train;
+pub mod hub;
+pub mod hub_fetch;
+pub mod hub_push;
+pub mod model_card;
 pub mod model_init;
 pub mod preference;
 pub mod ref_logprobs;
@@ -29,5 +33,7 @@ pub fn library() -> Registry {
     registry.register(ref_logprobs::RefLogprobs);
     registry.register(dpo_train::DpoTrain);
     registry.register(sft_train::SftTrain);
+    registry.register(hub_fetch::HubFetchModel);
+    registry.register(hub_push::HubPush);
     registry
 }

@@ -14,6 +14,8 @@ use std::time::Duration;
 pub struct ProgressUi {
     multi: Option<MultiProgress>,
     bars: Mutex<HashMap<String, ProgressBar>>,
+    /// One bar per running transfer, by `node/item`.
+    transfers: Mutex<HashMap<String, ProgressBar>>,
     quiet: bool,
 }
 
@@ -26,6 +28,7 @@ impl ProgressUi {
         ProgressUi {
             multi,
             bars: Mutex::new(HashMap::new()),
+            transfers: Mutex::new(HashMap::new()),
             quiet,
         }
     }
@@ -68,6 +71,30 @@ impl ProgressSink for ProgressUi {
                 );
             }
             bar.set_position(done);
+        }
+    }
+
+    fn transfer(&self, node: &str, item: &str, done: u64, total: u64) {
+        let Some(multi) = &self.multi else { return };
+        let key = format!("{node}/{item}");
+        let mut transfers = self.transfers.lock().expect("transfers lock");
+        let bar = transfers.entry(key.clone()).or_insert_with(|| {
+            let bar = multi.add(ProgressBar::new(total));
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "  {prefix:20} {msg:30} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+                )
+                .expect("valid template")
+                .progress_chars("=> "),
+            );
+            bar.set_prefix(node.to_string());
+            bar.set_message(item.to_string());
+            bar
+        });
+        bar.set_position(done);
+        if total > 0 && done >= total {
+            bar.finish_and_clear();
+            transfers.remove(&key);
         }
     }
 }

@@ -238,6 +238,13 @@ impl Registry {
 pub trait ProgressSink: Send + Sync {
     /// `done` of `total` units (`total` 0 when unknown) for node `node`.
     fn progress(&self, node: &str, done: u64, total: u64);
+
+    /// `done` of `total` bytes of one transfer (`item`: a file name) of node `node`; a display
+    /// may show one bar per transfer with bytes/s. By default reported as plain progress.
+    fn transfer(&self, node: &str, item: &str, done: u64, total: u64) {
+        let _ = item;
+        self.progress(node, done, total);
+    }
 }
 
 /// A node's log file; secret values are masked in everything written to it.
@@ -386,6 +393,11 @@ impl NodeContext {
     /// Reports progress (`total` 0 when unknown).
     pub fn progress(&self, done: u64, total: u64) {
         self.progress.progress(&self.node_id, done, total);
+    }
+
+    /// Reports the bytes of one transfer (a file being downloaded or uploaded).
+    pub fn transfer(&self, item: &str, done: u64, total: u64) {
+        self.progress.transfer(&self.node_id, item, done, total);
     }
 }
 

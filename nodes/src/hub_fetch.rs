@@ -330,6 +330,7 @@ async fn download_missing(
             started: Instant::now(),
             done: done.clone(),
             total,
+            file_done: Arc::new(AtomicU64::new(0)),
         };
         api_repo
             .download_with_progress(&file.path, transfer)
@@ -357,6 +358,7 @@ struct Transfer {
     started: Instant,
     done: Arc<AtomicU64>,
     total: u64,
+    file_done: Arc<AtomicU64>,
 }
 
 impl hf_hub::api::tokio::Progress for Transfer {
@@ -367,6 +369,8 @@ impl hf_hub::api::tokio::Progress for Transfer {
     async fn update(&mut self, size: usize) {
         let done = self.done.fetch_add(size as u64, Ordering::Relaxed) + size as u64;
         self.ctx.progress(done, self.total);
+        let file_done = self.file_done.fetch_add(size as u64, Ordering::Relaxed) + size as u64;
+        self.ctx.transfer(&self.file, file_done, self.size);
     }
 
     async fn finish(&mut self) {

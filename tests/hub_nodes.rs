@@ -443,3 +443,134 @@ fn push_to_dir_writes_exactly_the_files_with_no_network() {
         run.stderr
     );
 }
+
+fn orca_rows(split: &str, n: usize) -> Vec<u8> {
+    (0..n)
+        .map(|i| {
+            format!(
+                "{}\n",
+                serde_json::json!({
+                    "system": "Du bist ein hilfreicher Assistent.",
+                    "question": format!("{split} Frage {i}?"),
+                    "chosen": format!("Eine gute Antwort {i}."),
+                    "rejected": format!("Schlecht {i}."),
+                })
+            )
+        })
+        .collect::<String>()
+        .into_bytes()
+}
+
+#[test]
+fn dataset_load_reads_a_hub_dataset_split_through_the_cache_and_records_its_commit() {
+    let hub = HubServer::start(TOKEN);
+    let sha = hub.state().add_repo(
+        "datasets/Intel/orca_dpo_pairs",
+        BTreeMap::from([
+            ("README.md".to_string(), b"# orca".to_vec()),
+            ("data/train.jsonl".to_string(), orca_rows("train", 5)),
+            ("data/test.jsonl".to_string(), orca_rows("test", 2)),
+        ]),
+    );
+    let p = Project::new();
+    p.write(
+        "load.yaml",
+        "name: load\nnodes:\n  orca:\n    uses: dataset.load\n    with:\n      repo: Intel/orca_dpo_pairs\n      columns: intel_orca\n",
+    );
+    flow_hf(&p, Some(&hub), &[], &["run", "load.yaml"]).expect_code(0);
+    let rows = support::jsonl(&p.artifact_file("data.jsonl"));
+    assert_eq!(rows.len(), 5, "the train split only");
+    assert_eq!(rows[0]["prompt"], "train Frage 0?");
+    assert_eq!(rows[0]["system"], "Du bist ein hilfreicher Assistent.");
+    let stats: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(p.artifact_file("stats.json")).unwrap()).unwrap();
+    assert_eq!(stats["source"]["sha"], sha.as_str());
+    assert_eq!(
+        stats["source"]["files"],
+        serde_json::json!(["data/train.jsonl"])
+    );
+    let cache = p.path().join("hf/hub/datasets--Intel--orca_dpo_pairs");
+    assert_eq!(
+        std::fs::read_to_string(cache.join("refs/main")).unwrap(),
+        sha
+    );
+
+    // Offline, from the cache alone, in a fresh store.
+    std::fs::remove_dir_all(p.store()).unwrap();
+    let requests = hub.state().requests.len();
+    flow_hf(
+        &p,
+        Some(&hub),
+        &[("HF_HUB_OFFLINE", "1")],
+        &["run", "load.yaml"],
+    )
+    .expect_code(0);
+    assert_eq!(hub.state().requests.len(), requests);
+
+    // The test split, and a split that does not exist.
+    let test = flow_hf(
+        &p,
+        Some(&hub),
+        &[],
+        &[
+            "exec",
+            "dataset.load",
+            "--with",
+            "repo=Intel/orca_dpo_pairs",
+            "--with",
+            "columns=intel_orca",
+            "--with",
+            "split=test",
+            "--out",
+            "t",
+        ],
+    )
+    .expect_code(0);
+    assert!(
+        test.stderr.is_empty() || !test.stderr.contains("error"),
+        "{}",
+        test.stderr
+    );
+    assert_eq!(
+        support::jsonl(&p.path().join("t/dataset/data.jsonl")).len(),
+        2
+    );
+    let none = flow_hf(
+        &p,
+        Some(&hub),
+        &[],
+        &[
+            "exec",
+            "dataset.load",
+            "--with",
+            "repo=Intel/orca_dpo_pairs",
+            "--with",
+            "split=validation",
+            "--out",
+            "v",
+        ],
+    )
+    .expect_code(1);
+    assert!(
+        none.stderr.contains("no file of commit") && none.stderr.contains("data/train.jsonl"),
+        "{}",
+        none.stderr
+    );
+    let both = flow_hf(
+        &p,
+        None,
+        &[],
+        &[
+            "exec",
+            "dataset.load",
+            "--with",
+            "repo=Intel/orca_dpo_pairs",
+            "--with",
+            "path=x.jsonl",
+            "--out",
+            "b",
+        ],
+    )
+    .expect_code(2);
+    assert!(both.stderr.contains("not both"), "{}", both.stderr);
+}

@@ -1,7 +1,7 @@
 //! `dataset.load`: a preference dataset artifact from a local JSONL, JSON-array, CSV or Parquet file,
 //! with source columns mapped to `prompt` / `chosen` / `rejected` / `system` by a preset or a map.
 
-use flow_engine::node::{Node, NodeContext, NodeError, OutputSpec};
+use flow_engine::node::{Node, NodeContext, NodeError, OutputSpec, ParamError};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value as Json};
@@ -10,7 +10,10 @@ use std::path::{Path, PathBuf};
 
 use crate::chat_template::{ChatTemplate, ChatTemplateParam, Message};
 use crate::compute::run_blocking;
+use crate::hub::{RepoId, RepoKind};
+use crate::hub_fetch::{materialize, remote_key};
 use crate::preference::{PairSink, PreferencePair, content_id};
+use std::collections::BTreeMap;
 
 /// Loads a preference dataset.
 pub struct DatasetLoad;
@@ -82,8 +85,22 @@ impl Default for Columns {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DatasetLoadParams {
-    /// Local file: JSONL, JSON array, CSV or Parquet.
-    pub path: PathBuf,
+    /// Local file: JSONL, JSON array, CSV or Parquet. Exactly one of `path` and `repo`.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// Hub dataset repository (`org/name`), read through the HF cache (HF_HOME, HF_HUB_CACHE,
+    /// HF_ENDPOINT, HF_TOKEN, HF_HUB_OFFLINE honoured); its commit sha enters the cache key.
+    #[serde(default)]
+    pub repo: Option<String>,
+    /// Branch, tag or commit sha of `repo`.
+    #[serde(default = "default_revision")]
+    pub revision: String,
+    /// Split of `repo` to read: files named `SPLIT.*`, `SPLIT-*.*` or under `SPLIT/`, at the top or one directory down (`data/train-00000-of-00001.parquet`).
+    #[serde(default)]
+    pub split: Option<String>,
+    /// Glob list of `repo` files to read instead of `split` (`*` also matches `/`).
+    #[serde(default)]
+    pub files: Option<Vec<String>>,
     /// File format (default: from the extension).
     #[serde(default)]
     pub format: Format,
@@ -104,30 +121,115 @@ pub struct DatasetLoadParams {
     pub seed: u64,
 }
 
+fn default_revision() -> String {
+    "main".into()
+}
+
+impl DatasetLoadParams {
+    /// The globs that pick the repository's data files: `files`, or those of `split` (default `train`).
+    fn repo_patterns(&self) -> Vec<String> {
+        if let Some(files) = &self.files {
+            return files.clone();
+        }
+        let split = self.split.as_deref().unwrap_or("train");
+        let mut patterns = Vec::new();
+        for ext in ["jsonl", "json", "csv", "parquet"] {
+            for shape in [
+                "{s}.{e}",
+                "{s}-*.{e}",
+                "{s}/*.{e}",
+                "*/{s}.{e}",
+                "*/{s}-*.{e}",
+                "*/{s}/*.{e}",
+            ] {
+                patterns.push(shape.replace("{s}", split).replace("{e}", ext));
+            }
+        }
+        patterns
+    }
+
+    fn repo_id(&self) -> Option<Result<RepoId, String>> {
+        self.repo
+            .as_ref()
+            .map(|r| RepoId::parse(r, RepoKind::Dataset))
+    }
+}
+
 impl Node for DatasetLoad {
     type Params = DatasetLoadParams;
     const TYPE: &'static str = "dataset.load";
     const VERSION: &'static str = "1";
-    const DESCRIPTION: &'static str = "Loads preference pairs from a local JSONL, JSON-array, CSV or Parquet file into a preference dataset artifact (`data.jsonl` with prompt, chosen, rejected, optional system, a stable id, extra columns kept; `stats.json`), mapping source columns by a preset (`trl`, `intel_orca`, LLaMA-Factory's `ranking`) or a map. Conversational rows (message lists, explicit or implicit prompt) are rendered with a chat template as TRL does. Optional seeded shuffle and row limit.";
+    const DESCRIPTION: &'static str = "Loads preference pairs from a local JSONL, JSON-array, CSV or Parquet file, or from a Hub dataset repository through the HF cache (split or file globs; the resolved commit sha enters the cache key and `stats.json`), into a preference dataset artifact (`data.jsonl` with prompt, chosen, rejected, optional system, a stable id, extra columns kept; `stats.json`), mapping source columns by a preset (`trl`, `intel_orca`, LLaMA-Factory's `ranking`) or a map. Conversational rows (message lists, explicit or implicit prompt) are rendered with a chat template as TRL does. Optional seeded shuffle and row limit.";
     const OUTPUTS: &'static [OutputSpec] = &[OutputSpec {
         name: "dataset",
         description: "`data.jsonl` (one pair per line) and `stats.json` (rows in and out)",
     }];
 
+    fn check(params: &DatasetLoadParams) -> Result<(), ParamError> {
+        match (&params.path, params.repo_id()) {
+            (Some(_), Some(_)) => Err(ParamError::at(
+                "repo",
+                "give either `path` or `repo`, not both",
+            )),
+            (None, None) => Err(ParamError::at(
+                "path",
+                "missing: give a local file (`path`) or a Hub dataset (`repo: org/name`)",
+            )),
+            (None, Some(repo)) => {
+                repo.map_err(|e| ParamError::at("repo", e))?;
+                if params.files.is_some() && params.split.is_some() {
+                    return Err(ParamError::at(
+                        "files",
+                        "give either `split` or `files`, not both",
+                    ));
+                }
+                crate::hub_fetch::globs(&params.repo_patterns()).map(|_| ())
+            }
+            (Some(_), None) => Ok(()),
+        }
+    }
+
     fn external_files(params: &DatasetLoadParams) -> Vec<PathBuf> {
-        vec![params.path.clone()]
+        params.path.iter().cloned().collect()
+    }
+
+    fn remote_state(params: &DatasetLoadParams) -> Result<BTreeMap<String, String>, String> {
+        match params.repo_id() {
+            Some(repo) => remote_key(&repo?, &params.revision, &params.repo_patterns()),
+            None => Ok(BTreeMap::new()),
+        }
     }
 
     async fn run(&self, ctx: NodeContext, params: DatasetLoadParams) -> Result<(), NodeError> {
         let out = ctx.output_dir("dataset")?.to_path_buf();
         let log = ctx.log().clone();
+        let (sources, source) = match (&params.path, params.repo_id()) {
+            (Some(path), _) => (vec![path.clone()], None),
+            (None, Some(repo)) => {
+                let repo = repo.map_err(NodeError::new)?;
+                let patterns = params.repo_patterns();
+                let got = materialize(&ctx, &repo, &params.revision, &patterns).await?;
+                let files: Vec<&str> = got.files.iter().map(|f| f.path.as_str()).collect();
+                let source = serde_json::json!({
+                    "repo": repo.id, "revision": params.revision, "sha": got.sha, "files": files,
+                });
+                (
+                    got.files.iter().map(|f| got.dir.join(&f.path)).collect(),
+                    Some(source),
+                )
+            }
+            (None, None) => return Err(NodeError::new("give `path` or `repo`")),
+        };
         run_blocking(&ctx, move |_| {
             let template = params
                 .chat_template
                 .as_ref()
                 .map(ChatTemplate::load)
                 .transpose()?;
-            let rows = read_rows(&params.path, params.format)?;
+            let mut rows = Vec::new();
+            for path in &sources {
+                rows.extend(read_rows(path, params.format)?);
+            }
             let mut pairs = rows
                 .into_iter()
                 .map(|(at, row)| {
@@ -142,6 +244,7 @@ impl Node for DatasetLoad {
             pairs.truncate(params.limit.unwrap_or(usize::MAX));
             let mut sink = PairSink::create(&out)?;
             sink.stats.rows_in = rows_in;
+            sink.stats.source = source;
             for pair in &pairs {
                 sink.write(pair)?;
             }

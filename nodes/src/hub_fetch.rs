@@ -100,27 +100,14 @@ impl Node for HubFetchModel {
     }
 
     fn remote_state(params: &FetchParams) -> Result<BTreeMap<String, String>, String> {
-        let Some(repo) = &params.repo else {
-            return Ok(BTreeMap::new());
-        };
-        let repo = RepoId::parse(repo, RepoKind::Model)?;
-        let env = HubEnv::from_env();
-        let snapshot = block_on(resolve(&env, &repo, &params.revision))?.map_err(|e| e.message)?;
-        let selected = select(&snapshot, &params.files).map_err(|e| e.message)?;
-        let etags: String = selected
-            .iter()
-            .map(|f| format!("{} {}\n", f.path, f.etag))
-            .collect();
-        Ok(BTreeMap::from([
-            (
-                format!("commit of {}@{}", repo.id, params.revision),
-                snapshot.sha,
+        match &params.repo {
+            Some(repo) => remote_key(
+                &RepoId::parse(repo, RepoKind::Model)?,
+                &params.revision,
+                &params.files,
             ),
-            (
-                "etags of the selected files".into(),
-                blake3::hash(etags.as_bytes()).to_hex().to_string(),
-            ),
-        ]))
+            None => Ok(BTreeMap::new()),
+        }
     }
 
     async fn run(&self, ctx: NodeContext, params: FetchParams) -> Result<(), NodeError> {
@@ -136,8 +123,31 @@ impl Node for HubFetchModel {
     }
 }
 
+/// The remote state of `revision` of `repo` restricted to `patterns`: the commit sha and a
+/// digest of the selected files' etags (from the Hub, or with HF_HUB_OFFLINE from the cache).
+pub fn remote_key(
+    repo: &RepoId,
+    revision: &str,
+    patterns: &[String],
+) -> Result<BTreeMap<String, String>, String> {
+    let env = HubEnv::from_env();
+    let snapshot = block_on(resolve(&env, repo, revision))?.map_err(|e| e.message)?;
+    let selected = select(&snapshot, patterns).map_err(|e| e.message)?;
+    let etags: String = selected
+        .iter()
+        .map(|f| format!("{} {}\n", f.path, f.etag))
+        .collect();
+    Ok(BTreeMap::from([
+        (format!("commit of {}@{revision}", repo.id), snapshot.sha),
+        (
+            "etags of the selected files".into(),
+            blake3::hash(etags.as_bytes()).to_hex().to_string(),
+        ),
+    ]))
+}
+
 /// The glob allow-list; an invalid glob names its index below `files`.
-fn globs(patterns: &[String]) -> Result<GlobSet, ParamError> {
+pub fn globs(patterns: &[String]) -> Result<GlobSet, ParamError> {
     let mut builder = GlobSetBuilder::new();
     for (i, pattern) in patterns.iter().enumerate() {
         let glob = Glob::new(pattern).map_err(|e| ParamError {
@@ -229,23 +239,34 @@ fn missing_shards(cache_dir: &Path, selected: &[RemoteFile]) -> Vec<String> {
     missing
 }
 
-async fn fetch(
+/// Files of a repository at a commit, present in the HF cache.
+pub struct Materialized {
+    /// The commit sha the revision resolved to.
+    pub sha: String,
+    /// The files the allow-list took.
+    pub files: Vec<RemoteFile>,
+    /// `snapshots/<sha>/` in the cache: each file is at `dir/<path>`.
+    pub dir: PathBuf,
+}
+
+/// Resolves `revision`, selects files by `patterns` and makes them present in the HF cache
+/// (downloading what is missing; with HF_HUB_OFFLINE checking that the cache has them).
+pub async fn materialize(
     ctx: &NodeContext,
     repo: &RepoId,
-    params: &FetchParams,
-    out: &Path,
-) -> Result<(), NodeError> {
+    revision: &str,
+    patterns: &[String],
+) -> Result<Materialized, NodeError> {
     let env = HubEnv::from_env();
     let cache = HfCache {
         root: env.cache.clone(),
     };
-    let snapshot = resolve(&env, repo, &params.revision).await?;
-    let selected = select(&snapshot, &params.files)?;
-    let snapshot_dir = cache.snapshot_dir(repo, &snapshot.sha);
+    let snapshot = resolve(&env, repo, revision).await?;
+    let selected = select(&snapshot, patterns)?;
+    let dir = cache.snapshot_dir(repo, &snapshot.sha);
     ctx.log().line(&format!(
-        "{}@{} is commit {} ({} files selected, {} bytes){}",
+        "{}@{revision} is commit {} ({} files selected, {} bytes){}",
         repo.id,
-        params.revision,
         snapshot.sha,
         selected.len(),
         selected.iter().map(|f| f.size).sum::<u64>(),
@@ -256,24 +277,38 @@ async fn fetch(
         }
     ));
     if env.offline {
-        let missing = missing_shards(&snapshot_dir, &selected);
+        let missing = missing_shards(&dir, &selected);
         if !missing.is_empty() {
             return Err(NodeError::new(format!(
                 "HF_HUB_OFFLINE is set and the cache lacks files of {}@{}: {} (under {})",
                 repo.id,
                 snapshot.sha,
                 missing.join(", "),
-                snapshot_dir.display()
+                dir.display()
             )));
         }
     } else {
         download_missing(ctx, &env, &cache, repo, &snapshot.sha, &selected).await?;
         cache
-            .write_ref(repo, &params.revision, &snapshot.sha)
+            .write_ref(repo, revision, &snapshot.sha)
             .map_err(|e| NodeError::new(format!("cannot write the cache ref: {e}")))?;
     }
-    for file in &selected {
-        link_or_copy(&snapshot_dir.join(&file.path), &out.join(&file.path))?;
+    Ok(Materialized {
+        sha: snapshot.sha,
+        files: selected,
+        dir,
+    })
+}
+
+async fn fetch(
+    ctx: &NodeContext,
+    repo: &RepoId,
+    params: &FetchParams,
+    out: &Path,
+) -> Result<(), NodeError> {
+    let snapshot = materialize(ctx, repo, &params.revision, &params.files).await?;
+    for file in &snapshot.files {
+        link_or_copy(&snapshot.dir.join(&file.path), &out.join(&file.path))?;
     }
     Ok(())
 }
@@ -306,9 +341,13 @@ async fn download_missing(
         .with_progress(false)
         .build()
         .map_err(|e| NodeError::new(format!("cannot set up the Hub client: {e}")))?;
+    let kind = match repo.kind {
+        RepoKind::Model => hf_hub::RepoType::Model,
+        RepoKind::Dataset => hf_hub::RepoType::Dataset,
+    };
     let api_repo = api.repo(hf_hub::Repo::with_revision(
         repo.id.clone(),
-        hf_hub::RepoType::Model,
+        kind,
         sha.to_string(),
     ));
     for file in to_fetch {

@@ -116,6 +116,9 @@ pub struct Stats {
     pub rows_out: usize,
     /// Rows dropped, by reason.
     pub dropped: std::collections::BTreeMap<String, usize>,
+    /// Where the rows came from, when a Hub repository: repo, revision, resolved commit sha, files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<serde_json::Value>,
 }
 
 impl Stats {

@@ -104,7 +104,8 @@ pub fn oid(path: &str, content: &[u8]) -> String {
 }
 
 impl State {
-    /// Adds a repository with one commit holding `files`; returns the commit oid.
+    /// Adds a repository with one commit holding `files`; returns the commit oid. Dataset
+    /// repositories are named `datasets/org/name`.
     pub fn add_repo(&mut self, id: &str, files: BTreeMap<String, Vec<u8>>) -> String {
         self.repos.entry(id.to_string()).or_default();
         self.commit(id, "main", "initial commit", files)
@@ -261,6 +262,23 @@ fn handle(
             let id = format!("{org}/{name}");
             with_repo(&state, &id, authorized, |repo| {
                 revision(repo, &decode(&rev.join("/")))
+            })
+        }
+        ("GET", ["api", "datasets", org, name, "revision", rev @ ..]) => {
+            let id = format!("datasets/{org}/{name}");
+            with_repo(&state, &id, authorized, |repo| {
+                revision(repo, &decode(&rev.join("/")))
+            })
+        }
+        ("GET", ["datasets", org, name, "resolve", rev, file @ ..]) => {
+            let id = format!("datasets/{org}/{name}");
+            let file = file.join("/");
+            let range = headers
+                .get("range")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            with_repo(&state, &id, authorized, |repo| {
+                resolve(repo, &decode(rev), &file, range.as_deref())
             })
         }
         ("POST", ["api", "models", org, name, "preupload", rev]) => {

@@ -535,7 +535,8 @@ impl NodeJob {
             cancel.clone(),
             progress,
         )
-        .with_lineage(self.lineage());
+        .with_lineage(self.lineage())
+        .with_cache_root(absolute(self.shared.store.root().join("node-cache")));
         let running = self.node.node_type.clone().run_json(ctx, params);
         let limit = self.node.timeout.unwrap_or(Duration::MAX);
         let outcome = tokio::select! {

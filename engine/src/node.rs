@@ -336,6 +336,7 @@ pub struct NodeContext {
     cancel: CancellationToken,
     progress: Arc<dyn ProgressSink>,
     lineage: Lineage,
+    cache_root: Option<PathBuf>,
 }
 
 impl NodeContext {
@@ -358,7 +359,23 @@ impl NodeContext {
             cancel,
             progress,
             lineage: Lineage::default(),
+            cache_root: None,
         }
+    }
+
+    /// The same context, with the root of caches shared by every run in one store.
+    pub fn with_cache_root(mut self, root: PathBuf) -> Self {
+        self.cache_root = Some(root);
+        self
+    }
+
+    /// A directory for a cache keyed by content that outlives runs and fingerprints (paid API
+    /// answers, say): `node-cache/<name>` in the store, or the resume directory outside a store.
+    pub fn shared_cache(&self, name: &str) -> PathBuf {
+        self.cache_root
+            .as_ref()
+            .unwrap_or(&self.resume_dir)
+            .join(name)
     }
 
     /// The same context, with the run's lineage.

@@ -9,6 +9,7 @@
 //!   state/<workflow>/<node>.json  fingerprint of the node's last success (for reasons)
 //!   runs/<run-id>/            run records and node logs
 //!   resume/<key>/             what an unfinished node kept for its next attempt
+//!   node-cache/<name>/        caches keyed by content that nodes share across runs (paid API answers)
 //!   tmp/                      outputs being written; renamed into artifacts/ when complete
 //! ```
 //!

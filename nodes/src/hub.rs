@@ -230,13 +230,10 @@ pub struct HubClient {
 
 /// Turns a transport error into a message (reqwest names the URL, never headers).
 pub fn transport_error(e: reqwest::Error) -> NodeError {
-    let mut message = format!("cannot reach the Hub: {e}");
-    let mut source = std::error::Error::source(&e);
-    while let Some(cause) = source {
-        message.push_str(&format!(": {cause}"));
-        source = cause.source();
-    }
-    NodeError::new(message)
+    NodeError::new(format!(
+        "cannot reach the Hub: {}",
+        crate::chat_client::error_chain(&e)
+    ))
 }
 
 impl HubClient {

@@ -2,12 +2,14 @@
 
 use flow_engine::node::Registry;
 
+pub mod chat_client;
 pub mod chat_template;
 pub mod compute;
 pub mod curves;
 pub mod dataset_filter;
 pub mod dataset_load;
 pub mod dataset_split;
+pub mod dataset_translate;
 pub mod dpo_train;
 pub mod hub;
 pub mod hub_fetch;
@@ -28,6 +30,7 @@ pub fn library() -> Registry {
     registry.register(dataset_load::DatasetLoad);
     registry.register(dataset_filter::DatasetFilter);
     registry.register(dataset_split::DatasetSplit);
+    registry.register(dataset_translate::DatasetTranslate);
     registry.register(tokenizer_train::TokenizerTrain);
     registry.register(model_init::ModelInit);
     registry.register(ref_logprobs::RefLogprobs);

@@ -1,0 +1,200 @@
+//! A text service on loopback for the tests (axum): OpenAI-style `POST /v1/chat/completions`
+//! and DeepL-style `POST /v2/translate`. It "translates" by prefixing (`[de] text`), counts the
+//! answers it sent per text, and injects faults in order: 429 with `Retry-After`, 500,
+//! malformed JSON and answers slower than the client's timeout.
+
+#![allow(dead_code)]
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// A fault to answer the next request with.
+#[derive(Clone, Debug)]
+pub enum Fault {
+    /// 429 with `Retry-After: seconds`.
+    TooMany(f64),
+    /// 500.
+    ServerError,
+    /// 200 with a body that is not the protocol's JSON.
+    Malformed,
+    /// A correct answer after this long (longer than the client's timeout).
+    Slow(Duration),
+}
+
+#[derive(Debug, Default)]
+pub struct LlmState {
+    /// Every request received.
+    pub requests: usize,
+    /// Successful answers sent, by the text that was translated.
+    pub answered: BTreeMap<String, usize>,
+    /// Faults for the next requests, in order.
+    pub faults: VecDeque<Fault>,
+    /// How long every normal answer takes.
+    pub delay: Duration,
+    /// The valid API key.
+    pub key: String,
+    /// Texts containing this are refused with 400.
+    pub refuse_containing: Option<String>,
+    /// Authorization headers seen.
+    pub authorizations: Vec<String>,
+}
+
+pub struct LlmServer {
+    pub url: String,
+    pub state: Arc<Mutex<LlmState>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl LlmServer {
+    pub fn start(key: &str) -> LlmServer {
+        let state = Arc::new(Mutex::new(LlmState {
+            key: key.to_string(),
+            ..LlmState::default()
+        }));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let shared = state.clone();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .expect("bind");
+                ready_tx
+                    .send(listener.local_addr().expect("addr"))
+                    .expect("ready");
+                let app = axum::Router::new().fallback(
+                    move |uri: Uri, headers: HeaderMap, body: Bytes| {
+                        let state = shared.clone();
+                        async move { handle(state, uri, headers, body).await }
+                    },
+                );
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(async move {
+                        let _ = stopped.await;
+                    })
+                    .await
+                    .expect("serve");
+            });
+        });
+        let addr = ready_rx.recv().expect("server address");
+        LlmServer {
+            url: format!("http://{addr}"),
+            state,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    pub fn state(&self) -> std::sync::MutexGuard<'_, LlmState> {
+        self.state.lock().expect("state")
+    }
+}
+
+impl Drop for LlmServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn answer(deepl: bool, text: &str) -> Response {
+    let body = if deepl {
+        json!({"translations": [{"detected_source_language": "EN", "text": format!("[DE] {text}")}]})
+    } else {
+        json!({"id": "x", "object": "chat.completion", "choices": [{"index": 0, "message": {"role": "assistant", "content": format!("[de] {text}")}, "finish_reason": "stop"}]})
+    };
+    ([("content-type", "application/json")], body.to_string()).into_response()
+}
+
+async fn handle(
+    state: Arc<Mutex<LlmState>>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let deepl = uri.path() == "/v2/translate";
+    if !deepl && uri.path() != "/v1/chat/completions" {
+        return (StatusCode::NOT_FOUND, "no such route").into_response();
+    }
+    let request: Value = serde_json::from_slice(&body).unwrap_or_default();
+    let text = if deepl {
+        request["text"][0].as_str().unwrap_or_default().to_string()
+    } else {
+        request["messages"][1]["content"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let (fault, delay) = {
+        let mut s = state.lock().expect("state");
+        s.requests += 1;
+        let auth = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        s.authorizations.push(auth.clone());
+        let scheme = if deepl { "DeepL-Auth-Key" } else { "Bearer" };
+        if auth != format!("{scheme} {}", s.key) {
+            return (
+                StatusCode::UNAUTHORIZED,
+                json!({"error": {"message": "Incorrect API key provided", "code": "invalid_api_key"}}).to_string(),
+            )
+                .into_response();
+        }
+        if s.refuse_containing
+            .as_ref()
+            .is_some_and(|bad| text.contains(bad.as_str()))
+        {
+            return (
+                StatusCode::BAD_REQUEST,
+                json!({"error": {"message": "content refused"}}).to_string(),
+            )
+                .into_response();
+        }
+        (s.faults.pop_front(), s.delay)
+    };
+    match fault {
+        Some(Fault::TooMany(seconds)) => (
+            StatusCode::TOO_MANY_REQUESTS,
+            [("retry-after", seconds.to_string())],
+            "rate limited",
+        )
+            .into_response(),
+        Some(Fault::ServerError) => (StatusCode::INTERNAL_SERVER_ERROR, "boom").into_response(),
+        Some(Fault::Malformed) => (
+            [("content-type", "application/json")],
+            "{\"choices\": [ {\"mess",
+        )
+            .into_response(),
+        Some(Fault::Slow(wait)) => {
+            tokio::time::sleep(wait).await;
+            answer(deepl, &text)
+        }
+        None => {
+            tokio::time::sleep(delay).await;
+            *state
+                .lock()
+                .expect("state")
+                .answered
+                .entry(text.clone())
+                .or_default() += 1;
+            answer(deepl, &text)
+        }
+    }
+}

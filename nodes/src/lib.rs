@@ -11,6 +11,8 @@ pub mod dataset_load;
 pub mod dataset_split;
 pub mod dataset_translate;
 pub mod dpo_train;
+pub mod eval_report;
+pub mod evaluate;
 pub mod hub;
 pub mod hub_fetch;
 pub mod hub_push;
@@ -36,6 +38,7 @@ pub fn library() -> Registry {
     registry.register(ref_logprobs::RefLogprobs);
     registry.register(dpo_train::DpoTrain);
     registry.register(sft_train::SftTrain);
+    registry.register(evaluate::Evaluate);
     registry.register(hub_fetch::HubFetchModel);
     registry.register(hub_push::HubPush);
     registry

@@ -1,0 +1,432 @@
+//! `evaluate`: a trained policy against its reference on held-out preference pairs and on
+//! multiple-choice tasks, written as `eval.json` and a self-contained report.
+//!
+//! Preference metrics follow TRL's definitions, with `s(x) = Σ log π(completion token)`:
+//!
+//! | metric | definition |
+//! |---|---|
+//! | `rewards/chosen`, `rewards/rejected` | `β (s_policy − s_reference)` of the chosen / rejected completion, averaged |
+//! | `rewards/accuracies` | share of pairs whose chosen reward exceeds the rejected reward |
+//! | `rewards/margins` | mean of chosen − rejected reward |
+//! | `win_rate` (per model) | share of pairs the model prefers correctly as a classifier: `s(chosen) > s(rejected)` (sums, as DPO compares them) |
+//! | `win_rate_per_token` (per model) | the same with mean per-token log-probs (length-normalised) |
+//! | `logps/chosen`, `logps/rejected` (per model) | mean per-token log-prob of the completions |
+//! | `perplexity` (per model) | `exp(−Σ log p / Σ tokens)` over all chosen completions |
+//!
+//! Multiple-choice tasks are scored as lm-evaluation-harness does: the log-likelihood of
+//! `" " + choice` after the question; `acc` takes the most likely choice, `acc_norm` the most
+//! likely per byte of the choice.
+
+use crate::compute::{DeviceSpec, check_cancelled, model_error, run_blocking};
+use crate::eval_report;
+use crate::preference::read_pairs;
+use flow_engine::node::{Node, NodeContext, NodeError, OutputSpec, ParamError};
+use flow_model::scoring::{Scorer, Sequence};
+use flow_model::tokenize::{PreferenceTokenizer, TokenizedPair, Truncation};
+use flow_model::{Device, Mistral};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use tokio_util::sync::CancellationToken;
+
+/// The node type.
+pub struct Evaluate;
+
+fn default_beta() -> f64 {
+    0.1
+}
+
+fn default_batch_size() -> usize {
+    8
+}
+
+/// Params of `evaluate`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EvaluateParams {
+    /// The policy: a model directory or a PEFT adapter (applied to `reference`).
+    pub model: PathBuf,
+    /// The reference (base) model directory.
+    pub reference: PathBuf,
+    /// Held-out preference pairs.
+    pub dataset: PathBuf,
+    /// β of the implicit rewards (use the training β).
+    #[serde(default = "default_beta")]
+    pub beta: f64,
+    /// Multiple-choice task files (JSONL: `question`, `choices`, `answer` index).
+    #[serde(default)]
+    pub tasks: Vec<PathBuf>,
+    /// `metrics` output of the training node, for the report's training curves.
+    #[serde(default)]
+    pub metrics: Option<PathBuf>,
+    /// Longest prompt + completion in tokens (pairs are cut as in training; pairs whose prompt fills it are skipped).
+    #[serde(default)]
+    pub max_length: Option<usize>,
+    /// Sequences per batch.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// Device.
+    #[serde(default)]
+    pub device: DeviceSpec,
+}
+
+impl Node for Evaluate {
+    type Params = EvaluateParams;
+    const TYPE: &'static str = "evaluate";
+    const VERSION: &'static str = "1";
+    const DESCRIPTION: &'static str = "Evaluates a policy (model or PEFT adapter) against its reference: TRL's implicit-reward accuracy and margins on held-out pairs, each model's win rate as a preference classifier, mean completion log-probs and perplexity of chosen completions, and lm-evaluation-harness-style multiple-choice tasks (acc, acc_norm) from local JSONL files. Writes eval.json and a self-contained report.html / report.md with SVG plots (eval bars policy vs reference, reward-margin histogram, training curves).";
+    const OUTPUTS: &'static [OutputSpec] = &[OutputSpec {
+        name: "report",
+        description: "eval.json, report.html, report.md and the SVG plots",
+    }];
+
+    fn check(params: &EvaluateParams) -> Result<(), ParamError> {
+        if !params.beta.is_finite() || params.beta <= 0.0 {
+            return Err(ParamError::at("beta", "must be a positive number"));
+        }
+        if params.batch_size == 0 {
+            return Err(ParamError::at("batch_size", "must be at least 1"));
+        }
+        if params.max_length.is_some_and(|m| m < 2) {
+            return Err(ParamError::at("max_length", "must be at least 2"));
+        }
+        Ok(())
+    }
+
+    fn external_files(params: &EvaluateParams) -> Vec<PathBuf> {
+        params.tasks.clone()
+    }
+
+    async fn run(&self, ctx: NodeContext, params: EvaluateParams) -> Result<(), NodeError> {
+        let device = params.device.resolve()?;
+        let out = ctx.output_dir("report")?.to_path_buf();
+        let log = ctx.log().clone();
+        run_blocking(&ctx, move |token| {
+            let report = evaluate(&params, &device, &token)?;
+            log.line(&format!(
+                "reward accuracy {:.3}, margin {:.4}; win rate policy {:.3} vs reference {:.3}",
+                report.preference.reward_accuracy,
+                report.preference.reward_margin,
+                report.policy.win_rate,
+                report.reference.win_rate
+            ));
+            eval_report::write(&out, &report, params.metrics.as_deref())
+        })
+        .await
+    }
+}
+
+/// What one model scored.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ModelScores {
+    /// Share of pairs where the summed log-prob of chosen exceeds rejected's.
+    pub win_rate: f64,
+    /// Share of pairs where the mean per-token log-prob of chosen exceeds rejected's.
+    pub win_rate_per_token: f64,
+    /// Mean per-token log-prob of chosen completions.
+    pub logps_chosen: f64,
+    /// Mean per-token log-prob of rejected completions.
+    pub logps_rejected: f64,
+    /// `exp(−Σ log p / Σ tokens)` over chosen completions.
+    pub perplexity: f64,
+    /// Multiple-choice results by task name.
+    pub tasks: BTreeMap<String, TaskScores>,
+}
+
+/// Multiple-choice results of one task.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct TaskScores {
+    /// Questions.
+    pub questions: usize,
+    /// Share answered right by raw log-likelihood.
+    pub acc: f64,
+    /// Share answered right by log-likelihood per byte.
+    pub acc_norm: f64,
+}
+
+/// Implicit-reward metrics (TRL's names in `eval.json`).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct PreferenceScores {
+    /// Pairs evaluated.
+    pub pairs: usize,
+    /// Pairs skipped because the prompt alone reached `max_length`.
+    pub skipped: usize,
+    /// β used.
+    pub beta: f64,
+    /// `rewards/accuracies`.
+    #[serde(rename = "rewards/accuracies")]
+    pub reward_accuracy: f64,
+    /// `rewards/margins`.
+    #[serde(rename = "rewards/margins")]
+    pub reward_margin: f64,
+    /// `rewards/chosen`.
+    #[serde(rename = "rewards/chosen")]
+    pub reward_chosen: f64,
+    /// `rewards/rejected`.
+    #[serde(rename = "rewards/rejected")]
+    pub reward_rejected: f64,
+    /// Every pair's margin, for the histogram.
+    pub margins: Vec<f64>,
+}
+
+/// Everything `evaluate` measured.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct EvalReport {
+    /// Held-out preference metrics.
+    pub preference: PreferenceScores,
+    /// The policy's own scores.
+    pub policy: ModelScores,
+    /// The reference's own scores.
+    pub reference: ModelScores,
+}
+
+/// Completion log-prob sum and token count of each sequence.
+type SeqScores = Vec<(f64, usize)>;
+
+fn evaluate(
+    params: &EvaluateParams,
+    device: &Device,
+    token: &CancellationToken,
+) -> Result<EvalReport, NodeError> {
+    let tokenizer_dir = if params.model.join("tokenizer.json").is_file() {
+        &params.model
+    } else {
+        &params.reference
+    };
+    let tokenizer = PreferenceTokenizer::load(tokenizer_dir).map_err(model_error)?;
+    let pairs = read_pairs(&params.dataset)?;
+    if pairs.is_empty() {
+        return Err(NodeError::new("the evaluation dataset has no pairs"));
+    }
+    let tokenized: Vec<TokenizedPair> = pairs
+        .iter()
+        .filter_map(|p| {
+            tokenizer
+                .tokenize_pair(&p.prompt, &p.chosen, &p.rejected)
+                .truncate(params.max_length, Truncation::KeepStart)
+        })
+        .collect();
+    let sequences: Vec<Sequence> = tokenized
+        .iter()
+        .flat_map(TokenizedPair::sequences)
+        .collect();
+    let tasks = load_tasks(&params.tasks, &tokenizer)?;
+
+    let reference = Mistral::load(&params.reference, device).map_err(model_error)?;
+    let policy = load_policy(&params.model, &reference, device)?;
+    let mut report = EvalReport::default();
+    let mut pair_scores = Vec::new();
+    for (model, scores) in [
+        (policy, &mut report.policy),
+        (reference, &mut report.reference),
+    ] {
+        let scorer = Scorer::new(model);
+        let seq_scores = score_all(&scorer, &sequences, params.batch_size, device, token)?;
+        *scores = model_scores(&seq_scores);
+        for task in &tasks {
+            let results = score_all(&scorer, &task.sequences, params.batch_size, device, token)?;
+            scores.tasks.insert(task.name.clone(), task.grade(&results));
+        }
+        pair_scores.push(seq_scores);
+    }
+    report.preference = preference_scores(&pair_scores[0], &pair_scores[1], params.beta);
+    report.preference.skipped = pairs.len() - tokenized.len();
+    Ok(report)
+}
+
+/// A full model directory, or a PEFT adapter applied to (a copy of) the reference and merged.
+fn load_policy(dir: &Path, reference: &Mistral, device: &Device) -> Result<Mistral, NodeError> {
+    if dir.join("adapter_config.json").is_file() {
+        let mut model = reference.clone();
+        flow_model::lora::load_peft(&mut model, dir).map_err(model_error)?;
+        Ok(flow_model::lora::merged(&model))
+    } else {
+        Mistral::load(dir, device).map_err(model_error)
+    }
+}
+
+fn score_all(
+    scorer: &Scorer,
+    sequences: &[Sequence],
+    batch_size: usize,
+    device: &Device,
+    token: &CancellationToken,
+) -> Result<SeqScores, NodeError> {
+    let mut scores = Vec::with_capacity(sequences.len());
+    for batch in sequences.chunks(batch_size) {
+        check_cancelled(token)?;
+        let sums = scorer.score(batch, device).sums;
+        scores.extend(
+            sums.into_iter()
+                .zip(batch.iter().map(Sequence::completion_len)),
+        );
+    }
+    Ok(scores)
+}
+
+fn mean(values: impl Iterator<Item = f64>) -> f64 {
+    let (sum, n) = values.fold((0.0, 0usize), |(s, n), v| (s + v, n + 1));
+    if n == 0 { f64::NAN } else { sum / n as f64 }
+}
+
+/// A model's own scores from its (chosen, rejected, chosen, rejected, …) sequence scores.
+fn model_scores(scores: &[(f64, usize)]) -> ModelScores {
+    let per_token = |(sum, n): (f64, usize)| sum / n.max(1) as f64;
+    let chosen: Vec<(f64, usize)> = scores.iter().step_by(2).copied().collect();
+    let rejected: Vec<(f64, usize)> = scores.iter().skip(1).step_by(2).copied().collect();
+    let total_logp: f64 = chosen.iter().map(|c| c.0).sum();
+    let total_tokens: usize = chosen.iter().map(|c| c.1).sum();
+    let share = |prefers: &dyn Fn((f64, usize), (f64, usize)) -> bool| {
+        mean(
+            chosen
+                .iter()
+                .zip(&rejected)
+                .map(|(&c, &r)| f64::from(u8::from(prefers(c, r)))),
+        )
+    };
+    ModelScores {
+        win_rate: share(&|c, r| c.0 > r.0),
+        win_rate_per_token: share(&|c, r| per_token(c) > per_token(r)),
+        logps_chosen: mean(chosen.iter().map(|&c| per_token(c))),
+        logps_rejected: mean(rejected.iter().map(|&r| per_token(r))),
+        perplexity: (-total_logp / total_tokens.max(1) as f64).exp(),
+        tasks: BTreeMap::new(),
+    }
+}
+
+/// TRL's implicit-reward metrics from policy and reference sequence scores.
+fn preference_scores(
+    policy: &[(f64, usize)],
+    reference: &[(f64, usize)],
+    beta: f64,
+) -> PreferenceScores {
+    let rewards: Vec<f64> = policy
+        .iter()
+        .zip(reference)
+        .map(|(p, r)| beta * (p.0 - r.0))
+        .collect();
+    let chosen: Vec<f64> = rewards.iter().step_by(2).copied().collect();
+    let rejected: Vec<f64> = rewards.iter().skip(1).step_by(2).copied().collect();
+    let margins: Vec<f64> = chosen.iter().zip(&rejected).map(|(c, r)| c - r).collect();
+    PreferenceScores {
+        pairs: chosen.len(),
+        skipped: 0,
+        beta,
+        reward_accuracy: mean(margins.iter().map(|&m| f64::from(u8::from(m > 0.0)))),
+        reward_margin: mean(margins.iter().copied()),
+        reward_chosen: mean(chosen.iter().copied()),
+        reward_rejected: mean(rejected.iter().copied()),
+        margins,
+    }
+}
+
+/// A multiple-choice task: its questions as scored sequences.
+struct Task {
+    name: String,
+    /// Choices per question and the right answer's index.
+    questions: Vec<(usize, usize)>,
+    /// Byte length of each `" " + choice`, in sequence order.
+    bytes: Vec<usize>,
+    /// One sequence per choice, questions one after another.
+    sequences: Vec<Sequence>,
+}
+
+#[derive(Deserialize)]
+struct Question {
+    question: String,
+    choices: Vec<String>,
+    answer: usize,
+}
+
+fn load_tasks(paths: &[PathBuf], tokenizer: &PreferenceTokenizer) -> Result<Vec<Task>, NodeError> {
+    paths.iter().map(|p| load_task(p, tokenizer)).collect()
+}
+
+fn load_task(path: &Path, tokenizer: &PreferenceTokenizer) -> Result<Task, NodeError> {
+    let at = |line: usize, msg: &dyn std::fmt::Display| {
+        NodeError::new(format!("{}:{line}: {msg}", path.display()))
+    };
+    let file = std::fs::File::open(path).map_err(|e| at(0, &e))?;
+    let mut task = Task {
+        name: path
+            .file_stem()
+            .map_or("task".into(), |s| s.to_string_lossy().to_string()),
+        questions: Vec::new(),
+        bytes: Vec::new(),
+        sequences: Vec::new(),
+    };
+    for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
+        let line = line.map_err(|e| at(n + 1, &e))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let q: Question = serde_json::from_str(&line).map_err(|e| {
+            at(
+                n + 1,
+                &format!("expected {{question, choices, answer}}: {e}"),
+            )
+        })?;
+        if q.choices.len() < 2 || q.answer >= q.choices.len() {
+            return Err(at(
+                n + 1,
+                &"needs at least two choices and `answer` < their number",
+            ));
+        }
+        let context = tokenizer.encode(&q.question);
+        for choice in &q.choices {
+            let continuation = format!(" {choice}");
+            let full = tokenizer.encode(&format!("{}{continuation}", q.question));
+            let start = context
+                .iter()
+                .zip(&full)
+                .take_while(|(a, b)| a == b)
+                .count()
+                .clamp(1, full.len().saturating_sub(1).max(1));
+            task.bytes.push(continuation.len());
+            task.sequences.push(Sequence {
+                ids: full,
+                completion_start: start,
+            });
+        }
+        task.questions.push((q.choices.len(), q.answer));
+    }
+    if task.questions.is_empty() {
+        return Err(at(0, &"no questions"));
+    }
+    Ok(task)
+}
+
+impl Task {
+    /// `acc` and `acc_norm` from the choices' log-likelihoods.
+    fn grade(&self, scores: &[(f64, usize)]) -> TaskScores {
+        let (mut right, mut right_norm, mut at) = (0, 0, 0);
+        for &(choices, answer) in &self.questions {
+            let lls = &scores[at..at + choices];
+            let bytes = &self.bytes[at..at + choices];
+            let best = argmax(lls.iter().map(|s| s.0));
+            let best_norm = argmax(lls.iter().zip(bytes).map(|(s, &b)| s.0 / b as f64));
+            right += usize::from(best == answer);
+            right_norm += usize::from(best_norm == answer);
+            at += choices;
+        }
+        let n = self.questions.len() as f64;
+        TaskScores {
+            questions: self.questions.len(),
+            acc: right as f64 / n,
+            acc_norm: right_norm as f64 / n,
+        }
+    }
+}
+
+/// Index of the largest value (the first on ties, as numpy's argmax).
+fn argmax(values: impl Iterator<Item = f64>) -> usize {
+    let mut best = (0, f64::NEG_INFINITY);
+    for (i, v) in values.enumerate() {
+        if v > best.1 {
+            best = (i, v);
+        }
+    }
+    best.0
+}

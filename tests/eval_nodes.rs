@@ -1,0 +1,273 @@
+//! `evaluate` through the real binary on the fixtures: the preference metrics equal the values
+//! computed by hand from transformers' golden log-probs, multiple-choice accuracy equals the
+//! argmax of independently scored choices, and the report files are complete.
+
+mod support;
+
+use flow_model::scoring::{Scorer, Sequence};
+use serde_json::Value;
+use support::{Project, fixtures, golden, golden_dataset};
+
+fn close(actual: &Value, expected: f64, what: &str) {
+    let actual = actual.as_f64().unwrap_or_else(|| panic!("{what} missing"));
+    assert!(
+        (actual - expected).abs() <= 1e-4 * expected.abs().max(1.0),
+        "{what}: {actual} vs {expected}"
+    );
+}
+
+fn mean(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len() as f64
+}
+
+#[test]
+fn preference_metrics_equal_hand_computed_values_from_the_golden_log_probs() {
+    let p = Project::new();
+    let data = golden_dataset(&p, 1);
+    let task = p.write(
+        "quiz.jsonl",
+        "{\"question\": \"Was ist die Hauptstadt von Deutschland?\", \"choices\": [\"Berlin\", \"Paris\", \"Rom\"], \"answer\": 0}\n{\"question\": \"Wie viele Beine hat eine Katze?\", \"choices\": [\"zwei\", \"vier\"], \"answer\": 1}\n",
+    );
+    let base = fixtures().join("mistral-tiny/base");
+    let policy = fixtures().join("mistral-tiny/policy");
+    p.flow(&[
+        "exec",
+        "evaluate",
+        "--with",
+        &format!("model={}", policy.display()),
+        "--with",
+        &format!("reference={}", base.display()),
+        "--with",
+        &format!("dataset={}", data.display()),
+        "--with",
+        &format!("tasks=[{}]", task.display()),
+        "--out",
+        "eval",
+    ])
+    .expect_code(0);
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(p.path().join("eval/report/eval.json")).unwrap())
+            .unwrap();
+
+    // By hand from the golden per-token log-probs (TRL's definitions, β = 0.1).
+    let g = golden();
+    let beta = g["beta"].as_f64().unwrap();
+    let pairs = g["pairs"].as_array().unwrap();
+    let f = |pair: &Value, key: &str| pair[key].as_f64().unwrap();
+    let tokens = |pair: &Value, key: &str| -> Vec<f64> {
+        pair[key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect()
+    };
+    let chosen: Vec<f64> = pairs
+        .iter()
+        .map(|q| beta * (f(q, "policy_chosen_logps") - f(q, "ref_chosen_logps")))
+        .collect();
+    let rejected: Vec<f64> = pairs
+        .iter()
+        .map(|q| beta * (f(q, "policy_rejected_logps") - f(q, "ref_rejected_logps")))
+        .collect();
+    let margins: Vec<f64> = chosen.iter().zip(&rejected).map(|(c, r)| c - r).collect();
+    let pref = &report["preference"];
+    close(
+        &pref["rewards/accuracies"],
+        mean(
+            &margins
+                .iter()
+                .map(|m| f64::from(u8::from(*m > 0.0)))
+                .collect::<Vec<_>>(),
+        ),
+        "accuracy",
+    );
+    close(
+        &pref["rewards/accuracies"],
+        g["losses"]["rewards/accuracies"].as_f64().unwrap(),
+        "TRL accuracy",
+    );
+    close(&pref["rewards/margins"], mean(&margins), "margin");
+    close(&pref["rewards/chosen"], mean(&chosen), "chosen reward");
+    close(
+        &pref["rewards/rejected"],
+        mean(&rejected),
+        "rejected reward",
+    );
+    assert_eq!(pref["pairs"], pairs.len());
+
+    for (model, prefix) in [("policy", "policy"), ("reference", "ref")] {
+        let per_token = |q: &Value, which: &str| {
+            let t = tokens(q, &format!("{prefix}_{which}_token_logps"));
+            t.iter().sum::<f64>() / t.len() as f64
+        };
+        let share = |prefers: &dyn Fn(&Value) -> bool| {
+            mean(
+                &pairs
+                    .iter()
+                    .map(|q| f64::from(u8::from(prefers(q))))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let sums = share(&|q| {
+            f(q, &format!("{prefix}_chosen_logps")) > f(q, &format!("{prefix}_rejected_logps"))
+        });
+        close(
+            &report[model]["win_rate"],
+            sums,
+            &format!("{model} win rate"),
+        );
+        let normalised = share(&|q| per_token(q, "chosen") > per_token(q, "rejected"));
+        close(
+            &report[model]["win_rate_per_token"],
+            normalised,
+            &format!("{model} win rate per token"),
+        );
+        close(
+            &report[model]["logps_chosen"],
+            mean(
+                &pairs
+                    .iter()
+                    .map(|q| per_token(q, "chosen"))
+                    .collect::<Vec<_>>(),
+            ),
+            &format!("{model} chosen logps"),
+        );
+        let all: Vec<f64> = pairs
+            .iter()
+            .flat_map(|q| tokens(q, &format!("{prefix}_chosen_token_logps")))
+            .collect();
+        close(
+            &report[model]["perplexity"],
+            (-all.iter().sum::<f64>() / all.len() as f64).exp(),
+            &format!("{model} perplexity"),
+        );
+    }
+
+    // Multiple choice: the argmax of the choices' log-likelihoods, scored here independently.
+    let tokenizer = flow_model::tokenize::PreferenceTokenizer::load(&base).unwrap();
+    let device = flow_model::cpu();
+    let scorer = Scorer::new(flow_model::Mistral::load(&policy, &device).unwrap());
+    let questions = [
+        (
+            "Was ist die Hauptstadt von Deutschland?",
+            vec!["Berlin", "Paris", "Rom"],
+            0,
+        ),
+        ("Wie viele Beine hat eine Katze?", vec!["zwei", "vier"], 1),
+    ];
+    let (mut right, mut right_norm) = (0.0, 0.0);
+    for (question, choices, answer) in &questions {
+        let context = tokenizer.encode(question);
+        let scored: Vec<(f64, f64)> = choices
+            .iter()
+            .map(|c| {
+                let full = tokenizer.encode(&format!("{question} {c}"));
+                let start = context
+                    .iter()
+                    .zip(&full)
+                    .take_while(|(a, b)| a == b)
+                    .count();
+                let ll = scorer
+                    .score(
+                        &[Sequence {
+                            ids: full,
+                            completion_start: start,
+                        }],
+                        &device,
+                    )
+                    .sums[0];
+                (ll, ll / (c.len() + 1) as f64)
+            })
+            .collect();
+        let best = |key: fn(&(f64, f64)) -> f64| {
+            (0..scored.len()).fold(0, |b, i| {
+                if key(&scored[i]) > key(&scored[b]) {
+                    i
+                } else {
+                    b
+                }
+            })
+        };
+        right += f64::from(u8::from(best(|s| s.0) == *answer));
+        right_norm += f64::from(u8::from(best(|s| s.1) == *answer));
+    }
+    close(
+        &report["policy"]["tasks"]["quiz"]["acc"],
+        right / 2.0,
+        "acc",
+    );
+    close(
+        &report["policy"]["tasks"]["quiz"]["acc_norm"],
+        right_norm / 2.0,
+        "acc_norm",
+    );
+
+    let dir = p.path().join("eval/report");
+    let html = std::fs::read_to_string(dir.join("report.html")).unwrap();
+    assert!(html.matches("<svg").count() >= 2, "plots inlined");
+    assert!(html.contains("win rate as a preference classifier"));
+    let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
+    assert!(
+        md.contains("| reward accuracy") && md.contains("![Policy vs reference](eval_bars.svg)")
+    );
+    for file in ["eval_bars.svg", "reward_margins.svg"] {
+        assert!(
+            std::fs::read_to_string(dir.join(file))
+                .unwrap()
+                .contains("<svg"),
+            "{file}"
+        );
+    }
+}
+
+#[test]
+fn bad_task_files_and_params_fail_with_their_location() {
+    let p = Project::new();
+    let data = golden_dataset(&p, 1);
+    let task = p.write(
+        "bad.jsonl",
+        "{\"question\": \"q\", \"choices\": [\"a\"], \"answer\": 0}\n",
+    );
+    let base = fixtures().join("mistral-tiny/base");
+    let run = p.flow(&[
+        "exec",
+        "evaluate",
+        "--with",
+        &format!("model={}", base.display()),
+        "--with",
+        &format!("reference={}", base.display()),
+        "--with",
+        &format!("dataset={}", data.display()),
+        "--with",
+        &format!("tasks=[{}]", task.display()),
+        "--out",
+        "eval",
+    ]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("bad.jsonl:1") && run.stderr.contains("two choices"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        !p.path().join("eval/report/eval.json").exists(),
+        "nothing half-written"
+    );
+    let run = p.flow(&[
+        "exec",
+        "evaluate",
+        "--with",
+        "model=m",
+        "--with",
+        "reference=r",
+        "--with",
+        "dataset=d",
+        "--with",
+        "beta=-1",
+        "--out",
+        "x",
+    ]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(run.stderr.contains("beta"), "{}", run.stderr);
+}

@@ -92,3 +92,103 @@ fn the_embedded_default_learns_reports_pushes_to_a_dir_and_caches() {
     ]);
     assert_eq!(actions(&beta.json()), expected);
 }
+
+/// Writes `files` into an HF cache as Python's huggingface_hub lays it out (blobs named by a
+/// content hash, snapshot symlinks, `refs/main`), for a repository never fetched from a network.
+fn seed_hf_cache(cache: &Path, folder: &str, files: &[(String, Vec<u8>)]) {
+    let repo = cache.join(folder);
+    let sha = "0123456789abcdef0123456789abcdef01234567";
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), sha).unwrap();
+    for (path, content) in files {
+        let etag = blake3::hash(content).to_hex().to_string();
+        std::fs::create_dir_all(repo.join("blobs")).unwrap();
+        std::fs::write(repo.join("blobs").join(&etag), content).unwrap();
+        let pointer = repo.join("snapshots").join(sha).join(path);
+        std::fs::create_dir_all(pointer.parent().unwrap()).unwrap();
+        let depth = path.matches('/').count() + 2;
+        let target: std::path::PathBuf = std::iter::repeat_n("..", depth).collect();
+        std::os::unix::fs::symlink(target.join("blobs").join(&etag), pointer).unwrap();
+    }
+}
+
+#[test]
+fn the_real_7b_workflow_runs_offline_on_the_tiny_model_through_a_local_hf_cache() {
+    let p = Project::new();
+    let hub = p.path().join("hf/hub");
+    let base = support::fixtures().join("mistral-tiny/base");
+    let model_files: Vec<(String, Vec<u8>)> = std::fs::read_dir(&base)
+        .unwrap()
+        .flatten()
+        .map(|e| {
+            (
+                e.file_name().to_string_lossy().to_string(),
+                std::fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect();
+    seed_hf_cache(&hub, "models--flow-test--tiny-mistral", &model_files);
+    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("workflows/data/dpo-de-sample.jsonl");
+    let orca: String = support::jsonl(&sample)
+        .into_iter()
+        .map(|row| {
+            let orca = serde_json::json!({
+                "system": row["system"].as_str().unwrap_or(""),
+                "question": row["prompt"], "chosen": row["chosen"], "rejected": row["rejected"],
+            });
+            format!("{orca}\n")
+        })
+        .collect();
+    seed_hf_cache(
+        &hub,
+        "datasets--flow-test--orca-de",
+        &[("data/train.jsonl".into(), orca.into_bytes())],
+    );
+
+    let run = p
+        .command(&[
+            "run",
+            "workflows/dpo-de.yaml",
+            "--set",
+            "base_model=flow-test/tiny-mistral",
+            "--set",
+            "dataset=flow-test/orca-de",
+            "--set",
+            "device=cpu",
+            "--set",
+            "dtype=f32",
+            "--set",
+            "max_steps=3",
+            "--set",
+            "batch_size=2",
+            "--set",
+            "grad_accum=1",
+            "--set",
+            "max_length=256",
+            "--set",
+            "eval_rows=16",
+            "--set",
+            "push_target=dir",
+            "--set",
+            "hub_repo=flow-test/dpo-de-ci",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("FLOW_STORE", p.store())
+        .env("HF_HOME", p.path().join("hf"))
+        .env("HF_HUB_OFFLINE", "1")
+        .env("HF_ENDPOINT", "http://127.0.0.1:9")
+        .env("HF_TOKEN", "hf_unused_for_target_dir")
+        .output()
+        .expect("run flow");
+    let run: Run = run.into();
+    let run = run.expect_code(0);
+    assert!(!run.stderr.contains("hf_unused_for_target_dir"));
+    let card = std::fs::read_to_string(p.artifact_file("README.md")).unwrap();
+    assert!(
+        card.contains("base_model: \"flow-test/tiny-mistral\""),
+        "{card}"
+    );
+    assert!(card.contains("- \"flow-test/orca-de\""), "{card}");
+    let eval = read_json(&p.artifact_file("eval.json"));
+    assert_eq!(eval["preference"]["pairs"], 16);
+}

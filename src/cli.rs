@@ -67,6 +67,25 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print the path of a run's evaluation report (`report.html` of its `evaluate` node).
+    Report {
+        /// Run id, a unique prefix of one, or `last`.
+        #[arg(default_value = "last")]
+        run: String,
+        /// Also open it in the desktop's browser.
+        #[arg(long)]
+        open: bool,
+    },
+    /// Show two runs' params and metrics side by side (differences marked).
+    Compare {
+        /// First run (id, prefix or `last`).
+        a: String,
+        /// Second run.
+        b: String,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run one node outside a workflow (for debugging and scripting).
     Exec(ExecArgs),
     /// Write the JSON Schemas (workflow and one per node type).

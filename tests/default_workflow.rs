@@ -91,6 +91,46 @@ fn the_embedded_default_learns_reports_pushes_to_a_dir_and_caches() {
         ("push", "run"),
     ]);
     assert_eq!(actions(&beta.json()), expected);
+
+    // `flow report` finds the report; `flow compare` shows a β sweep side by side.
+    let path = flow_at_root(&p, &["report"]).expect_code(0);
+    assert_eq!(
+        Path::new(path.stdout.trim()),
+        std::path::absolute(&report).unwrap()
+    );
+    flow_at_root(&p, &["run", wf, "--set", "beta=0.05"]).expect_code(0);
+    let runs = flow_at_root(&p, &["runs", "--json"]).expect_code(0).json();
+    let ids: Vec<&str> = runs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    let compare = flow_at_root(&p, &["compare", ids[0], ids[1]]).expect_code(0);
+    let beta_row = compare
+        .stdout
+        .lines()
+        .find(|l| l.contains(" beta "))
+        .expect("beta row");
+    assert!(
+        beta_row.starts_with('*') && beta_row.contains("0.1") && beta_row.contains("0.05"),
+        "{}",
+        compare.stdout
+    );
+    assert!(
+        compare
+            .stdout
+            .contains("eval.preference.rewards/accuracies"),
+        "{}",
+        compare.stdout
+    );
+    assert!(compare.stdout.contains("train.loss"), "{}", compare.stdout);
+    let none = p
+        .command(&["report", "nope"])
+        .env("FLOW_STORE", p.store())
+        .output()
+        .unwrap();
+    assert_eq!(none.status.code(), Some(2));
 }
 
 /// Writes `files` into an HF cache as Python's huggingface_hub lays it out (blobs named by a

@@ -148,7 +148,7 @@ fn status_text<T: serde::Serialize>(status: &T) -> String {
 }
 
 /// Finds a run by id, unique prefix, or `last`.
-fn find_run(store: &Store, wanted: &str) -> Result<RunRecord, Failure> {
+pub fn find_run(store: &Store, wanted: &str) -> Result<RunRecord, Failure> {
     let records = RunRecord::list(store);
     let matches: Vec<&RunRecord> = if wanted == "last" {
         records.last().into_iter().collect()

@@ -3,6 +3,7 @@
 mod bench;
 mod exec;
 mod inspect;
+mod report;
 mod run;
 
 use flow_engine::diagnostic::Diagnostics;
@@ -76,6 +77,8 @@ pub fn dispatch(command: Command, store: &Store) -> Result<(), Failure> {
         Command::Graph { file, format, set } => inspect::graph(&file, format, &set),
         Command::Runs { json } => inspect::runs(store, json),
         Command::Show { run, json } => inspect::show(store, &run, json),
+        Command::Report { run, open } => report::report(store, &run, open),
+        Command::Compare { a, b, json } => report::compare(store, &a, &b, json),
         Command::Schema { dir, check } => inspect::schema(&dir, check),
         Command::Gc { dry_run } => inspect::gc(store, dry_run),
         Command::Bench { what } => bench::bench(what),

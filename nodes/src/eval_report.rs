@@ -75,10 +75,9 @@ fn row(out: &mut String, name: &str, policy: f64, reference: f64) {
 fn tables(report: &EvalReport) -> String {
     let p = &report.preference;
     let mut out = format!(
-        "## Held-out preferences\n\n{} pairs ({} skipped), β = {}.\n\n| metric | value |\n|---|---|\n",
+        "## Held-out preferences\n\n{} pairs ({} skipped), β = {}. The reference's implicit reward is zero for every pair, so its reward accuracy is chance (0.5).\n\n| metric | value |\n|---|---|\n",
         p.pairs, p.skipped, p.beta
     );
-    out.push_str("The reference's implicit reward is zero for every pair, so its reward accuracy is chance (0.5): the policy beats it by `reward accuracy − 0.5`.\n\n");
     for (name, value) in [
         ("reward accuracy (`rewards/accuracies`)", p.reward_accuracy),
         ("reward margin (`rewards/margins`)", p.reward_margin),
@@ -91,9 +90,15 @@ fn tables(report: &EvalReport) -> String {
     let (pol, rf): (&ModelScores, &ModelScores) = (&report.policy, &report.reference);
     row(
         &mut out,
-        "win rate as a preference classifier",
+        "win rate as a preference classifier (summed log-probs)",
         pol.win_rate,
         rf.win_rate,
+    );
+    row(
+        &mut out,
+        "win rate per token (length-normalised)",
+        pol.win_rate_per_token,
+        rf.win_rate_per_token,
     );
     row(
         &mut out,

@@ -40,6 +40,12 @@ pub fn write(dir: &Path, report: &EvalReport, metrics: Option<&Path>) -> Result<
 fn bars(report: &EvalReport) -> Vec<(String, f64, f64)> {
     let mut bars = vec![
         (
+            // The reference's implicit reward is zero for every pair: chance.
+            "reward accuracy".to_string(),
+            report.preference.reward_accuracy,
+            0.5,
+        ),
+        (
             "win rate".to_string(),
             report.policy.win_rate,
             report.reference.win_rate,

@@ -2,6 +2,7 @@
 //! computed by hand from transformers' golden log-probs, multiple-choice accuracy equals the
 //! argmax of independently scored choices, and the report files are complete.
 
+mod llm_server;
 mod support;
 
 use flow_model::scoring::{Scorer, Sequence};
@@ -270,4 +271,66 @@ fn bad_task_files_and_params_fail_with_their_location() {
     ]);
     assert_eq!(run.code, 2, "{}", run.stderr);
     assert!(run.stderr.contains("beta"), "{}", run.stderr);
+}
+
+#[test]
+fn samples_are_generated_side_by_side_and_an_llm_judge_compares_them() {
+    let server = llm_server::LlmServer::start("sk-judge");
+    let p = Project::new();
+    let data = golden_dataset(&p, 1);
+    let base = fixtures().join("mistral-tiny/base");
+    let policy = fixtures().join("mistral-tiny/policy");
+    let judge = format!(
+        "judge={{base_url: \"{}/v1\", model: judge-model, api_key: sk-judge}}",
+        server.url
+    );
+    p.flow(&[
+        "exec", "evaluate",
+        "--with", &format!("model={}", policy.display()),
+        "--with", &format!("reference={}", base.display()),
+        "--with", &format!("dataset={}", data.display()),
+        "--with", "prompts=[\"Was ist die Hauptstadt von Deutschland?\", \"Nenne eine Farbe.\", \"Wie viele Tage hat eine Woche?\"]",
+        "--with", "max_new_tokens=8",
+        "--with", &judge,
+        "--out", "eval",
+    ])
+    .expect_code(0);
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(p.path().join("eval/report/eval.json")).unwrap())
+            .unwrap();
+    let samples = report["samples"].as_array().unwrap();
+    assert_eq!(samples.len(), 3);
+    let verdicts = report["judge"]["verdicts"].as_array().unwrap();
+    let mut wins = 0;
+    for (sample, verdict) in samples.iter().zip(verdicts) {
+        for model in ["policy", "reference"] {
+            for kind in ["greedy", "sampled"] {
+                assert!(sample[model][kind].is_string(), "{sample}");
+            }
+        }
+        let (policy, reference) = (
+            sample["policy"]["greedy"].as_str().unwrap(),
+            sample["reference"]["greedy"].as_str().unwrap(),
+        );
+        let (a, b) = if verdict["policy_position"] == "A" {
+            (policy, reference)
+        } else {
+            (reference, policy)
+        };
+        let judge_says_a = a.trim().chars().count() >= b.trim().chars().count();
+        let policy_wins = judge_says_a == (verdict["policy_position"] == "A");
+        assert_eq!(
+            verdict["winner"],
+            if policy_wins { "policy" } else { "reference" },
+            "{verdict}"
+        );
+        wins += usize::from(policy_wins);
+    }
+    assert_eq!(report["judge"]["wins"], wins);
+    assert_eq!(server.state().requests, 3, "one judge request per prompt");
+    let md = std::fs::read_to_string(p.path().join("eval/report/report.md")).unwrap();
+    assert!(
+        md.contains("## LLM judge") && md.contains("## Samples"),
+        "{md}"
+    );
 }

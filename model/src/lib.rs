@@ -6,6 +6,7 @@ pub mod bench;
 pub mod config;
 pub mod dpo;
 pub mod error;
+pub mod generate;
 pub mod init;
 pub mod lora;
 pub mod mistral;

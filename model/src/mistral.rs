@@ -142,6 +142,14 @@ impl Rope {
         }
     }
 
+    /// The tables of positions `start..start + len` only (a KV-cached step's new tokens).
+    fn positions(&self, start: usize, len: usize) -> Rope {
+        Rope {
+            cos: self.cos.clone().narrow(2, start, len),
+            sin: self.sin.clone().narrow(2, start, len),
+        }
+    }
+
     /// `x·cos + rotate_half(x)·sin` for `x` of shape `[batch, heads, len, head_dim]`.
     fn apply(&self, x: Tensor<4>) -> Tensor<4> {
         let d = x.dims()[3];
@@ -169,13 +177,28 @@ pub struct Attention {
 }
 
 impl Attention {
-    fn forward(&self, x: Tensor<3>, rope: &Rope, mask: &Tensor<4>) -> Tensor<3> {
+    /// Attention of `x`'s tokens over the cached keys and values (when a cache is given: they
+    /// come first) and their own; `mask` is `[batch, 1, new, cached + new]`.
+    fn forward(
+        &self,
+        x: Tensor<3>,
+        rope: &Rope,
+        mask: &Tensor<4>,
+        cache: Option<&mut LayerCache>,
+    ) -> Tensor<3> {
         let [b, t, _] = x.dims();
         let split =
             |y: Tensor<3>, heads: usize| y.reshape([b, t, heads, self.head_dim]).swap_dims(1, 2);
         let q = rope.apply(split(self.q_proj.forward(x.clone()), self.heads));
-        let k = rope.apply(split(self.k_proj.forward(x.clone()), self.kv_heads));
-        let v = split(self.v_proj.forward(x), self.kv_heads);
+        let mut k = rope.apply(split(self.k_proj.forward(x.clone()), self.kv_heads));
+        let mut v = split(self.v_proj.forward(x), self.kv_heads);
+        if let Some(cache) = cache {
+            if let Some((past_k, past_v)) = cache.take() {
+                k = Tensor::cat(vec![past_k, k], 2);
+                v = Tensor::cat(vec![past_v, v], 2);
+            }
+            *cache = Some((k.clone(), v.clone()));
+        }
         let (k, v) = (self.repeat_kv(k), self.repeat_kv(v));
         let scale = (self.head_dim as f64).powf(-0.5);
         let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(scale) + mask.clone();
@@ -232,11 +255,17 @@ pub struct DecoderLayer {
 }
 
 impl DecoderLayer {
-    fn forward(&self, x: Tensor<3>, rope: &Rope, mask: &Tensor<4>) -> Tensor<3> {
+    fn forward(
+        &self,
+        x: Tensor<3>,
+        rope: &Rope,
+        mask: &Tensor<4>,
+        cache: Option<&mut LayerCache>,
+    ) -> Tensor<3> {
         let x = x.clone()
             + self
                 .self_attn
-                .forward(self.input_layernorm.forward(x), rope, mask);
+                .forward(self.input_layernorm.forward(x), rope, mask, cache);
         x.clone() + self.mlp.forward(self.post_attention_layernorm.forward(x))
     }
 }
@@ -434,10 +463,89 @@ impl Mistral {
             self.embed_tokens.dtype(),
         );
         for layer in &self.layers {
-            x = layer.forward(x, &rope, mask);
+            x = layer.forward(x, &rope, mask, None);
         }
         self.norm.forward(x)
     }
+
+    /// Final-normed hidden states `[1, new, hidden]` of `ids` appended to the sequence whose
+    /// keys and values `cache` holds; the cache grows by `ids.len()` positions. With an empty
+    /// cache this is [`Mistral::hidden_states`] of one unpadded sequence.
+    pub fn hidden_states_cached(&self, ids: &[u32], cache: &mut KvCache) -> Tensor<3> {
+        let device = self.embed_tokens.device();
+        let dtype = self.embed_tokens.dtype();
+        let (past, t) = (cache.len, ids.len());
+        let ids: Vec<i64> = ids.iter().map(|&i| i64::from(i)).collect();
+        let ids = Tensor::<1, Int>::from_data(TensorData::new(ids, [t]), &device);
+        let mut x =
+            self.embed_tokens
+                .clone()
+                .select(0, ids)
+                .reshape([1, t, self.config.hidden_size]);
+        let rope = Rope::new(
+            past + t,
+            self.config.head_dim,
+            self.config.rope_theta,
+            &device,
+            dtype,
+        )
+        .positions(past, t);
+        let mask = cached_mask(past, t, self.config.sliding_window, &device, dtype);
+        cache.layers.resize(self.layers.len(), None);
+        for (layer, layer_cache) in self.layers.iter().zip(&mut cache.layers) {
+            x = layer.forward(x, &rope, &mask, Some(layer_cache));
+        }
+        cache.len += t;
+        self.norm.forward(x)
+    }
+}
+
+/// One layer's cached keys and values `[1, kv_heads, len, head_dim]` (RoPE applied).
+type LayerCache = Option<(Tensor<4>, Tensor<4>)>;
+
+/// Keys and values of the tokens seen so far, per layer, for incremental decoding.
+#[derive(Clone, Debug, Default)]
+pub struct KvCache {
+    layers: Vec<LayerCache>,
+    len: usize,
+}
+
+impl KvCache {
+    /// Tokens cached.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing is cached yet.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// The additive mask `[1, 1, new, past + new]` of new tokens at positions `past..past + new`.
+fn cached_mask(
+    past: usize,
+    new: usize,
+    window: Option<usize>,
+    device: &Device,
+    dtype: DType,
+) -> Tensor<4> {
+    let window = window.unwrap_or(usize::MAX);
+    let total = past + new;
+    let values: Vec<f32> = (0..new)
+        .flat_map(|i| {
+            let q = past + i;
+            (0..total).map(move |k| {
+                if k <= q && q - k < window {
+                    0.0
+                } else {
+                    -1.0e9
+                }
+            })
+        })
+        .collect();
+    Tensor::<1>::from_data(TensorData::new(values, [new * total]), (device, dtype))
+        .reshape([1, 1, new, total])
 }
 
 /// The additive mask `[batch, 1, len, len]` in `dtype`: 0 where query q may see key k (k ≤ q, k > q − window,

@@ -142,6 +142,11 @@ impl Scorer {
         &self.model
     }
 
+    /// The lm_head on the host.
+    pub fn head(&self) -> &HostHead {
+        &self.head
+    }
+
     /// Scores one right-padded batch.
     pub fn score(&self, batch: &[Sequence], device: &Device) -> ScoreValues {
         let prepared = prepare(&self.model, batch, device);
@@ -181,6 +186,14 @@ impl HostHead {
             vocab,
             hidden,
         }
+    }
+
+    /// The logits `W·h` of one hidden state.
+    pub fn logits(&self, hidden: &[f32]) -> Vec<f32> {
+        self.weight
+            .par_chunks(self.hidden)
+            .map(|w| w.iter().zip(hidden).map(|(a, b)| a * b).sum())
+            .collect()
     }
 
     /// Log-prob of `targets[i]` under row `i` of `rows` (`[n, hidden]` row-major).

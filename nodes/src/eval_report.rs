@@ -139,7 +139,37 @@ fn tables(report: &EvalReport) -> String {
             reference.acc_norm,
         );
     }
+    if let Some(judge) = &report.judge {
+        let _ = writeln!(
+            out,
+            "\n## LLM judge\n\n`{}` preferred the policy's answer in {} of {} valid verdicts (win rate {:.4}; {} invalid).",
+            judge.model,
+            judge.wins,
+            judge.wins + judge.losses,
+            judge.win_rate,
+            judge.invalid
+        );
+    }
+    if !report.samples.is_empty() {
+        out.push_str("\n## Samples\n\n| prompt | policy (greedy) | reference (greedy) | policy (sampled) | reference (sampled) |\n|---|---|---|---|---|\n");
+        for s in &report.samples {
+            let cells = [
+                &s.prompt,
+                &s.policy.greedy,
+                &s.reference.greedy,
+                &s.policy.sampled,
+                &s.reference.sampled,
+            ];
+            let cells: Vec<String> = cells.iter().map(|c| table_cell(c)).collect();
+            let _ = writeln!(out, "| {} |", cells.join(" | "));
+        }
+    }
     out
+}
+
+/// Text that fits one Markdown table cell.
+fn table_cell(text: &str) -> String {
+    text.trim().replace('|', "\\|").replace('\n', " ")
 }
 
 /// A self-contained page: the tables and every plot inlined.

@@ -21,6 +21,7 @@ use crate::compute::{DeviceSpec, check_cancelled, model_error, run_blocking};
 use crate::eval_report;
 use crate::preference::read_pairs;
 use flow_engine::node::{Node, NodeContext, NodeError, OutputSpec, ParamError};
+use flow_model::generate::{Sampling, generate};
 use flow_model::scoring::{Scorer, Sequence};
 use flow_model::tokenize::{PreferenceTokenizer, TokenizedPair, Truncation};
 use flow_model::{Device, Mistral};
@@ -67,9 +68,73 @@ pub struct EvaluateParams {
     /// Sequences per batch.
     #[serde(default = "default_batch_size")]
     pub batch_size: usize,
+    /// Prompts that policy and reference answer side by side (greedy and sampled).
+    #[serde(default)]
+    pub prompts: Vec<String>,
+    /// Longest generated answer, in tokens.
+    #[serde(default = "default_max_new_tokens")]
+    pub max_new_tokens: usize,
+    /// Temperature of the sampled answers.
+    #[serde(default = "default_temperature")]
+    pub temperature: f64,
+    /// Nucleus (top-p) of the sampled answers.
+    #[serde(default = "default_top_p")]
+    pub top_p: f64,
+    /// Seed of the sampled answers and of the judge's answer order.
+    #[serde(default)]
+    pub seed: u64,
+    /// An LLM judge (OpenAI-compatible endpoint) that compares the greedy answers pairwise.
+    #[serde(default)]
+    pub judge: Option<JudgeParams>,
     /// Device.
     #[serde(default)]
     pub device: DeviceSpec,
+}
+
+fn default_max_new_tokens() -> usize {
+    64
+}
+
+fn default_temperature() -> f64 {
+    0.7
+}
+
+fn default_top_p() -> f64 {
+    0.9
+}
+
+/// The judge's endpoint (the same client as `dataset.translate`).
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JudgeParams {
+    /// Endpoint root, e.g. `https://api.openai.com/v1`.
+    pub base_url: String,
+    /// Judge model name.
+    pub model: String,
+    /// API key, normally `${secret.OPENAI_API_KEY}`.
+    #[serde(default)]
+    pub api_key: Option<String>,
+    /// Requests in flight at once.
+    #[serde(default = "default_judge_concurrency")]
+    pub concurrency: usize,
+    /// Retries of a request after 429, 5xx, a timeout or a malformed answer.
+    #[serde(default = "default_judge_retries")]
+    pub max_retries: u32,
+    /// Seconds before one request times out.
+    #[serde(default = "default_judge_timeout")]
+    pub timeout_seconds: f64,
+}
+
+fn default_judge_concurrency() -> usize {
+    4
+}
+
+fn default_judge_retries() -> u32 {
+    4
+}
+
+fn default_judge_timeout() -> f64 {
+    120.0
 }
 
 impl Node for Evaluate {
@@ -92,6 +157,15 @@ impl Node for Evaluate {
         if params.max_length.is_some_and(|m| m < 2) {
             return Err(ParamError::at("max_length", "must be at least 2"));
         }
+        if !(0.0..=10.0).contains(&params.temperature) {
+            return Err(ParamError::at("temperature", "must be in [0, 10]"));
+        }
+        if !(params.top_p > 0.0 && params.top_p <= 1.0) {
+            return Err(ParamError::at("top_p", "must be in (0, 1]"));
+        }
+        if params.judge.is_some() && params.prompts.is_empty() {
+            return Err(ParamError::at("judge", "needs `prompts` to judge"));
+        }
         Ok(())
     }
 
@@ -103,18 +177,26 @@ impl Node for Evaluate {
         let device = params.device.resolve()?;
         let out = ctx.output_dir("report")?.to_path_buf();
         let log = ctx.log().clone();
-        run_blocking(&ctx, move |token| {
-            let report = evaluate(&params, &device, &token)?;
+        let params = std::sync::Arc::new(params);
+        let shared = params.clone();
+        let mut report =
+            run_blocking(&ctx, move |token| evaluate(&shared, &device, &token)).await?;
+        log.line(&format!(
+            "reward accuracy {:.3}, margin {:.4}; win rate policy {:.3} vs reference {:.3}",
+            report.preference.reward_accuracy,
+            report.preference.reward_margin,
+            report.policy.win_rate,
+            report.reference.win_rate
+        ));
+        if let Some(judge) = &params.judge {
+            let verdicts = crate::judge::judge(judge, &report.samples, params.seed).await?;
             log.line(&format!(
-                "reward accuracy {:.3}, margin {:.4}; win rate policy {:.3} vs reference {:.3}",
-                report.preference.reward_accuracy,
-                report.preference.reward_margin,
-                report.policy.win_rate,
-                report.reference.win_rate
+                "judge: policy wins {:.3} of valid verdicts",
+                verdicts.win_rate
             ));
-            eval_report::write(&out, &report, params.metrics.as_deref())
-        })
-        .await
+            report.judge = Some(verdicts);
+        }
+        eval_report::write(&out, &report, params.metrics.as_deref())
     }
 }
 
@@ -180,6 +262,31 @@ pub struct EvalReport {
     pub policy: ModelScores,
     /// The reference's own scores.
     pub reference: ModelScores,
+    /// Answers of both models to the `prompts`.
+    pub samples: Vec<Sample>,
+    /// The LLM judge's pairwise verdicts, when a judge was given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub judge: Option<crate::judge::JudgeScores>,
+}
+
+/// One prompt's answers from both models.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Sample {
+    /// The prompt.
+    pub prompt: String,
+    /// The policy's answers.
+    pub policy: Answers,
+    /// The reference's answers.
+    pub reference: Answers,
+}
+
+/// A model's greedy and sampled answer to one prompt.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Answers {
+    /// Greedy decoding.
+    pub greedy: String,
+    /// Temperature + top-p sampling.
+    pub sampled: String,
 }
 
 /// Completion log-prob sum and token count of each sequence.
@@ -216,24 +323,74 @@ fn evaluate(
 
     let reference = Mistral::load(&params.reference, device).map_err(model_error)?;
     let policy = load_policy(&params.model, &reference, device)?;
-    let mut report = EvalReport::default();
     let mut pair_scores = Vec::new();
-    for (model, scores) in [
-        (policy, &mut report.policy),
-        (reference, &mut report.reference),
-    ] {
+    let mut per_model = Vec::new();
+    for model in [policy, reference] {
         let scorer = Scorer::new(model);
         let seq_scores = score_all(&scorer, &sequences, params.batch_size, device, token)?;
-        *scores = model_scores(&seq_scores);
+        let mut scores = model_scores(&seq_scores);
         for task in &tasks {
             let results = score_all(&scorer, &task.sequences, params.batch_size, device, token)?;
             scores.tasks.insert(task.name.clone(), task.grade(&results));
         }
+        let mut answers = Vec::new();
+        for prompt in &params.prompts {
+            check_cancelled(token)?;
+            answers.push(answer(&scorer, &tokenizer, prompt, params));
+        }
         pair_scores.push(seq_scores);
+        per_model.push((scores, answers));
     }
+    let (reference, reference_answers) = per_model.pop().expect("two models");
+    let (policy, policy_answers) = per_model.pop().expect("two models");
+    let samples = params
+        .prompts
+        .iter()
+        .zip(policy_answers.into_iter().zip(reference_answers))
+        .map(|(prompt, (policy, reference))| Sample {
+            prompt: prompt.clone(),
+            policy,
+            reference,
+        })
+        .collect();
+    let mut report = EvalReport {
+        policy,
+        reference,
+        samples,
+        ..EvalReport::default()
+    };
     report.preference = preference_scores(&pair_scores[0], &pair_scores[1], params.beta);
     report.preference.skipped = pairs.len() - tokenized.len();
     Ok(report)
+}
+
+/// A model's greedy and sampled answer to `prompt`.
+fn answer(
+    scorer: &Scorer,
+    tokenizer: &PreferenceTokenizer,
+    prompt: &str,
+    params: &EvaluateParams,
+) -> Answers {
+    let ids = tokenizer.encode(prompt);
+    let run = |sampling: Sampling| {
+        let new = generate(
+            scorer.model(),
+            scorer.head(),
+            &ids,
+            tokenizer.eos_id,
+            params.max_new_tokens,
+            sampling,
+        );
+        tokenizer.decode(&new)
+    };
+    Answers {
+        greedy: run(Sampling::GREEDY),
+        sampled: run(Sampling {
+            temperature: params.temperature,
+            top_p: params.top_p,
+            seed: params.seed,
+        }),
+    }
 }
 
 /// A full model directory, or a PEFT adapter applied to (a copy of) the reference and merged.

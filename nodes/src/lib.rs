@@ -16,6 +16,7 @@ pub mod evaluate;
 pub mod hub;
 pub mod hub_fetch;
 pub mod hub_push;
+pub mod judge;
 pub mod model_card;
 pub mod model_init;
 pub mod preference;

@@ -140,6 +140,12 @@ async fn handle(
             .unwrap_or_default()
             .to_string()
     };
+    let system = request["messages"][0]["content"]
+        .as_str()
+        .unwrap_or_default();
+    if !deepl && system.contains("judge") {
+        return judge_answer(&state, &headers, &text);
+    }
     let (fault, delay) = {
         let mut s = state.lock().expect("state");
         s.requests += 1;
@@ -197,4 +203,37 @@ async fn handle(
             answer(deepl, &text)
         }
     }
+}
+
+/// A judge that prefers the longer answer (A on ties), for `evaluate`'s judge tests.
+fn judge_answer(state: &Arc<Mutex<LlmState>>, headers: &HeaderMap, question: &str) -> Response {
+    let mut s = state.lock().expect("state");
+    s.requests += 1;
+    let auth = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if auth != format!("Bearer {}", s.key) {
+        return (StatusCode::UNAUTHORIZED, "bad key").into_response();
+    }
+    let a = between(question, "Answer A:\n", "\n\nAnswer B:\n");
+    let b = between(question, "\n\nAnswer B:\n", "\n\nWhich answer is better?");
+    let verdict = if a.chars().count() >= b.chars().count() {
+        "A"
+    } else {
+        "B"
+    };
+    answer_text(verdict)
+}
+
+fn between<'a>(text: &'a str, start: &str, end: &str) -> &'a str {
+    let from = text.find(start).map_or(0, |i| i + start.len());
+    let to = text[from..].find(end).map_or(text.len(), |i| from + i);
+    &text[from..to]
+}
+
+fn answer_text(text: &str) -> Response {
+    let body =
+        json!({"choices": [{"index": 0, "message": {"role": "assistant", "content": text}}]});
+    ([("content-type", "application/json")], body.to_string()).into_response()
 }

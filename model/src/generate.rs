@@ -1,0 +1,92 @@
+//! Text generation with a KV cache: greedy decoding or temperature + top-p (nucleus) sampling,
+//! seeded, so a report's samples are reproducible.
+
+use crate::init::SplitMix64;
+use crate::mistral::{KvCache, Mistral};
+use crate::scoring::{HostHead, softmax_in_place, to_f32};
+
+/// How to pick each next token.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Sampling {
+    /// `0`: greedy (argmax); otherwise logits are divided by it before sampling.
+    pub temperature: f64,
+    /// Sample only from the smallest set of tokens whose probabilities reach `top_p`.
+    pub top_p: f64,
+    /// Seed of the sampler.
+    pub seed: u64,
+}
+
+impl Sampling {
+    /// Greedy decoding.
+    pub const GREEDY: Sampling = Sampling {
+        temperature: 0.0,
+        top_p: 1.0,
+        seed: 0,
+    };
+}
+
+/// Generates up to `max_new_tokens` after `prompt`, stopping after `eos`; returns the new ids
+/// (`eos` included when it was generated).
+pub fn generate(
+    model: &Mistral,
+    head: &HostHead,
+    prompt: &[u32],
+    eos: u32,
+    max_new_tokens: usize,
+    sampling: Sampling,
+) -> Vec<u32> {
+    let mut rng = SplitMix64::new(sampling.seed);
+    let mut cache = KvCache::default();
+    let mut generated = Vec::new();
+    let mut next: Vec<u32> = prompt.to_vec();
+    while generated.len() < max_new_tokens && !next.is_empty() {
+        let hidden = to_f32(model.hidden_states_cached(&next, &mut cache));
+        let last = &hidden[hidden.len() - model.config.hidden_size..];
+        let token = pick(head.logits(last), sampling, &mut rng);
+        generated.push(token);
+        if token == eos {
+            break;
+        }
+        next = vec![token];
+    }
+    generated
+}
+
+/// The next token from `logits`.
+fn pick(mut logits: Vec<f32>, sampling: Sampling, rng: &mut SplitMix64) -> u32 {
+    if sampling.temperature <= 0.0 {
+        return argmax(&logits) as u32;
+    }
+    let inverse = (1.0 / sampling.temperature) as f32;
+    logits.iter_mut().for_each(|l| *l *= inverse);
+    softmax_in_place(&mut logits);
+    let mut order: Vec<usize> = (0..logits.len()).collect();
+    order.sort_unstable_by(|&a, &b| logits[b].total_cmp(&logits[a]));
+    let mut kept = 0.0f64;
+    let mut nucleus = Vec::new();
+    for &i in &order {
+        nucleus.push(i);
+        kept += f64::from(logits[i]);
+        if kept >= sampling.top_p {
+            break;
+        }
+    }
+    let mut target = rng.next_f64() * kept;
+    for &i in &nucleus {
+        target -= f64::from(logits[i]);
+        if target <= 0.0 {
+            return i as u32;
+        }
+    }
+    *nucleus.last().unwrap_or(&0) as u32
+}
+
+fn argmax(values: &[f32]) -> usize {
+    values
+        .iter()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |best, (i, &v)| {
+            if v > best.1 { (i, v) } else { best }
+        })
+        .0
+}

@@ -3,6 +3,7 @@
 //! held-out pairs and the report shows it, `target: dir` holds exactly what would be pushed, a
 //! second run is fully cached, and `--set beta=…` re-runs only training, evaluation and push.
 
+mod llm_server;
 mod support;
 
 use std::path::Path;
@@ -231,4 +232,67 @@ fn the_real_7b_workflow_runs_offline_on_the_tiny_model_through_a_local_hf_cache(
     assert!(card.contains("- \"flow-test/orca-de\""), "{card}");
     let eval = read_json(&p.artifact_file("eval.json"));
     assert_eq!(eval["preference"]["pairs"], 16);
+}
+
+#[test]
+fn translate_orca_de_translates_filters_and_writes_a_dataset_repository_offline() {
+    let llm = llm_server::LlmServer::start("sk-test");
+    let p = Project::new();
+    let rows: String = (0..4)
+        .map(|i| {
+            let row = serde_json::json!({
+                "system": "Du bist ein hilfreicher Assistent.",
+                "question": format!("Wie heißt die Hauptstadt von Land {i}? Bitte antworte kurz."),
+                "chosen": format!("Die Hauptstadt von Land {i} heißt Stadt {i}, sie liegt am Fluss."),
+                "rejected": format!("Das weiß ich leider nicht, frag jemand anderen {i}."),
+            });
+            format!("{row}\n")
+        })
+        .collect();
+    seed_hf_cache(
+        &p.path().join("hf/hub"),
+        "datasets--Intel--orca_dpo_pairs",
+        &[("data/train-00000-of-00001.jsonl".into(), rows.into_bytes())],
+    );
+    let run: Run = p
+        .command(&[
+            "run",
+            "workflows/translate-orca-de.yaml",
+            "--set",
+            &format!("base_url={}/v1", llm.url),
+            "--set",
+            "push_target=dir",
+            "--set",
+            "hub_repo=flow-test/orca-de",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("FLOW_STORE", p.store())
+        .env("HF_HOME", p.path().join("hf"))
+        .env("HF_HUB_OFFLINE", "1")
+        .env("OPENAI_API_KEY", "sk-test")
+        .env("HF_TOKEN", "hf_unused")
+        .output()
+        .expect("run flow")
+        .into();
+    run.expect_code(0);
+    let data = p.artifact_file("train.jsonl");
+    let translated = support::jsonl(&data);
+    assert_eq!(translated.len(), 4);
+    assert!(
+        translated[0]["prompt"]
+            .as_str()
+            .unwrap()
+            .starts_with("[de] Wie heißt")
+    );
+    assert_eq!(
+        llm.state().answered.len(),
+        1 + 4 * 3,
+        "the shared system prompt once"
+    );
+    let card = std::fs::read_to_string(data.parent().unwrap().parent().unwrap().join("README.md"))
+        .unwrap();
+    assert!(
+        card.contains("source_datasets:") && card.contains("Intel/orca_dpo_pairs"),
+        "{card}"
+    );
 }

@@ -574,3 +574,43 @@ fn dataset_load_reads_a_hub_dataset_split_through_the_cache_and_records_its_comm
     .expect_code(2);
     assert!(both.stderr.contains("not both"), "{}", both.stderr);
 }
+
+#[test]
+fn push_publishes_a_preference_dataset_as_a_dataset_repository() {
+    let hub = HubServer::start(TOKEN);
+    let p = Project::new();
+    let data = p.path().join("pairs");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("data.jsonl"), orca_rows("train", 3)).unwrap();
+    p.write(
+        "push.yaml",
+        &format!(
+            "name: push-data\nnodes:\n  publish:\n    uses: hub.push\n    with:\n      dataset: {}\n      repo: me/orca-de\n      token: ${{secret.HF_TOKEN}}\n      datasets: [Intel/orca_dpo_pairs]\n      language: [de]\n      license: apache-2.0\n",
+            data.display()
+        ),
+    );
+    flow_hf(
+        &p,
+        Some(&hub),
+        &[("HF_TOKEN", TOKEN)],
+        &["run", "push.yaml"],
+    )
+    .expect_code(0);
+    let state = hub.state();
+    let repo = state
+        .repos
+        .get("datasets/me/orca-de")
+        .expect("a dataset repository");
+    let head = repo.head("main").unwrap();
+    assert_eq!(head.files["data/train.jsonl"], orca_rows("train", 3));
+    let card = String::from_utf8(head.files["README.md"].clone()).unwrap();
+    for line in [
+        "task_categories:",
+        "- \"Intel/orca_dpo_pairs\"",
+        "path: data/train.jsonl",
+        "3 rows",
+    ] {
+        assert!(card.contains(line), "card lacks {line}:\n{card}");
+    }
+    assert!(!card.contains("library_name"), "{card}");
+}

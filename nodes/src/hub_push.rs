@@ -54,8 +54,12 @@ fn yes() -> bool {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PushParams {
-    /// The model directory to publish (full, merged or a PEFT adapter).
-    pub model: PathBuf,
+    /// The model directory to publish (full, merged or a PEFT adapter). Exactly one of `model` and `dataset`.
+    #[serde(default)]
+    pub model: Option<PathBuf>,
+    /// A preference dataset artifact to publish as a dataset repository (`data/train.jsonl` and a dataset card).
+    #[serde(default)]
+    pub dataset: Option<PathBuf>,
     /// Target repository (`org/name`).
     pub repo: String,
     /// `hub` or `dir` (write the exact files that would be pushed; no network).
@@ -106,11 +110,22 @@ fn default_attempts() -> u32 {
     5
 }
 
+impl PushParams {
+    /// A dataset repository when publishing a dataset, else a model repository.
+    fn kind(&self) -> RepoKind {
+        if self.dataset.is_some() {
+            RepoKind::Dataset
+        } else {
+            RepoKind::Model
+        }
+    }
+}
+
 impl Node for HubPush {
     type Params = PushParams;
     const TYPE: &'static str = "hub.push";
     const VERSION: &'static str = "1";
-    const DESCRIPTION: &'static str = "Publishes a model directory (full, merged or PEFT adapter) with a generated model card (README.md: front matter, training parameters, final metrics, the workflow and artifact digests) through the Hub's commit protocol: create repo, preupload (unchanged files skipped), LFS batch upload and verify, one NDJSON commit, retried without ever committing twice. `target: dir` writes the exact files that would be pushed instead.";
+    const DESCRIPTION: &'static str = "Publishes a model directory (full, merged or PEFT adapter), or a preference dataset as a dataset repository, with a generated card (README.md: front matter, training parameters, final metrics, the workflow and artifact digests) through the Hub's commit protocol: create repo, preupload (unchanged files skipped), LFS batch upload and verify, one NDJSON commit, retried without ever committing twice. `target: dir` writes the exact files that would be pushed instead.";
     const OUTPUTS: &'static [OutputSpec] = &[
         OutputSpec {
             name: "repo",
@@ -123,7 +138,22 @@ impl Node for HubPush {
     ];
 
     fn check(params: &PushParams) -> Result<(), ParamError> {
-        RepoId::parse(&params.repo, RepoKind::Model).map_err(|e| ParamError::at("repo", e))?;
+        RepoId::parse(&params.repo, params.kind()).map_err(|e| ParamError::at("repo", e))?;
+        match (&params.model, &params.dataset) {
+            (Some(_), Some(_)) => {
+                return Err(ParamError::at(
+                    "dataset",
+                    "give either `model` or `dataset`, not both",
+                ));
+            }
+            (None, None) => {
+                return Err(ParamError::at(
+                    "model",
+                    "missing: give the `model` (or `dataset`) to publish",
+                ));
+            }
+            _ => {}
+        }
         if params.attempts == 0 {
             return Err(ParamError::at("attempts", "must be at least 1"));
         }
@@ -144,7 +174,7 @@ impl Node for HubPush {
                 "files": files.iter().map(LocalFile::summary).collect::<Vec<_>>(),
             }),
             PushTarget::Hub => {
-                let repo = RepoId::parse(&params.repo, RepoKind::Model).map_err(NodeError::new)?;
+                let repo = RepoId::parse(&params.repo, params.kind()).map_err(NodeError::new)?;
                 let env = HubEnv::from_env().with_token(params.token.as_deref());
                 let pusher = Pusher {
                     ctx: &ctx,
@@ -216,37 +246,53 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Writes the files to push into `staged` (the model's files linked, the card generated) and
-/// reads their digests.
+/// The files to publish: `(path in the repository, source file)`.
+fn sources(params: &PushParams) -> Result<(PathBuf, Vec<(String, PathBuf)>), NodeError> {
+    if let Some(dataset) = &params.dataset {
+        let data = crate::preference::data_file(dataset);
+        if !data.is_file() {
+            return Err(NodeError::new(format!(
+                "`dataset` {} is not a preference dataset: no data.jsonl",
+                dataset.display()
+            )));
+        }
+        return Ok((dataset.clone(), vec![("data/train.jsonl".into(), data)]));
+    }
+    let model = params.model.clone().unwrap_or_default();
+    if !model.join("config.json").is_file() && !model.join("adapter_config.json").is_file() {
+        return Err(NodeError::new(format!(
+            "`model` {} is not a model directory: it has neither config.json nor adapter_config.json",
+            model.display()
+        )));
+    }
+    let mut files = Vec::new();
+    let mut stack = vec![model.clone()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let path = entry?.path();
+            let rel = crate::hub::relative(&model, &path);
+            if path.is_dir() {
+                stack.push(path);
+            } else if rel != "README.md" {
+                files.push((rel, path));
+            }
+        }
+    }
+    Ok((model, files))
+}
+
+/// Writes the files to push into `staged` (the sources linked, the card generated) and reads
+/// their digests.
 fn stage(
     ctx: &NodeContext,
     params: &PushParams,
     staged: &Path,
 ) -> Result<Vec<LocalFile>, NodeError> {
-    if !params.model.join("config.json").is_file()
-        && !params.model.join("adapter_config.json").is_file()
-    {
-        return Err(NodeError::new(format!(
-            "`model` {} is not a model directory: it has neither config.json nor adapter_config.json",
-            params.model.display()
-        )));
-    }
+    let (source_dir, sources) = sources(params)?;
     let mut files = Vec::new();
-    let mut stack = vec![params.model.clone()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir)? {
-            let path = entry?.path();
-            let rel = crate::hub::relative(&params.model, &path);
-            if path.is_dir() {
-                stack.push(path);
-            } else if rel != "README.md" {
-                crate::hub_fetch::link_or_copy(&path, &staged.join(&rel))?;
-                files.push(LocalFile::read(
-                    rel,
-                    staged.join(crate::hub::relative(&params.model, &path)),
-                )?);
-            }
-        }
+    for (rel, path) in sources {
+        crate::hub_fetch::link_or_copy(&path, &staged.join(&rel))?;
+        files.push(LocalFile::read(rel.clone(), staged.join(&rel))?);
     }
     files.sort_by(|a, b| a.path.cmp(&b.path));
     let listing: Vec<(String, u64, String)> = files
@@ -255,12 +301,13 @@ fn stage(
         .collect();
     let card = model_card::render(&CardInfo {
         repo: &params.repo,
+        dataset: params.dataset.is_some(),
         base_model: params.base_model.as_deref(),
         datasets: &params.datasets,
         languages: &params.language,
         license: params.license.as_deref(),
         tags: &params.tags,
-        model_dir: &params.model,
+        source_dir: &source_dir,
         metrics: params
             .metrics
             .as_deref()

@@ -11,6 +11,8 @@ use std::path::Path;
 pub struct CardInfo<'a> {
     /// `org/name` of the repository.
     pub repo: &'a str,
+    /// A dataset card (for a preference dataset) instead of a model card.
+    pub dataset: bool,
     /// The base model's Hub id.
     pub base_model: Option<&'a str>,
     /// Hub ids of the training datasets.
@@ -21,8 +23,8 @@ pub struct CardInfo<'a> {
     pub license: Option<&'a str>,
     /// Tags beyond `dpo` and `flow`.
     pub tags: &'a [String],
-    /// The model directory (a PEFT adapter when it holds `adapter_config.json`).
-    pub model_dir: &'a Path,
+    /// The published artifact (a PEFT adapter when it holds `adapter_config.json`).
+    pub source_dir: &'a Path,
     /// `metrics.jsonl` of the training run, when given.
     pub metrics: Option<&'a Path>,
     /// `eval.json` of an evaluation, when given.
@@ -50,7 +52,10 @@ fn yaml_list(out: &mut String, key: &str, items: &[String]) {
 
 /// Renders the whole card.
 pub fn render(info: &CardInfo) -> String {
-    let adapter = info.model_dir.join("adapter_config.json").is_file();
+    if info.dataset {
+        return render_dataset(info);
+    }
+    let adapter = info.source_dir.join("adapter_config.json").is_file();
     let mut out = String::from("---\n");
     if let Some(base) = info.base_model {
         let _ = writeln!(out, "base_model: {}", yaml(base));
@@ -93,9 +98,42 @@ pub fn render(info: &CardInfo) -> String {
     out
 }
 
+/// The card of a preference dataset: front matter with the data files, then its provenance.
+fn render_dataset(info: &CardInfo) -> String {
+    let mut out = String::from("---\n");
+    yaml_list(&mut out, "language", info.languages);
+    if let Some(license) = info.license {
+        let _ = writeln!(out, "license: {}", yaml(license));
+    }
+    out.push_str("task_categories:\n- text-generation\n");
+    let mut tags = vec!["dpo".to_string(), "flow".to_string()];
+    tags.extend(
+        info.tags
+            .iter()
+            .filter(|t| !tags.contains(t))
+            .cloned()
+            .collect::<Vec<_>>(),
+    );
+    yaml_list(&mut out, "tags", &tags);
+    yaml_list(&mut out, "source_datasets", info.datasets);
+    out.push_str("configs:\n- config_name: default\n  data_files:\n  - split: train\n    path: data/train.jsonl\n---\n\n");
+    let name = info.repo.rsplit('/').next().unwrap_or(info.repo);
+    let rows = std::fs::read_to_string(crate::preference::data_file(info.source_dir))
+        .map(|t| t.lines().filter(|l| !l.trim().is_empty()).count())
+        .unwrap_or(0);
+    let _ = writeln!(
+        out,
+        "# {name}\n\nA preference dataset for DPO: {rows} rows of `prompt`, `chosen`, `rejected` (and `system`), prepared by the flow workflow `{}`.\n",
+        info.lineage.workflow
+    );
+    training_section(&mut out, info);
+    workflow_section(&mut out, info);
+    out
+}
+
 /// The node that produced the model directory (matched by artifact digest).
 fn model_producer<'a>(info: &'a CardInfo) -> Option<(&'a str, &'a flow_engine::node::Producer)> {
-    let digest = info.model_dir.file_name()?.to_str()?;
+    let digest = info.source_dir.file_name()?.to_str()?;
     let input = info
         .lineage
         .inputs
@@ -113,7 +151,12 @@ fn training_section(out: &mut String, info: &CardInfo) {
     let Some((node, producer)) = model_producer(info) else {
         return;
     };
-    let _ = writeln!(out, "## Training parameters\n");
+    let title = if info.dataset {
+        "How it was made"
+    } else {
+        "Training parameters"
+    };
+    let _ = writeln!(out, "## {title}\n");
     let _ = writeln!(out, "Node `{node}` (`{}`):\n", producer.uses);
     out.push_str("| param | value |\n|---|---|\n");
     if let Some(params) = producer.with.as_object() {

@@ -229,6 +229,15 @@ fn error(status: StatusCode, code: &str, message: &str) -> Response {
         .into_response()
 }
 
+/// The state key of a repository: `org/name` for models, `datasets/org/name` for datasets.
+fn repo_key(kind: &str, org: &str, name: &str) -> String {
+    if kind == "datasets" {
+        format!("datasets/{org}/{name}")
+    } else {
+        format!("{org}/{name}")
+    }
+}
+
 fn json_response(value: Value) -> Response {
     ([("content-type", "application/json")], value.to_string()).into_response()
 }
@@ -281,8 +290,18 @@ fn handle(
                 resolve(repo, &decode(rev), &file, range.as_deref())
             })
         }
-        ("POST", ["api", "models", org, name, "preupload", rev]) => {
-            let id = format!("{org}/{name}");
+        (
+            "POST",
+            [
+                "api",
+                kind @ ("models" | "datasets"),
+                org,
+                name,
+                "preupload",
+                rev,
+            ],
+        ) => {
+            let id = repo_key(kind, org, name);
             if !authorized {
                 return error(StatusCode::UNAUTHORIZED, "RepoNotFound", "token required");
             }
@@ -290,14 +309,25 @@ fn handle(
                 preupload(repo, &decode(rev), &body)
             })
         }
-        ("POST", ["api", "models", org, name, "commit", rev]) => {
-            let id = format!("{org}/{name}");
+        (
+            "POST",
+            [
+                "api",
+                kind @ ("models" | "datasets"),
+                org,
+                name,
+                "commit",
+                rev,
+            ],
+        ) => {
+            let id = repo_key(kind, org, name);
             if !authorized {
                 return error(StatusCode::UNAUTHORIZED, "RepoNotFound", "token required");
             }
             commit(&mut state, &id, &decode(rev), &body)
         }
-        ("POST", [org, name_git, "info", "lfs", "objects", "batch"]) => {
+        ("POST", [org, name_git, "info", "lfs", "objects", "batch"])
+        | ("POST", ["datasets", org, name_git, "info", "lfs", "objects", "batch"]) => {
             if !authorized {
                 return error(StatusCode::UNAUTHORIZED, "RepoNotFound", "token required");
             }
@@ -458,10 +488,13 @@ fn create_repo(state: &mut State, authorized: bool, body: &[u8]) -> Response {
     }
     let request: Value = serde_json::from_slice(body).unwrap_or_default();
     let name = request["name"].as_str().unwrap_or_default();
-    let id = match request["organization"].as_str() {
+    let mut id = match request["organization"].as_str() {
         Some(org) => format!("{org}/{name}"),
         None => name.to_string(),
     };
+    if request["type"] == "dataset" {
+        id = format!("datasets/{id}");
+    }
     if state.repos.contains_key(&id) {
         return error(
             StatusCode::CONFLICT,

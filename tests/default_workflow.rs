@@ -158,16 +158,7 @@ fn the_real_7b_workflow_runs_offline_on_the_tiny_model_through_a_local_hf_cache(
     let p = Project::new();
     let hub = p.path().join("hf/hub");
     let base = support::fixtures().join("mistral-tiny/base");
-    let model_files: Vec<(String, Vec<u8>)> = std::fs::read_dir(&base)
-        .unwrap()
-        .flatten()
-        .map(|e| {
-            (
-                e.file_name().to_string_lossy().to_string(),
-                std::fs::read(e.path()).unwrap(),
-            )
-        })
-        .collect();
+    let model_files: Vec<(String, Vec<u8>)> = support::files_in(&base).into_iter().collect();
     seed_hf_cache(&hub, "models--flow-test--tiny-mistral", &model_files);
     let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("workflows/data/dpo-de-sample.jsonl");
     let orca: String = support::jsonl(&sample)

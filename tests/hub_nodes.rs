@@ -16,17 +16,7 @@ const TOKEN: &str = "hf_loopbackSECRETtoken123";
 const REPO: &str = "mistral-community/tiny-mistral";
 
 fn base_files() -> BTreeMap<String, Vec<u8>> {
-    let dir = fixtures().join("mistral-tiny/base");
-    let mut files: BTreeMap<String, Vec<u8>> = std::fs::read_dir(&dir)
-        .unwrap()
-        .flatten()
-        .map(|e| {
-            (
-                e.file_name().to_string_lossy().to_string(),
-                std::fs::read(e.path()).unwrap(),
-            )
-        })
-        .collect();
+    let mut files = support::files_in(&fixtures().join("mistral-tiny/base"));
     files.insert("README.md".into(), b"# tiny\n".to_vec());
     files.insert("training_args.bin".into(), vec![7; 64]);
     files
@@ -71,16 +61,7 @@ fn fetch_workflow(p: &Project) {
 }
 
 fn read_tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .flatten()
-        .map(|e| {
-            (
-                e.file_name().to_string_lossy().to_string(),
-                std::fs::read(e.path()).unwrap(),
-            )
-        })
-        .collect()
+    support::files_in(dir)
 }
 
 #[test]

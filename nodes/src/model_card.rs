@@ -50,6 +50,17 @@ fn yaml_list(out: &mut String, key: &str, items: &[String]) {
     }
 }
 
+/// `dpo`, `flow`, then the user's tags (no repeats).
+fn tags(info: &CardInfo) -> Vec<String> {
+    let mut tags = vec!["dpo".to_string(), "flow".to_string()];
+    for tag in info.tags {
+        if !tags.contains(tag) {
+            tags.push(tag.clone());
+        }
+    }
+    tags
+}
+
 /// Renders the whole card.
 pub fn render(info: &CardInfo) -> String {
     if info.dataset {
@@ -67,15 +78,7 @@ pub fn render(info: &CardInfo) -> String {
     }
     let library = if adapter { "peft" } else { "transformers" };
     let _ = writeln!(out, "library_name: {library}");
-    let mut tags = vec!["dpo".to_string(), "flow".to_string()];
-    tags.extend(
-        info.tags
-            .iter()
-            .filter(|t| !tags.contains(t))
-            .cloned()
-            .collect::<Vec<_>>(),
-    );
-    yaml_list(&mut out, "tags", &tags);
+    yaml_list(&mut out, "tags", &tags(info));
     out.push_str("---\n\n");
     let name = info.repo.rsplit('/').next().unwrap_or(info.repo);
     let _ = writeln!(out, "# {name}\n");
@@ -106,15 +109,7 @@ fn render_dataset(info: &CardInfo) -> String {
         let _ = writeln!(out, "license: {}", yaml(license));
     }
     out.push_str("task_categories:\n- text-generation\n");
-    let mut tags = vec!["dpo".to_string(), "flow".to_string()];
-    tags.extend(
-        info.tags
-            .iter()
-            .filter(|t| !tags.contains(t))
-            .cloned()
-            .collect::<Vec<_>>(),
-    );
-    yaml_list(&mut out, "tags", &tags);
+    yaml_list(&mut out, "tags", &tags(info));
     yaml_list(&mut out, "source_datasets", info.datasets);
     out.push_str("configs:\n- config_name: default\n  data_files:\n  - split: train\n    path: data/train.jsonl\n---\n\n");
     let name = info.repo.rsplit('/').next().unwrap_or(info.repo);

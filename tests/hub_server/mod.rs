@@ -151,8 +151,7 @@ impl State {
 pub struct HubServer {
     pub url: String,
     pub state: Arc<Mutex<State>>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _server: crate::support::Loopback,
 }
 
 impl HubServer {
@@ -162,58 +161,23 @@ impl HubServer {
             multipart_threshold: 200_000,
             ..State::default()
         }));
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let shared = state.clone();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                    .await
-                    .expect("bind");
-                ready_tx
-                    .send(listener.local_addr().expect("addr"))
-                    .expect("ready");
-                let app = axum::Router::new().fallback(
-                    move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
-                        let state = shared.clone();
-                        async move { handle(&state, method, uri, headers, body) }
-                    },
-                );
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(async move {
-                        let _ = stopped.await;
-                    })
-                    .await
-                    .expect("serve");
-            });
-        });
-        let addr = ready_rx.recv().expect("server address");
+        let app = axum::Router::new().fallback(
+            move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
+                let state = shared.clone();
+                async move { handle(&state, method, uri, headers, body) }
+            },
+        );
+        let server = crate::support::Loopback::serve(app);
         HubServer {
-            url: format!("http://{addr}"),
+            url: server.url.clone(),
             state,
-            stop: Some(stop),
-            thread: Some(thread),
+            _server: server,
         }
     }
 
     pub fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().expect("state")
-    }
-}
-
-impl Drop for HubServer {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
     }
 }
 
@@ -267,27 +231,26 @@ fn handle(
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match (method.as_str(), segments.as_slice()) {
         ("POST", ["api", "repos", "create"]) => create_repo(&mut state, authorized, &body),
-        ("GET", ["api", "models", org, name, "revision", rev @ ..]) => {
-            let id = format!("{org}/{name}");
-            with_repo(&state, &id, authorized, |repo| {
-                revision(repo, &decode(&rev.join("/")))
-            })
-        }
-        ("GET", ["api", "datasets", org, name, "revision", rev @ ..]) => {
-            let id = format!("datasets/{org}/{name}");
+        (
+            "GET",
+            [
+                "api",
+                kind @ ("models" | "datasets"),
+                org,
+                name,
+                "revision",
+                rev @ ..,
+            ],
+        ) => {
+            let id = repo_key(kind, org, name);
             with_repo(&state, &id, authorized, |repo| {
                 revision(repo, &decode(&rev.join("/")))
             })
         }
         ("GET", ["datasets", org, name, "resolve", rev, file @ ..]) => {
-            let id = format!("datasets/{org}/{name}");
-            let file = file.join("/");
-            let range = headers
-                .get("range")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string);
+            let id = repo_key("datasets", org, name);
             with_repo(&state, &id, authorized, |repo| {
-                resolve(repo, &decode(rev), &file, range.as_deref())
+                resolve(repo, rev, file, &headers)
             })
         }
         (
@@ -368,14 +331,9 @@ fn handle(
             }
         }
         ("GET", [org, name, "resolve", rev, file @ ..]) => {
-            let id = format!("{org}/{name}");
-            let file = file.join("/");
-            let range = headers
-                .get("range")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string);
+            let id = repo_key("models", org, name);
             with_repo(&state, &id, authorized, |repo| {
-                resolve(repo, &decode(rev), &file, range.as_deref())
+                resolve(repo, rev, file, &headers)
             })
         }
         _ => error(
@@ -432,8 +390,11 @@ fn revision(repo: &Repo, rev: &str) -> Response {
     json_response(json!({"sha": commit.oid, "siblings": siblings}))
 }
 
-fn resolve(repo: &Repo, rev: &str, file: &str, range: Option<&str>) -> Response {
-    let Some(commit) = repo.head(rev) else {
+fn resolve(repo: &Repo, rev: &str, file: &[&str], headers: &HeaderMap) -> Response {
+    let (rev, file) = (decode(rev), file.join("/"));
+    let file = file.as_str();
+    let range = headers.get("range").and_then(|v| v.to_str().ok());
+    let Some(commit) = repo.head(&rev) else {
         return error(StatusCode::NOT_FOUND, "RevisionNotFound", "Invalid rev id");
     };
     let Some(content) = commit.files.get(file) else {

@@ -47,8 +47,7 @@ pub struct LlmState {
 pub struct LlmServer {
     pub url: String,
     pub state: Arc<Mutex<LlmState>>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _server: crate::support::Loopback,
 }
 
 impl LlmServer {
@@ -57,58 +56,21 @@ impl LlmServer {
             key: key.to_string(),
             ..LlmState::default()
         }));
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let shared = state.clone();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                    .await
-                    .expect("bind");
-                ready_tx
-                    .send(listener.local_addr().expect("addr"))
-                    .expect("ready");
-                let app = axum::Router::new().fallback(
-                    move |uri: Uri, headers: HeaderMap, body: Bytes| {
-                        let state = shared.clone();
-                        async move { handle(state, uri, headers, body).await }
-                    },
-                );
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(async move {
-                        let _ = stopped.await;
-                    })
-                    .await
-                    .expect("serve");
-            });
+        let app = axum::Router::new().fallback(move |uri: Uri, headers: HeaderMap, body: Bytes| {
+            let state = shared.clone();
+            async move { handle(state, uri, headers, body).await }
         });
-        let addr = ready_rx.recv().expect("server address");
+        let server = crate::support::Loopback::serve(app);
         LlmServer {
-            url: format!("http://{addr}"),
+            url: server.url.clone(),
             state,
-            stop: Some(stop),
-            thread: Some(thread),
+            _server: server,
         }
     }
 
     pub fn state(&self) -> std::sync::MutexGuard<'_, LlmState> {
         self.state.lock().expect("state")
-    }
-}
-
-impl Drop for LlmServer {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
     }
 }
 

@@ -595,3 +595,74 @@ fn push_publishes_a_preference_dataset_as_a_dataset_repository() {
     }
     assert!(!card.contains("library_name"), "{card}");
 }
+
+/// The bytes hf-hub has committed in a partial download: the `.sync.part` file's 8-byte trailer.
+fn committed_bytes(cache: &Path, size: usize) -> Option<u64> {
+    let blobs = cache.join("blobs");
+    let part = std::fs::read_dir(blobs)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().ends_with(".sync.part"))?;
+    let bytes = std::fs::read(part).ok()?;
+    (bytes.len() == size + 8).then(|| u64::from_le_bytes(bytes[size..].try_into().unwrap()))
+}
+
+#[test]
+fn an_interrupted_download_resumes_after_its_last_complete_chunk() {
+    let weights = base_files()["model.safetensors"].clone();
+    // hf-hub starts the chunks of a file in no fixed order; retry until one ran before the failure.
+    for _ in 0..5 {
+        let hub = HubServer::start(TOKEN);
+        hub.state().add_repo(REPO, base_files());
+        hub.state().fail_range_from = Some(200_000);
+        let p = Project::new();
+        let fetch = |out: &str| {
+            let repo = format!("repo={REPO}");
+            flow_hf(
+                &p,
+                Some(&hub),
+                &[],
+                &[
+                    "exec",
+                    "hub.fetch_model",
+                    "--with",
+                    &repo,
+                    "--with",
+                    "chunk_mb=0.1",
+                    "--out",
+                    out,
+                ],
+            )
+        };
+        let failed = fetch("first").expect_code(1);
+        assert!(
+            failed.stderr.contains("model.safetensors"),
+            "{}",
+            failed.stderr
+        );
+        let committed =
+            committed_bytes(&repo_cache(&p), weights.len()).expect("a partial download is kept");
+        if committed == 0 {
+            continue;
+        }
+        hub.state().ranges.clear();
+        fetch("second").expect_code(0);
+        let starts: Vec<u64> = hub
+            .state()
+            .ranges
+            .iter()
+            .filter(|r| r.contains("model.safetensors") && !r.ends_with("bytes=0-0"))
+            .filter_map(|r| r.rsplit('=').next()?.split('-').next()?.parse().ok())
+            .collect();
+        assert!(
+            !starts.is_empty() && starts.iter().all(|&s| s >= committed),
+            "resumed at {committed}: {starts:?}"
+        );
+        assert_eq!(starts.iter().min(), Some(&committed));
+        let fetched = std::fs::read(p.path().join("second/model/model.safetensors")).unwrap();
+        assert_eq!(fetched, weights);
+        return;
+    }
+    panic!("no attempt completed a chunk before the injected failure");
+}

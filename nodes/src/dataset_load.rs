@@ -208,7 +208,8 @@ impl Node for DatasetLoad {
             (None, Some(repo)) => {
                 let repo = repo.map_err(NodeError::new)?;
                 let patterns = params.repo_patterns();
-                let got = materialize(&ctx, &repo, &params.revision, &patterns).await?;
+                let chunk = crate::hub_fetch::DEFAULT_CHUNK_BYTES;
+                let got = materialize(&ctx, &repo, &params.revision, &patterns, chunk).await?;
                 let files: Vec<&str> = got.files.iter().map(|f| f.path.as_str()).collect();
                 let source = serde_json::json!({
                     "repo": repo.id, "revision": params.revision, "sha": got.sha, "files": files,

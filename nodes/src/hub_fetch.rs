@@ -58,7 +58,18 @@ pub struct FetchParams {
     /// A local model directory instead of a Hub repository (its files are linked or copied).
     #[serde(default)]
     pub path: Option<PathBuf>,
+    /// Files are downloaded in ranged requests of this many MB; an interrupted download resumes
+    /// after its last complete chunk.
+    #[serde(default = "default_chunk_mb")]
+    pub chunk_mb: f64,
 }
+
+fn default_chunk_mb() -> f64 {
+    DEFAULT_CHUNK_BYTES as f64 / 1e6
+}
+
+/// Download chunk size unless a node says otherwise (hf-hub's default).
+pub const DEFAULT_CHUNK_BYTES: usize = 10_000_000;
 
 impl Node for HubFetchModel {
     type Params = FetchParams;
@@ -91,6 +102,9 @@ impl Node for HubFetchModel {
         }
         if params.files.is_empty() {
             return Err(ParamError::at("files", "must name at least one glob"));
+        }
+        if !params.chunk_mb.is_finite() || params.chunk_mb < 0.001 {
+            return Err(ParamError::at("chunk_mb", "must be at least 0.001 (1 kB)"));
         }
         globs(&params.files).map(|_| ())
     }
@@ -256,6 +270,7 @@ pub async fn materialize(
     repo: &RepoId,
     revision: &str,
     patterns: &[String],
+    chunk_bytes: usize,
 ) -> Result<Materialized, NodeError> {
     let env = HubEnv::from_env();
     let cache = HfCache {
@@ -288,7 +303,14 @@ pub async fn materialize(
             )));
         }
     } else {
-        download_missing(ctx, &env, &cache, repo, &snapshot.sha, &selected).await?;
+        let target = Target {
+            env: &env,
+            cache: &cache,
+            repo,
+            sha: &snapshot.sha,
+            chunk_bytes,
+        };
+        download_missing(ctx, &target, &selected).await?;
         cache
             .write_ref(repo, revision, &snapshot.sha)
             .map_err(|e| NodeError::new(format!("cannot write the cache ref: {e}")))?;
@@ -306,7 +328,8 @@ async fn fetch(
     params: &FetchParams,
     out: &Path,
 ) -> Result<(), NodeError> {
-    let snapshot = materialize(ctx, repo, &params.revision, &params.files).await?;
+    let chunk = (params.chunk_mb * 1e6) as usize;
+    let snapshot = materialize(ctx, repo, &params.revision, &params.files, chunk).await?;
     for file in &snapshot.files {
         link_or_copy(&snapshot.dir.join(&file.path), &out.join(&file.path))?;
     }
@@ -315,14 +338,27 @@ async fn fetch(
 
 /// Makes every selected file present under `snapshots/<sha>/`: linked to a blob already in the
 /// cache, or downloaded.
+/// Where downloads go: the repository at a commit, in a cache.
+struct Target<'a> {
+    env: &'a HubEnv,
+    cache: &'a HfCache,
+    repo: &'a RepoId,
+    sha: &'a str,
+    chunk_bytes: usize,
+}
+
 async fn download_missing(
     ctx: &NodeContext,
-    env: &HubEnv,
-    cache: &HfCache,
-    repo: &RepoId,
-    sha: &str,
+    target: &Target<'_>,
     files: &[RemoteFile],
 ) -> Result<(), NodeError> {
+    let Target {
+        env,
+        cache,
+        repo,
+        sha,
+        chunk_bytes,
+    } = *target;
     let present = |f: &RemoteFile| {
         std::fs::metadata(cache.snapshot_dir(repo, sha).join(&f.path))
             .is_ok_and(|m| m.len() == f.size)
@@ -339,6 +375,7 @@ async fn download_missing(
         .with_endpoint(env.endpoint.clone())
         .with_token(env.token.clone())
         .with_progress(false)
+        .with_chunk_size(Some(chunk_bytes.max(1)))
         .build()
         .map_err(|e| NodeError::new(format!("cannot set up the Hub client: {e}")))?;
     let kind = match repo.kind {

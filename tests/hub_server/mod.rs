@@ -65,6 +65,10 @@ pub struct State {
     pub token: String,
     /// LFS objects at least this large are uploaded in parts of `MULTIPART_CHUNK` bytes.
     pub multipart_threshold: usize,
+    /// The next file request whose range starts at or after this offset fails with 500 (once).
+    pub fail_range_from: Option<usize>,
+    /// `path range` of every ranged file request.
+    pub ranges: Vec<String>,
     /// Parts received for multipart uploads: oid → part number → bytes.
     pub parts: BTreeMap<String, BTreeMap<u32, Vec<u8>>>,
     commit_counter: u64,
@@ -228,6 +232,23 @@ fn handle(
         state.authorizations.push(auth.clone());
     }
     let authorized = auth.as_deref() == Some(&format!("Bearer {}", state.token));
+    if let Some(range) = headers.get("range").and_then(|v| v.to_str().ok()) {
+        state.ranges.push(format!("{path} {range}"));
+        let start: usize = range
+            .trim_start_matches("bytes=")
+            .split('-')
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        if state.fail_range_from.is_some_and(|from| start >= from) {
+            state.fail_range_from = None;
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Internal",
+                "connection lost",
+            );
+        }
+    }
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match (method.as_str(), segments.as_slice()) {
         ("POST", ["api", "repos", "create"]) => create_repo(&mut state, authorized, &body),

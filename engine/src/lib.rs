@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! flow's engine: the workflow model, validation, the DAG, the content-addressed cache,
 //! the executor and run records. It never names a concrete node: node types come in
 //! through [`node::Registry`].

@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! flow's model core: a Mistral on burn that reproduces transformers' log-probs, checkpoint and
 //! tokenizer loading, TRL-exact DPO tokenization and batched scoring. Kept out of the engine's
 //! build: only node types that do tensor work depend on it.

@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! flow's node library. Adding a node type: one file, plus one `register` line in [`library`].
 
 use flow_engine::node::Registry;

@@ -86,6 +86,14 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run workflows at their `schedule:` times until SIGTERM / Ctrl-C (or print the next times).
+    Schedule(ScheduleArgs),
+    /// The system's cron instead of `flow schedule`.
+    Cron {
+        /// What to do.
+        #[command(subcommand)]
+        command: CronCommand,
+    },
     /// Run one node outside a workflow (for debugging and scripting).
     Exec(ExecArgs),
     /// Write the JSON Schemas (workflow and one per node type).
@@ -157,6 +165,44 @@ pub struct RunArgs {
     /// Resource capacities, `gpu=1,mem_gb=20`; a resource not named holds the largest single request.
     #[arg(long, value_name = "NAME=N,…")]
     pub resources: Option<String>,
+}
+
+/// `flow schedule`.
+#[derive(Debug, Args)]
+pub struct ScheduleArgs {
+    /// Workflow files, and directories whose `*.yaml` / `*.yml` files are read (default
+    /// `workflows`). Files without `schedule:` are ignored.
+    pub sources: Vec<PathBuf>,
+    /// Print each schedule's next run times and exit.
+    #[arg(long)]
+    pub list: bool,
+    /// With `--list`: how many next times per schedule.
+    #[arg(long, default_value_t = 3)]
+    pub count: usize,
+    /// With `--list`: machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+    /// Nodes running at once within one run (default: number of cores).
+    #[arg(long, short = 'j')]
+    pub jobs: Option<usize>,
+    /// How often the workflow files are checked for changes.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub reload_every: std::time::Duration,
+    /// On SIGTERM / Ctrl-C, how long running runs may finish before they are cancelled (a
+    /// second signal cancels them at once).
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    pub grace: std::time::Duration,
+}
+
+/// `flow cron …`.
+#[derive(Debug, Subcommand)]
+pub enum CronCommand {
+    /// Print the crontab lines that run a workflow's schedules with `flow run` under a lock
+    /// (`flock`), so overlapping invocations do not collide.
+    Print {
+        /// Workflow file.
+        file: PathBuf,
+    },
 }
 
 /// `flow plan`.

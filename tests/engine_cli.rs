@@ -589,3 +589,214 @@ fn graph_nodes_runs_and_show_describe_the_workflow() {
     );
     p.flow(&["show", "nope"]).expect_code(2);
 }
+
+/// A workflow with two schedules; its node echoes the `label` param.
+const SCHEDULED_WORKFLOW: &str = r#"name: scheduled
+params:
+  label: plain
+schedule:
+  - cron: "0 3 * * 1"
+    timezone: Europe/Berlin
+    overlap: skip
+    catch_up: latest
+    params: { label: weekly }
+  - cron: "@daily"
+    overlap: queue
+nodes:
+  write:
+    uses: shell
+    with:
+      run: "echo ${params.label} > $FLOW_OUT/label.txt"
+"#;
+
+#[test]
+fn schedule_list_prints_the_next_times_on_each_schedules_clock() {
+    let p = Project::new();
+    p.write("w.yaml", SCHEDULED_WORKFLOW);
+    let listed = p
+        .flow(&["schedule", "--list", "--count", "2", "--json", "w.yaml"])
+        .expect_code(0)
+        .json();
+    let listed = listed.as_array().unwrap();
+    assert_eq!(listed.len(), 2);
+    assert_eq!(listed[0]["schedule"], "scheduled[0]");
+    assert_eq!(listed[0]["overlap"], "skip");
+    assert_eq!(listed[0]["catch_up"], "latest");
+    assert_eq!(listed[0]["params"]["label"], "weekly");
+    assert_eq!(listed[1]["timezone"], "UTC");
+    let weekly: Vec<&str> = listed[0]["next"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    assert_eq!(weekly.len(), 2);
+    for time in &weekly {
+        assert!(
+            time.contains("T03:00:00+0") && time.ends_with("[Europe/Berlin]"),
+            "{time}"
+        );
+    }
+    let table = p
+        .flow(&["schedule", "--list", "w.yaml"])
+        .expect_code(0)
+        .stdout;
+    assert!(table.starts_with("SCHEDULE"), "{table}");
+    assert!(table.contains("scheduled[1]  @daily"), "{table}");
+}
+
+#[test]
+fn schedule_runs_each_time_as_a_normal_run_until_sigterm() {
+    let p = Project::new();
+    p.write(
+        "every-second.yaml",
+        "name: ticking\nschedule: { cron: \"* * * * * *\", overlap: skip }\nnodes:\n  tick:\n    uses: shell\n    with: { run: \"date +%s%N > $FLOW_OUT/t; sleep 0.3\" }\n",
+    );
+    p.write("not-scheduled.yaml", SUM_WORKFLOW);
+    let child = p.spawn(&["schedule", ".", "--reload-every", "1s"]);
+    let scheduled_runs = || {
+        std::fs::read_dir(p.store().join("runs"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| std::fs::read_to_string(e.path().join("record.json")).ok())
+            .filter(|r| r.contains("\"status\": \"succeeded\""))
+            .count()
+    };
+    wait_until(Duration::from_secs(30), "two scheduled runs", || {
+        scheduled_runs() >= 2
+    });
+    signal(&child, libc::SIGTERM);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("loaded ") && stderr.contains("ticking: * * * * * * (UTC)"),
+        "{stderr}"
+    );
+    assert!(stderr.trim_end().ends_with("stopped"), "{stderr}");
+    let runs = p.flow(&["runs", "--json"]).expect_code(0).json();
+    let runs = runs.as_array().unwrap();
+    assert!(runs.len() >= 2);
+    for run in runs {
+        assert_eq!(run["workflow"], "ticking");
+        let trigger = run["trigger"].as_str().unwrap();
+        assert!(
+            trigger.starts_with("schedule ticking: * * * * * * (UTC) at "),
+            "{trigger}"
+        );
+        assert_ne!(run["status"], "running");
+    }
+    let table = p.flow(&["runs"]).expect_code(0).stdout;
+    assert!(table.contains("schedule ticking"), "{table}");
+}
+
+#[test]
+fn cron_print_gives_crontab_lines_that_run_the_workflow_under_a_lock() {
+    let p = Project::new();
+    p.write("w.yaml", SCHEDULED_WORKFLOW);
+    let out = p.flow(&["cron", "print", "w.yaml"]).expect_code(0);
+    assert!(out.stderr.contains("catch_up: latest"), "{}", out.stderr);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    let weekly = lines
+        .iter()
+        .position(|l| *l == "CRON_TZ=Europe/Berlin")
+        .expect("a CRON_TZ line");
+    let entry = lines[weekly + 1];
+    assert!(entry.starts_with("0 3 * * 1 "), "{entry}");
+    assert!(entry.contains("flock -n "), "{entry}");
+    assert!(
+        entry.contains(" run ") && entry.contains("--set label=weekly"),
+        "{entry}"
+    );
+    let daily = lines[lines.iter().position(|l| *l == "CRON_TZ=UTC").unwrap() + 1];
+    assert!(
+        daily.starts_with("@daily ") && daily.contains("flock ") && !daily.contains("flock -n"),
+        "{daily}"
+    );
+    // The command part is what cron would run: run it, twice, the way cron would.
+    let command = entry.splitn(6, ' ').nth(5).unwrap().replace("\\%", "%");
+    for _ in 0..2 {
+        let status = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&command)
+            .current_dir("/")
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    let runs = p.flow(&["runs", "--json"]).expect_code(0).json();
+    let statuses: Vec<&str> = runs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["succeeded", "succeeded"]);
+    assert_eq!(
+        std::fs::read_to_string(p.artifact_file("label.txt")).unwrap(),
+        "weekly\n"
+    );
+    let log = std::fs::read_to_string(p.store().join("cron").join("scheduled.log")).unwrap();
+    assert!(log.contains("1 cached"), "{log}");
+}
+
+#[test]
+fn bad_schedules_are_clear_errors() {
+    let p = Project::new();
+    p.write(
+        "bad.yaml",
+        "name: bad\nschedule:\n  cron: \"0 3 * * 8\"\n  overlap: sometimes\nnodes:\n  a:\n    uses: shell\n    with: { run: \"true\" }\n",
+    );
+    let out = p.flow(&["validate", "bad.yaml"]).expect_code(2);
+    assert!(out.stderr.contains("bad.yaml:4"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("unknown variant `sometimes`"),
+        "{}",
+        out.stderr
+    );
+    p.write(
+        "bad.yaml",
+        "name: bad\nschedule:\n  cron: \"0 3 * * 8\"\nnodes:\n  a:\n    uses: shell\n    with: { run: \"true\" }\n",
+    );
+    let out = p.flow(&["schedule", "bad.yaml"]).expect_code(2);
+    assert!(out.stderr.contains("bad.yaml:3"), "{}", out.stderr);
+    assert!(out.stderr.contains("schedule.cron"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("invalid cron expression `0 3 * * 8`"),
+        "{}",
+        out.stderr
+    );
+    p.write("plain.yaml", SUM_WORKFLOW);
+    let out = p.flow(&["schedule", "plain.yaml"]).expect_code(2);
+    assert!(
+        out.stderr
+            .contains("no workflow in plain.yaml has a `schedule:`"),
+        "{}",
+        out.stderr
+    );
+    let out = p.flow(&["schedule", "missing-dir"]).expect_code(2);
+    assert!(
+        out.stderr
+            .contains("missing-dir is neither a workflow file nor a directory"),
+        "{}",
+        out.stderr
+    );
+    p.write(
+        "seconds.yaml",
+        "name: s\nschedule: { cron: \"*/5 * * * * *\" }\nnodes:\n  a:\n    uses: shell\n    with: { run: \"true\" }\n",
+    );
+    let out = p.flow(&["cron", "print", "seconds.yaml"]).expect_code(2);
+    assert!(
+        out.stderr.contains("system cron has five"),
+        "{}",
+        out.stderr
+    );
+    p.write(
+        "replace.yaml",
+        "name: r\nschedule: { cron: \"0 * * * *\", overlap: replace }\nnodes:\n  a:\n    uses: shell\n    with: { run: \"true\" }\n",
+    );
+    let out = p.flow(&["cron", "print", "replace.yaml"]).expect_code(2);
+    assert!(out.stderr.contains("overlap: replace"), "{}", out.stderr);
+    assert!(!p.store().exists(), "nothing written");
+}

@@ -164,11 +164,7 @@ fn preference_metrics_equal_hand_computed_values_from_the_golden_log_probs() {
             .iter()
             .map(|c| {
                 let full = tokenizer.encode(&format!("{question} {c}"));
-                let start = context
-                    .iter()
-                    .zip(&full)
-                    .take_while(|(a, b)| a == b)
-                    .count();
+                let start = flow_model::tokenize::common_prefix(&context, &full);
                 let ll = scorer
                     .score(
                         &[Sequence {

@@ -71,6 +71,12 @@ impl Diagnostic {
         self
     }
 
+    /// Adds a suggestion when there is one.
+    pub fn with_optional_hint(mut self, hint: Option<String>) -> Self {
+        self.hint = hint.or(self.hint);
+        self
+    }
+
     /// Renders the diagnostic rustc-style against the file's source text.
     pub fn render(&self, file: &Path, source: &str) -> String {
         let mut out = String::from("error: ");

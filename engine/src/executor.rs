@@ -3,7 +3,7 @@
 //! its outputs committed to the store only when complete.
 
 use serde_json::Value as Json;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -69,7 +69,8 @@ struct Shared {
     cancel: CancellationToken,
 }
 
-/// Runs the workflow; the caller holds the store lock. Returns the final run record.
+/// Runs the workflow; the caller holds the store lock ([`Store::lock`]). Returns the final run
+/// record.
 pub async fn execute(
     wf: Arc<ValidWorkflow>,
     store: Store,
@@ -79,7 +80,6 @@ pub async fn execute(
 ) -> Result<RunRecord, RunError> {
     let selected = options.selection.nodes(&wf)?;
     let capacity = resource_capacity(&wf, &selected, &options.resources)?;
-    RunRecord::mark_interrupted(&store)?;
     let mut record = RunRecord {
         id: new_run_id(),
         workflow: wf.name.clone(),
@@ -346,6 +346,7 @@ impl NodeJob {
         };
         let key = fp.key();
         rec.key = Some(key.clone());
+        let _only_one = key_lock(&key).lock_owned().await;
         let reasons = match assess(
             &self.shared.store,
             &wf.name,
@@ -540,7 +541,12 @@ impl NodeJob {
         let running = self.node.node_type.clone().run_json(ctx, params);
         let limit = self.node.timeout.unwrap_or(Duration::MAX);
         let outcome = tokio::select! {
-            result = running => result.map_err(|e| AttemptError::Failed(e.message)),
+            // A node that noticed the cancellation itself and returned an error was cancelled too.
+            result = running => result.map_err(|e| if cancel.is_cancelled() {
+                AttemptError::Cancelled
+            } else {
+                AttemptError::Failed(e.message)
+            }),
             _ = cancel.cancelled() => Err(AttemptError::Cancelled),
             _ = tokio::time::sleep(limit) => Err(AttemptError::Failed(format!("timed out after {}", humantime::format_duration(limit)))),
         };
@@ -593,10 +599,37 @@ impl NodeJob {
     }
 }
 
-/// Exponential backoff with jitter: 0.5 s, 1 s, 2 s, … (capped at 60 s), each ×[0.5, 1.5).
+/// The in-process lock of one cache key. Runs of one process share the store (the scheduler's
+/// do), so a node with a given key runs in one of them at a time; the other waits, then finds
+/// the result in the cache.
+fn key_lock(key: &str) -> Arc<tokio::sync::Mutex<()>> {
+    static LOCKS: std::sync::LazyLock<
+        std::sync::Mutex<HashMap<String, std::sync::Weak<tokio::sync::Mutex<()>>>>,
+    > = std::sync::LazyLock::new(Default::default);
+    let mut locks = LOCKS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(lock) = locks.get(key).and_then(std::sync::Weak::upgrade) {
+        return lock;
+    }
+    locks.retain(|_, lock| lock.strong_count() > 0);
+    let lock = Arc::new(tokio::sync::Mutex::new(()));
+    locks.insert(key.to_string(), Arc::downgrade(&lock));
+    lock
+}
+
+/// A node attempt's retry delay: 0.5 s, 1 s, 2 s, … capped at 60 s, with jitter.
 fn backoff(attempt: u32) -> Duration {
-    let base = 0.5 * 2f64.powi(attempt.saturating_sub(1).min(7) as i32);
-    Duration::from_secs_f64(base.min(60.0) * (0.5 + fastrand::f64()))
+    backoff_delay(Duration::from_millis(500), attempt, Duration::from_secs(60))
+}
+
+/// Exponential backoff with jitter, the one recipe flow retries with (node attempts, Hub
+/// uploads, text APIs): `base`, 2·`base`, 4·`base`, … for attempt 1, 2, 3, …, capped at `cap`,
+/// each multiplied by a random factor in [0.5, 1.5) so that retrying clients spread out.
+pub fn backoff_delay(base: Duration, attempt: u32, cap: Duration) -> Duration {
+    let doublings = attempt.saturating_sub(1).min(20) as i32;
+    let delay = (base.as_secs_f64() * 2f64.powi(doublings)).min(cap.as_secs_f64());
+    Duration::from_secs_f64(delay * (0.5 + fastrand::f64()))
 }
 
 fn absolute(path: PathBuf) -> PathBuf {

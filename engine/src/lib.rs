@@ -3,6 +3,7 @@
 //! the executor and run records. It never names a concrete node: node types come in
 //! through [`node::Registry`].
 
+pub mod clock;
 pub mod diagnostic;
 pub mod executor;
 pub mod fingerprint;
@@ -12,6 +13,8 @@ pub mod params;
 pub mod plan;
 pub mod record;
 pub mod reference;
+pub mod schedule;
+pub mod scheduler;
 pub mod schema;
 pub mod store;
 pub mod validate;

@@ -70,37 +70,53 @@ pub fn effective_params(
     }
     for text in overrides {
         match parse_override(text) {
-            Ok((name, value)) => match params.get(&name) {
-                None => {
-                    let declared: Vec<&str> = params.keys().map(String::as_str).collect();
-                    let mut d = Diagnostic::general(format!(
-                        "invalid --set `{text}`: the workflow declares no param `{name}` (declared: {})",
-                        if declared.is_empty() {
-                            "none".to_string()
-                        } else {
-                            declared.join(", ")
-                        }
-                    ));
-                    if let Some(hint) = crate::diagnostic::did_you_mean(&name, declared) {
-                        d = d.with_hint(hint);
-                    }
-                    errors.push(d);
-                }
-                Some(default) if !default.is_null() && kind_of(default) != kind_of(&value) => {
-                    errors.push(Diagnostic::general(format!(
-                        "invalid --set `{text}`: param `{name}` is {} (default {default}), got {}",
-                        kind_of(default),
-                        kind_of(&value)
-                    )));
-                }
-                Some(_) => {
+            Ok((name, value)) => match check_override(&params, &name, &value) {
+                Ok(()) => {
                     params.insert(name, value);
+                }
+                Err((message, hint)) => {
+                    errors.push(
+                        Diagnostic::general(format!("invalid --set `{text}`: {message}"))
+                            .with_optional_hint(hint),
+                    );
                 }
             },
             Err(message) => errors.push(Diagnostic::general(message)),
         }
     }
     (params, errors)
+}
+
+/// Whether `value` may override param `name`: the param must be declared and keep its type
+/// (a null default takes anything). Errors carry the message and, where one helps, a hint.
+pub fn check_override(
+    declared: &BTreeMap<String, Json>,
+    name: &str,
+    value: &Json,
+) -> Result<(), (String, Option<String>)> {
+    match declared.get(name) {
+        None => {
+            let names: Vec<&str> = declared.keys().map(String::as_str).collect();
+            let listed = if names.is_empty() {
+                "none".to_string()
+            } else {
+                names.join(", ")
+            };
+            Err((
+                format!("the workflow declares no param `{name}` (declared: {listed})"),
+                crate::diagnostic::did_you_mean(name, names),
+            ))
+        }
+        Some(default) if !default.is_null() && kind_of(default) != kind_of(value) => Err((
+            format!(
+                "param `{name}` is {} (default {default}), got {}",
+                kind_of(default),
+                kind_of(value)
+            ),
+            None,
+        )),
+        Some(_) => Ok(()),
+    }
 }
 
 #[cfg(test)]

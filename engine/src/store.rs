@@ -182,7 +182,8 @@ impl Store {
     }
 
     /// Takes the store's lock; if another process has it, calls `on_wait` and waits
-    /// (or fails with [`StoreError::Locked`] when `wait` is false).
+    /// (or fails with [`StoreError::Locked`] when `wait` is false). With the lock held, runs
+    /// that a dead process left `running` are marked interrupted.
     pub fn lock(&self, wait: bool, on_wait: &dyn Fn(&str)) -> Result<StoreLock, StoreError> {
         let path = self.root.join("lock");
         let mut file = fs::OpenOptions::new()
@@ -215,6 +216,7 @@ impl Store {
         file.set_len(0).at(&path)?;
         file.write_all(std::process::id().to_string().as_bytes())
             .at(&path)?;
+        crate::record::RunRecord::mark_interrupted(self)?;
         Ok(StoreLock { _file: file })
     }
 

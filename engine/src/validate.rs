@@ -13,6 +13,7 @@ use crate::graph::Dag;
 use crate::node::{DynNode, Registry};
 use crate::params::effective_params;
 use crate::reference::{Reference, interpolate, references_in};
+use crate::schedule::{Schedule, check_schedules};
 use crate::workflow::{NodeSpec, WorkflowFile};
 use crate::yaml::{Yaml, locate};
 
@@ -49,6 +50,8 @@ pub struct ValidWorkflow {
     pub nodes: Vec<ValidNode>,
     /// The DAG.
     pub dag: Dag,
+    /// When the workflow runs by itself (`schedule:`), checked.
+    pub schedules: Vec<Schedule>,
 }
 
 impl ValidWorkflow {
@@ -130,6 +133,11 @@ pub fn validate(
     let Checker {
         dag, mut errors, ..
     } = checker;
+    let (schedules, mut schedule_errors) = match &file.spec.schedule {
+        Some(list) => check_schedules(list, &params),
+        None => (Vec::new(), Vec::new()),
+    };
+    errors.append(&mut schedule_errors);
     let order = dag.topological_order().unwrap_or_else(|cycle| {
         let first = spec_nodes
             .value
@@ -153,6 +161,7 @@ pub fn validate(
         params,
         nodes,
         dag,
+        schedules,
     })
 }
 

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::diagnostic::{Diagnostic, Diagnostics, Span};
+use crate::schedule::ScheduleList;
 use crate::yaml::{SpannedMap, Yaml};
 
 /// A workflow: a DAG of nodes, with params that `--set` overrides.
@@ -26,6 +27,10 @@ pub struct WorkflowSpec {
     #[serde(default)]
     #[schemars(with = "BTreeMap<String, serde_json::Value>")]
     pub params: SpannedMap<Yaml>,
+    /// When the workflow runs by itself: one schedule or a list (`flow schedule` runs them).
+    #[serde(default)]
+    #[schemars(with = "Option<crate::schedule::ScheduleListSchema>")]
+    pub schedule: Option<ScheduleList>,
     /// The nodes, by id. `${NODE.OUTPUT}` references and `after` lists make the DAG's edges.
     #[schemars(with = "BTreeMap<String, NodeSpec>")]
     pub nodes: Spanned<SpannedMap<NodeSpec>>,

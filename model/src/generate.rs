@@ -55,7 +55,7 @@ pub fn generate(
 /// The next token from `logits`.
 fn pick(mut logits: Vec<f32>, sampling: Sampling, rng: &mut SplitMix64) -> u32 {
     if sampling.temperature <= 0.0 {
-        return argmax(&logits) as u32;
+        return argmax(logits.iter().copied()) as u32;
     }
     let inverse = (1.0 / sampling.temperature) as f32;
     logits.iter_mut().for_each(|l| *l *= inverse);
@@ -81,12 +81,13 @@ fn pick(mut logits: Vec<f32>, sampling: Sampling, rng: &mut SplitMix64) -> u32 {
     *nucleus.last().unwrap_or(&0) as u32
 }
 
-fn argmax(values: &[f32]) -> usize {
-    values
-        .iter()
-        .enumerate()
-        .fold((0, f32::NEG_INFINITY), |best, (i, &v)| {
-            if v > best.1 { (i, v) } else { best }
-        })
-        .0
+/// Index of the largest value (the first on ties, as numpy's argmax; 0 for none).
+pub fn argmax<T: PartialOrd>(values: impl IntoIterator<Item = T>) -> usize {
+    let mut best: Option<(usize, T)> = None;
+    for (i, v) in values.into_iter().enumerate() {
+        if best.as_ref().is_none_or(|(_, b)| v > *b) {
+            best = Some((i, v));
+        }
+    }
+    best.map_or(0, |(i, _)| i)
 }

@@ -45,7 +45,9 @@ fn special_token(config: &serde_json::Value, key: &str) -> Option<String> {
     }
 }
 
-fn common_prefix(a: &[u32], b: &[u32]) -> usize {
+/// How many leading token ids `a` and `b` share (where a prompt's tokens end inside the
+/// tokens of prompt + continuation, given how BPE merges across the boundary).
+pub fn common_prefix(a: &[u32], b: &[u32]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 

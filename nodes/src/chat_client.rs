@@ -4,6 +4,7 @@
 //! and malformed answers (honouring `Retry-After`), and errors that separate a refused key
 //! (stop everything) from a failed request (this row only).
 
+use flow_engine::executor::backoff_delay;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value as Json, json};
@@ -122,7 +123,9 @@ impl TextClient {
                 Attempt::Stop(error) => return Err(error),
                 Attempt::Retry { why, after } if retry < self.config.max_retries => {
                     retry += 1;
-                    let delay = after.unwrap_or_else(|| backoff(self.config.backoff_base, retry));
+                    let delay = after.unwrap_or_else(|| {
+                        backoff_delay(self.config.backoff_base, retry, Duration::from_secs(60))
+                    });
                     tracing::debug!(%why, retry, ?delay, "retrying");
                     tokio::time::sleep(delay).await;
                 }
@@ -252,12 +255,6 @@ fn retry_after(response: &reqwest::Response) -> Option<Duration> {
     let value = response.headers().get("retry-after")?.to_str().ok()?;
     let seconds: f64 = value.trim().parse().ok()?;
     Some(Duration::from_secs_f64(seconds.clamp(0.0, 600.0)))
-}
-
-/// `base`, 2·`base`, 4·`base`, … capped at 60 s, each ×[0.5, 1.5).
-fn backoff(base: Duration, retry: u32) -> Duration {
-    let delay = base.as_secs_f64() * 2f64.powi(retry.saturating_sub(1).min(10) as i32);
-    Duration::from_secs_f64(delay.min(60.0) * (0.5 + fastrand::f64()))
 }
 
 fn clip(text: &str) -> String {

@@ -21,9 +21,9 @@ use crate::compute::{DeviceSpec, check_cancelled, model_error, run_blocking};
 use crate::eval_report;
 use crate::preference::read_pairs;
 use flow_engine::node::{Node, NodeContext, NodeError, OutputSpec, ParamError};
-use flow_model::generate::{Sampling, generate};
+use flow_model::generate::{Sampling, argmax, generate};
 use flow_model::scoring::{Scorer, Sequence};
-use flow_model::tokenize::{PreferenceTokenizer, TokenizedPair, Truncation};
+use flow_model::tokenize::{PreferenceTokenizer, TokenizedPair, Truncation, common_prefix};
 use flow_model::{Device, Mistral};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -535,12 +535,8 @@ fn load_task(path: &Path, tokenizer: &PreferenceTokenizer) -> Result<Task, NodeE
         for choice in &q.choices {
             let continuation = format!(" {choice}");
             let full = tokenizer.encode(&format!("{}{continuation}", q.question));
-            let start = context
-                .iter()
-                .zip(&full)
-                .take_while(|(a, b)| a == b)
-                .count()
-                .clamp(1, full.len().saturating_sub(1).max(1));
+            let start =
+                common_prefix(&context, &full).clamp(1, full.len().saturating_sub(1).max(1));
             task.bytes.push(continuation.len());
             task.sequences.push(Sequence {
                 ids: full,
@@ -575,15 +571,4 @@ impl Task {
             acc_norm: right_norm as f64 / n,
         }
     }
-}
-
-/// Index of the largest value (the first on ties, as numpy's argmax).
-fn argmax(values: impl Iterator<Item = f64>) -> usize {
-    let mut best = (0, f64::NEG_INFINITY);
-    for (i, v) in values.enumerate() {
-        if v > best.1 {
-            best = (i, v);
-        }
-    }
-    best.0
 }

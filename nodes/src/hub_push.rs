@@ -760,8 +760,11 @@ fn failure_text(failure: &HubFailure) -> String {
     }
 }
 
-/// 0.5 s, 1 s, 2 s, … capped at 30 s, each ×[0.5, 1.5).
+/// 0.5 s, 1 s, 2 s, … capped at 30 s, with jitter.
 fn backoff(attempt: u32) -> Duration {
-    let base = 0.5 * 2f64.powi(attempt.saturating_sub(1).min(6) as i32);
-    Duration::from_secs_f64(base.min(30.0) * (0.5 + fastrand::f64()))
+    flow_engine::executor::backoff_delay(
+        Duration::from_millis(500),
+        attempt,
+        Duration::from_secs(30),
+    )
 }

@@ -5,6 +5,7 @@ mod exec;
 mod inspect;
 mod report;
 mod run;
+mod schedule;
 
 use flow_engine::diagnostic::Diagnostics;
 use flow_engine::store::{Store, StoreError};
@@ -13,7 +14,7 @@ use flow_engine::workflow::WorkflowFile;
 use std::path::Path;
 use std::process::ExitCode;
 
-use crate::cli::Command;
+use crate::cli::{Command, CronCommand};
 
 /// How a command failed; decides the exit status.
 #[derive(Debug)]
@@ -82,6 +83,10 @@ pub fn dispatch(command: Command, store: &Store) -> Result<(), Failure> {
         Command::Schema { dir, check } => inspect::schema(&dir, check),
         Command::Gc { dry_run } => inspect::gc(store, dry_run),
         Command::Bench { what } => bench::bench(what),
+        Command::Schedule(args) => schedule::schedule(args, store),
+        Command::Cron {
+            command: CronCommand::Print { file },
+        } => schedule::cron_print(&file, store),
     }
 }
 

@@ -293,6 +293,26 @@ fn filter_applies_and_counts_every_rule() {
         t["dropped"]["too_many_tokens"].as_u64().unwrap() >= 3,
         "{t}"
     );
+    p.write(
+        "dup.jsonl",
+        "{\"prompt\":\"Wie alt ist der Rhein?\",\"chosen\":\"Sehr alt.\",\"rejected\":\"Jung.\"}\n{\"prompt\":\"Wie  alt ist der RHEIN?\",\"chosen\":\"Uralt.\",\"rejected\":\"Neu.\"}\n",
+    );
+    for (dedup, kept) in [("true", 1), ("false", 2)] {
+        let out = format!("dup-{dedup}");
+        p.flow(&[
+            "exec",
+            "dataset.filter",
+            "--input",
+            "dataset=dup.jsonl",
+            "--with",
+            &format!("dedup_prompts={dedup}"),
+            "--out",
+            &out,
+        ])
+        .expect_code(0);
+        let d = stats(&p, &format!("{out}/dataset"));
+        assert_eq!(d["rows_out"], kept, "dedup_prompts={dedup}: {d}");
+    }
 }
 
 #[test]

@@ -12,7 +12,9 @@ use std::path::{Path, PathBuf};
 use tokio_util::sync::CancellationToken;
 
 use crate::compute::{check_cancelled, run_blocking};
-use crate::preference::{PairSink, PreferencePair, Stats, data_file, file_in, parse_pair};
+use crate::preference::{
+    PairSink, PreferencePair, Stats, data_file, file_in, pair_line, parse_pair,
+};
 use std::io::{BufRead, BufReader};
 
 /// Filters a preference dataset.
@@ -114,7 +116,7 @@ pub struct Rules {
     params: DatasetFilterParams,
     language: Option<whatlang::Lang>,
     detector: whatlang::Detector,
-    blocklist: Vec<regex::Regex>,
+    blocklist: regex::RegexSet,
     tokenizer: Option<tokenizers::Tokenizer>,
 }
 
@@ -140,15 +142,13 @@ impl DatasetFilterParams {
             })
             .collect::<Result<Vec<_>, _>>()?;
         candidates.extend(language);
-        let blocklist = self
-            .blocklist
-            .iter()
-            .map(|pattern| {
-                regex::Regex::new(pattern).map_err(|e| {
-                    ParamError::at("blocklist", format!("invalid regex `{pattern}`: {e}"))
-                })
-            })
-            .collect::<Result<_, _>>()?;
+        for pattern in &self.blocklist {
+            regex::Regex::new(pattern).map_err(|e| {
+                ParamError::at("blocklist", format!("invalid regex `{pattern}`: {e}"))
+            })?;
+        }
+        let blocklist = regex::RegexSet::new(&self.blocklist)
+            .map_err(|e| ParamError::at("blocklist", e.to_string()))?;
         if self.max_tokens.is_some() != self.tokenizer.is_some() {
             return Err(ParamError::at(
                 "tokenizer",
@@ -221,65 +221,131 @@ impl Node for DatasetFilter {
 /// Rows judged at a time.
 const CHUNK_ROWS: usize = 4096;
 
-/// Filters `input` into the dataset directory `out`.
+/// Chunks in flight between two stages of the pipeline.
+const CHUNKS_IN_FLIGHT: usize = 2;
+
+/// A numbered line of the input (1-based).
+type Line = (usize, String);
+
+/// One row after the stateless rules: its dedup keys or the reason it is dropped, and, when
+/// kept so far, its output line.
+struct Judged {
+    verdict: Result<Keys, &'static str>,
+    line: Option<String>,
+}
+
+/// Filters `input` into the dataset directory `out`. Three stages run at once, as a pipeline:
+/// a thread reads chunks of lines, the rayon pool parses, judges and serialises each chunk's
+/// rows in parallel, and a thread applies the dedup rules (which need input order) and writes.
 pub fn filter_dataset(
     input: &Path,
     out: &Path,
     rules: &Rules,
     token: &CancellationToken,
 ) -> Result<Stats, NodeError> {
-    let mut sink = PairSink::create(out)?;
-    let mut dedup = Dedup::new(rules.params.near_dup_threshold);
+    let sink = PairSink::create(out)?;
+    let dedup = Dedup::new(rules.params.near_dup_threshold);
     let file_path = data_file(input);
     let file = std::fs::File::open(&file_path)
         .map_err(|e| NodeError::new(format!("{}: {e}", file_path.display())))?;
-    let mut lines = BufReader::new(file).lines().enumerate();
+    let (lines_tx, lines_rx) = std::sync::mpsc::sync_channel(CHUNKS_IN_FLIGHT);
+    let (judged_tx, judged_rx) = std::sync::mpsc::sync_channel(CHUNKS_IN_FLIGHT);
+    let stats = std::thread::scope(|scope| {
+        let reader = scope.spawn(|| read_chunks(BufReader::new(file), &file_path, lines_tx));
+        let writer = scope.spawn(|| keep_unique(judged_rx, sink, dedup));
+        let judged = judge_chunks(lines_rx, judged_tx, rules, &file_path, token);
+        let read = joined(reader.join());
+        let written = joined(writer.join());
+        judged.and(read).and(written)
+    })?;
+    if stats.rows_in == 0 {
+        return Err(NodeError::new(format!(
+            "{}: no preference pairs (the file is empty)",
+            input.display()
+        )));
+    }
+    Ok(stats)
+}
+
+/// A pipeline thread's result; a panic becomes an error.
+fn joined<T>(result: std::thread::Result<Result<T, NodeError>>) -> Result<T, NodeError> {
+    result.unwrap_or_else(|_| Err(NodeError::new("a filter thread panicked")))
+}
+
+/// Reads numbered lines in chunks until the end, or until the next stage stops listening.
+fn read_chunks(
+    reader: impl BufRead,
+    path: &Path,
+    chunks: std::sync::mpsc::SyncSender<Vec<Line>>,
+) -> Result<(), NodeError> {
+    let mut lines = reader.lines().enumerate();
     loop {
-        check_cancelled(token)?;
-        let chunk: Vec<(usize, String)> = lines
+        let chunk: Vec<Line> = lines
             .by_ref()
             .take(CHUNK_ROWS)
             .map(|(n, l)| l.map(|l| (n + 1, l)))
             .collect::<Result<_, _>>()
-            .map_err(|e| NodeError::new(format!("{}: {e}", file_path.display())))?;
-        if chunk.is_empty() {
-            break;
+            .map_err(|e| NodeError::new(format!("{}: {e}", path.display())))?;
+        if chunk.is_empty() || chunks.send(chunk).is_err() {
+            return Ok(());
         }
-        let judged: Vec<(PreferencePair, Result<Keys, &'static str>)> = chunk
+    }
+}
+
+/// Parses, judges and serialises every chunk's rows in parallel, in order.
+fn judge_chunks(
+    chunks: std::sync::mpsc::Receiver<Vec<Line>>,
+    judged: std::sync::mpsc::SyncSender<Vec<Judged>>,
+    rules: &Rules,
+    path: &Path,
+    token: &CancellationToken,
+) -> Result<(), NodeError> {
+    for chunk in chunks {
+        check_cancelled(token)?;
+        let rows: Vec<Judged> = chunk
             .par_iter()
             .filter(|(_, line)| !line.trim().is_empty())
             .map(|(n, line)| {
                 let pair = parse_pair(line).map_err(|e| {
                     NodeError::new(format!(
                         "{}:{n}: not a preference pair: {e}",
-                        file_path.display()
+                        path.display()
                     ))
                 })?;
                 let verdict = rules.judge(&pair);
-                Ok((pair, verdict))
+                let line = verdict.is_ok().then(|| pair_line(&pair));
+                Ok(Judged { verdict, line })
             })
             .collect::<Result<_, NodeError>>()?;
-        for (pair, verdict) in judged {
-            sink.stats.rows_in += 1;
-            match verdict.and_then(|keys| dedup.admit(keys)) {
-                Ok(()) => sink.write(&pair)?,
-                Err(reason) => sink.stats.drop_for(reason),
-            }
+        if judged.send(rows).is_err() {
+            break;
         }
     }
-    if sink.stats.rows_in == 0 {
-        return Err(NodeError::new(format!(
-            "{}: no preference pairs (the file is empty)",
-            input.display()
-        )));
+    Ok(())
+}
+
+/// Applies the dedup rules in input order and writes the kept rows.
+fn keep_unique(
+    judged: std::sync::mpsc::Receiver<Vec<Judged>>,
+    mut sink: PairSink,
+    mut dedup: Dedup,
+) -> Result<Stats, NodeError> {
+    for row in judged.into_iter().flatten() {
+        sink.stats.rows_in += 1;
+        match row.verdict.and_then(|keys| dedup.admit(keys)) {
+            Ok(()) => sink.write_line(row.line.as_deref().unwrap_or_default())?,
+            Err(reason) => sink.stats.drop_for(reason),
+        }
     }
     sink.finish()
 }
 
 /// What the dedup rules need of a row that passed the others.
 pub struct Keys {
-    prompt: u64,
-    signature: Option<Vec<u32>>,
+    /// The normalised prompt's hash, when prompts are deduplicated.
+    prompt: Option<u64>,
+    /// The row's MinHash, when near-duplicates are dropped.
+    minhash: Option<MinHash>,
 }
 
 impl Rules {
@@ -319,12 +385,7 @@ impl Rules {
         {
             return Err("too_long");
         }
-        if !self.blocklist.is_empty()
-            && self
-                .blocklist
-                .iter()
-                .any(|r| texts.iter().any(|t| r.is_match(t)))
-        {
+        if !self.blocklist.is_empty() && texts.iter().any(|t| self.blocklist.is_match(t)) {
             return Err("blocklist");
         }
         if let Some(lang) = self.language {
@@ -351,8 +412,8 @@ impl Rules {
             }
         }
         Ok(Keys {
-            prompt: prompt_key(&p.prompt),
-            signature: rules
+            prompt: rules.dedup_prompts.then(|| prompt_key(&p.prompt)),
+            minhash: rules
                 .near_dup_threshold
                 .map(|_| minhash(&[&p.prompt, &p.chosen])),
         })
@@ -361,11 +422,15 @@ impl Rules {
 
 /// FNV-1a of a word, lowercased on the fly (no allocation).
 fn word_hash(word: &str) -> u64 {
-    word.chars()
-        .flat_map(char::to_lowercase)
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, c| {
-            (h ^ u64::from(c)).wrapping_mul(0x0100_0000_01b3)
-        })
+    let step = |h: u64, c: char| (h ^ u64::from(c)).wrapping_mul(0x0100_0000_01b3);
+    let start = 0xcbf2_9ce4_8422_2325u64;
+    if word.is_ascii() {
+        // The same value as below, without Unicode case tables.
+        return word
+            .bytes()
+            .fold(start, |h, b| step(h, char::from(b.to_ascii_lowercase())));
+    }
+    word.chars().flat_map(char::to_lowercase).fold(start, step)
 }
 
 /// SplitMix64's finaliser: spreads the bits of a combined hash.
@@ -385,6 +450,7 @@ fn prompt_key(prompt: &str) -> u64 {
 /// MinHash permutations (and LSH: bands of `ROWS_PER_BAND`).
 const PERMUTATIONS: usize = 128;
 const ROWS_PER_BAND: usize = 4;
+const BANDS: usize = PERMUTATIONS / ROWS_PER_BAND;
 
 /// Multipliers (odd) and offsets of the universal hash family `(a·h + b) >> 32`.
 static FAMILY: std::sync::LazyLock<([u64; PERMUTATIONS], [u64; PERMUTATIONS])> =
@@ -399,8 +465,15 @@ static FAMILY: std::sync::LazyLock<([u64; PERMUTATIONS], [u64; PERMUTATIONS])> =
         (a, b)
     });
 
-/// MinHash signature of the word 3-grams of `texts` (lowercased), read as one text.
-fn minhash(texts: &[&str]) -> Vec<u32> {
+/// A row's MinHash signature and its LSH band keys (computed with the stateless rules, in
+/// parallel, so the ordered dedup stage only looks them up).
+pub struct MinHash {
+    signature: [u32; PERMUTATIONS],
+    bands: [u64; BANDS],
+}
+
+/// MinHash of the word 3-grams of `texts` (lowercased), read as one text.
+fn minhash(texts: &[&str]) -> MinHash {
     let words: Vec<u64> = texts
         .iter()
         .flat_map(|t| t.split_whitespace())
@@ -415,62 +488,114 @@ fn minhash(texts: &[&str]) -> Vec<u32> {
             signature[k] = signature[k].min(value);
         }
     }
-    signature.to_vec()
+    let mut bands = [0u64; BANDS];
+    for (band, rows) in signature.chunks(ROWS_PER_BAND).enumerate() {
+        let seed = (band as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        bands[band] = rows.iter().fold(seed, |h, &r| mix(h ^ u64::from(r)));
+    }
+    MinHash { signature, bands }
 }
+
+/// A hasher for keys that are already well-mixed 64-bit hashes: it passes them through.
+#[derive(Default)]
+struct PreMixed(u64);
+
+impl std::hash::Hasher for PreMixed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.0 = mix(self.0 ^ u64::from(byte));
+        }
+    }
+    fn write_u64(&mut self, value: u64) {
+        self.0 = value;
+    }
+}
+
+type PreMixedState = std::hash::BuildHasherDefault<PreMixed>;
+
+/// No row.
+const NONE: u32 = u32::MAX;
 
 /// The dedup state: prompts seen, and an LSH index over kept rows' MinHash signatures.
 struct Dedup {
-    prompts: HashSet<u64>,
+    prompts: HashSet<u64, PreMixedState>,
     threshold: Option<f64>,
-    signatures: Vec<Vec<u32>>,
-    bands: HashMap<(usize, u64), Vec<usize>>,
+    /// Kept rows' signatures, `PERMUTATIONS` values each.
+    signatures: Vec<u32>,
+    /// Band key → the latest kept row with it.
+    heads: HashMap<u64, u32, PreMixedState>,
+    /// `[row × BANDS + band]` → the kept row before `row` with the same band key, or [`NONE`].
+    chain: Vec<u32>,
+    /// Per kept row, the last check that compared it (each candidate is compared once).
+    compared_in: Vec<u32>,
+    checks: u32,
 }
 
 impl Dedup {
     fn new(threshold: Option<f64>) -> Dedup {
         Dedup {
-            prompts: HashSet::new(),
+            prompts: HashSet::default(),
             threshold,
             signatures: Vec::new(),
-            bands: HashMap::new(),
+            heads: HashMap::default(),
+            chain: Vec::new(),
+            compared_in: Vec::new(),
+            checks: 0,
         }
     }
 
     /// Admits a row (remembering it) or names why it is a duplicate.
     fn admit(&mut self, keys: Keys) -> Result<(), &'static str> {
-        if !self.prompts.insert(keys.prompt) {
+        if keys.prompt.is_some_and(|p| self.prompts.contains(&p)) {
             return Err("duplicate_prompt");
         }
-        let (Some(threshold), Some(signature)) = (self.threshold, keys.signature) else {
-            return Ok(());
-        };
-        let band_keys: Vec<(usize, u64)> = signature
-            .chunks(ROWS_PER_BAND)
-            .enumerate()
-            .map(|(b, rows)| {
-                let key = rows.iter().fold(0u64, |h, &r| mix(h ^ u64::from(r)));
-                (b, key)
-            })
-            .collect();
-        for key in &band_keys {
-            for &other in self.bands.get(key).into_iter().flatten() {
-                let same = self.signatures[other]
-                    .iter()
-                    .zip(&signature)
-                    .filter(|(a, b)| a == b)
-                    .count();
-                if same as f64 / PERMUTATIONS as f64 >= threshold {
-                    self.prompts.remove(&keys.prompt);
-                    return Err("near_duplicate");
+        if let (Some(threshold), Some(minhash)) = (self.threshold, &keys.minhash) {
+            if self.is_near_duplicate(minhash, threshold) {
+                return Err("near_duplicate");
+            }
+            self.remember(minhash);
+        }
+        self.prompts.extend(keys.prompt);
+        Ok(())
+    }
+
+    /// Whether a kept row sharing a band with `minhash` has an estimated Jaccard ≥ `threshold`.
+    fn is_near_duplicate(&mut self, minhash: &MinHash, threshold: f64) -> bool {
+        self.checks += 1;
+        for (band, key) in minhash.bands.iter().enumerate() {
+            let mut row = self.heads.get(key).copied().unwrap_or(NONE);
+            while row != NONE {
+                let index = row as usize;
+                if self.compared_in[index] != self.checks {
+                    self.compared_in[index] = self.checks;
+                    let kept = &self.signatures[index * PERMUTATIONS..][..PERMUTATIONS];
+                    let same = kept
+                        .iter()
+                        .zip(&minhash.signature)
+                        .filter(|(a, b)| a == b)
+                        .count();
+                    if same as f64 / PERMUTATIONS as f64 >= threshold {
+                        return true;
+                    }
                 }
+                row = self.chain[index * BANDS + band];
             }
         }
-        let index = self.signatures.len();
-        self.signatures.push(signature);
-        for key in band_keys {
-            self.bands.entry(key).or_default().push(index);
+        false
+    }
+
+    /// Adds a kept row to the LSH index.
+    fn remember(&mut self, minhash: &MinHash) {
+        let row = self.compared_in.len() as u32;
+        self.signatures.extend_from_slice(&minhash.signature);
+        self.compared_in.push(0);
+        for key in minhash.bands {
+            let previous = self.heads.insert(key, row).unwrap_or(NONE);
+            self.chain.push(previous);
         }
-        Ok(())
     }
 }
 
@@ -552,4 +677,44 @@ pub fn bench_filter(rows: usize, dir: &Path) -> Result<FilterBenchResult, NodeEr
         peak_rss_mib: flow_model::bench::peak_rss_mib(),
         threads: rayon::current_num_threads(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(prompt: Option<u64>, text: Option<&str>) -> Keys {
+        Keys {
+            prompt,
+            minhash: text.map(|t| minhash(&[t])),
+        }
+    }
+
+    #[test]
+    fn repeated_prompts_are_dropped_only_when_keyed() {
+        let mut dedup = Dedup::new(None);
+        assert_eq!(dedup.admit(keys(Some(7), None)), Ok(()));
+        assert_eq!(dedup.admit(keys(Some(7), None)), Err("duplicate_prompt"));
+        assert_eq!(dedup.admit(keys(None, None)), Ok(()));
+        assert_eq!(dedup.admit(keys(None, None)), Ok(()));
+    }
+
+    #[test]
+    fn near_duplicates_are_found_and_distinct_rows_kept() {
+        let text = "der schnelle braune Fuchs springt über den faulen Hund und läuft dann weiter in den Wald";
+        let other =
+            "heute regnet es in Berlin aber morgen scheint wieder die Sonne über der ganzen Stadt";
+        let mut dedup = Dedup::new(Some(0.8));
+        assert_eq!(dedup.admit(keys(Some(1), Some(text))), Ok(()));
+        assert_eq!(dedup.admit(keys(Some(2), Some(other))), Ok(()));
+        let same_words = text.to_uppercase().replace(' ', "  ");
+        assert_eq!(
+            dedup.admit(keys(Some(3), Some(&same_words))),
+            Err("near_duplicate")
+        );
+        // A dropped near-duplicate's prompt is not remembered.
+        assert_eq!(dedup.admit(keys(Some(3), None)), Ok(()));
+        assert_eq!(dedup.signatures.len(), 2 * PERMUTATIONS);
+        assert_eq!(dedup.chain.len(), 2 * BANDS);
+    }
 }

@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 
 /// One preference pair.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct PreferencePair {
     /// Stable id.
     #[serde(default)]
@@ -25,6 +25,103 @@ pub struct PreferencePair {
     /// Every other column, kept.
     #[serde(flatten)]
     pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Read by hand rather than derived: with `#[serde(flatten)]` serde first buffers every field of
+/// the row, which made parsing the slowest part of filtering a large dataset.
+impl<'de> Deserialize<'de> for PreferencePair {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(PairVisitor)
+    }
+}
+
+/// A key of a preference row.
+enum PairField {
+    Id,
+    Prompt,
+    Chosen,
+    Rejected,
+    System,
+    Other(String),
+}
+
+impl<'de> Deserialize<'de> for PairField {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct FieldVisitor;
+        impl serde::de::Visitor<'_> for FieldVisitor {
+            type Value = PairField;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a column name")
+            }
+            fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<PairField, E> {
+                Ok(match key {
+                    "id" => PairField::Id,
+                    "prompt" => PairField::Prompt,
+                    "chosen" => PairField::Chosen,
+                    "rejected" => PairField::Rejected,
+                    "system" => PairField::System,
+                    other => PairField::Other(other.to_string()),
+                })
+            }
+        }
+        deserializer.deserialize_identifier(FieldVisitor)
+    }
+}
+
+struct PairVisitor;
+
+/// Sets a field once; a second value is serde's "duplicate field" error.
+fn set_once<T, E: serde::de::Error>(
+    slot: &mut Option<T>,
+    name: &'static str,
+    value: T,
+) -> Result<(), E> {
+    match slot.replace(value) {
+        Some(_) => Err(E::duplicate_field(name)),
+        None => Ok(()),
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for PairVisitor {
+    type Value = PreferencePair;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a preference pair: an object with `prompt`, `chosen` and `rejected`")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> Result<PreferencePair, A::Error> {
+        use serde::de::Error;
+        let (mut id, mut prompt, mut chosen, mut rejected, mut system) =
+            (None, None, None, None, None);
+        let mut extra = serde_json::Map::new();
+        while let Some(field) = map.next_key::<PairField>()? {
+            match field {
+                PairField::Id => set_once(&mut id, "id", map.next_value::<String>()?)?,
+                PairField::Prompt => set_once(&mut prompt, "prompt", map.next_value::<String>()?)?,
+                PairField::Chosen => set_once(&mut chosen, "chosen", map.next_value::<String>()?)?,
+                PairField::Rejected => {
+                    set_once(&mut rejected, "rejected", map.next_value::<String>()?)?
+                }
+                PairField::System => {
+                    set_once(&mut system, "system", map.next_value::<Option<String>>()?)?
+                }
+                PairField::Other(key) => {
+                    extra.insert(key, map.next_value()?);
+                }
+            }
+        }
+        Ok(PreferencePair {
+            id: id.unwrap_or_default(),
+            prompt: prompt.ok_or_else(|| A::Error::missing_field("prompt"))?,
+            chosen: chosen.ok_or_else(|| A::Error::missing_field("chosen"))?,
+            rejected: rejected.ok_or_else(|| A::Error::missing_field("rejected"))?,
+            system: system.flatten(),
+            extra,
+        })
+    }
 }
 
 /// A stable id from a pair's content: the first 16 hex digits of blake3(prompt, chosen, rejected).
@@ -128,6 +225,11 @@ impl Stats {
     }
 }
 
+/// A pair as one line of `data.jsonl` (without the newline).
+pub fn pair_line(pair: &PreferencePair) -> String {
+    serde_json::to_string(pair).expect("a preference pair serialises")
+}
+
 /// Writes a preference dataset artifact: `data.jsonl` row by row, then `stats.json`.
 pub struct PairSink {
     out: std::io::BufWriter<std::fs::File>,
@@ -152,7 +254,12 @@ impl PairSink {
 
     /// Appends a pair.
     pub fn write(&mut self, pair: &PreferencePair) -> Result<(), NodeError> {
-        serde_json::to_writer(&mut self.out, pair).map_err(|e| NodeError::new(e.to_string()))?;
+        self.write_line(&pair_line(pair))
+    }
+
+    /// Appends a pair already serialised by [`pair_line`].
+    pub fn write_line(&mut self, line: &str) -> Result<(), NodeError> {
+        self.out.write_all(line.as_bytes())?;
         self.out.write_all(b"\n")?;
         self.stats.rows_out += 1;
         Ok(())
@@ -170,6 +277,22 @@ impl PairSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pairs_parse_by_hand_as_the_derived_reader_did() {
+        let text =
+            r#"{"prompt":"a","chosen":"b","rejected":"c","system":null,"lang":"de","score":[1,2]}"#;
+        let pair = parse_pair(text).unwrap();
+        assert_eq!(pair.system, None);
+        assert_eq!(pair.extra["score"], serde_json::json!([1, 2]));
+        let back = parse_pair(&pair_line(&pair)).unwrap();
+        assert_eq!(back, pair);
+        let twice = r#"{"prompt":"a","prompt":"b","chosen":"b","rejected":"c"}"#;
+        let error = parse_pair(twice).unwrap_err().to_string();
+        assert!(error.contains("duplicate field `prompt`"), "{error}");
+        let error = parse_pair("[1]").unwrap_err().to_string();
+        assert!(error.contains("expected a preference pair"), "{error}");
+    }
 
     #[test]
     fn reads_pairs_fills_ids_and_names_bad_lines() {

@@ -120,7 +120,7 @@ impl Harness {
         let mut registry = Registry::new();
         registry.register(GateNode);
         let config = SchedulerConfig {
-            sources: vec![file.clone()],
+            sources: vec![dir.path().to_path_buf()],
             jobs: 2,
             reload_every: Duration::from_secs(1),
             grace,
@@ -472,6 +472,48 @@ async fn reload_applies_an_edit_and_keeps_the_last_valid_version_of_a_bad_one() 
         "{}",
         records[0].trigger
     );
+}
+
+#[tokio::test]
+async fn a_scheduled_run_waits_while_another_process_holds_the_store() {
+    let h = Harness::start(
+        "store",
+        DAILY_BERLIN,
+        "2026-06-01T12:00:00Z",
+        Duration::ZERO,
+    )
+    .await;
+    // flock: a second open file description conflicts, as another process's would.
+    let manual_run = h.store.lock(false, &|_| {}).unwrap();
+    h.set_time("2026-06-02T00:30:00Z");
+    h.wait_for("waiting", |e| matches!(e, Event::WaitingForStore { .. }))
+        .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(h.gate.started.load(Ordering::SeqCst), 0);
+    drop(manual_run);
+    h.wait_for("the run ends", finished).await;
+    let (records, _, _dir) = h.stop().await;
+    assert_eq!(records[0].status, RunStatus::Succeeded);
+}
+
+#[tokio::test]
+async fn a_deleted_file_is_unscheduled() {
+    let h = Harness::start(
+        "deleted",
+        DAILY_BERLIN,
+        "2026-06-01T12:00:00Z",
+        Duration::ZERO,
+    )
+    .await;
+    std::fs::remove_file(&h.file).unwrap();
+    h.set_time("2026-06-01T12:00:02Z");
+    h.wait_for("removed", |e| matches!(e, Event::Removed { .. }))
+        .await;
+    h.set_time("2026-06-02T12:00:00Z");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(h.count(started), 0);
+    let (records, _, _dir) = h.stop().await;
+    assert!(records.is_empty());
 }
 
 #[tokio::test]

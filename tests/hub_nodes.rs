@@ -186,6 +186,36 @@ fn fetch_fills_the_standard_cache_then_serves_offline_and_reruns_only_when_the_b
 }
 
 #[test]
+fn a_push_landing_while_flow_runs_does_not_change_what_the_cache_key_says() {
+    let hub = HubServer::start(TOKEN);
+    let sha = hub.state().add_repo(REPO, base_files());
+    let mut pushed = base_files();
+    pushed.insert("config.json".into(), b"{\"pushed\": true}".to_vec());
+    hub.state().push_after_lookup = Some((REPO.into(), "main".into(), pushed));
+    let p = Project::new();
+    fetch_workflow(&p);
+    let run = flow_hf(&p, Some(&hub), &[], &["run", "fetch.yaml", "--json"]).expect_code(0);
+    assert!(hub.state().push_after_lookup.is_none(), "the push landed");
+    let config = std::fs::read(p.artifact_file("config.json")).unwrap();
+    assert_eq!(
+        config,
+        base_files()["config.json"],
+        "the commit the key names"
+    );
+    let log = p
+        .path()
+        .join(run.json()["nodes"][0]["log"].as_str().unwrap());
+    let log = std::fs::read_to_string(log).unwrap();
+    assert!(log.contains(&format!("is commit {sha}")), "{log}");
+    let plan = flow_hf(&p, Some(&hub), &[], &["plan", "fetch.yaml"]).expect_code(0);
+    assert!(
+        plan.stdout.contains(" run "),
+        "the moved branch re-runs: {}",
+        plan.stdout
+    );
+}
+
+#[test]
 fn fetch_errors_say_missing_private_gated_or_not_cached() {
     let hub = HubServer::start(TOKEN);
     {

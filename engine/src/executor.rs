@@ -231,6 +231,7 @@ impl Scheduler {
                 node: node.clone(),
                 inputs,
                 forced: self.options.selection.is_forced(&node.id),
+                remote: BTreeMap::new(),
             };
             let span =
                 tracing::info_span!("node", id = %node.id, node_type = node.node_type.type_name());
@@ -318,6 +319,8 @@ struct NodeJob {
     node: ValidNode,
     inputs: BTreeMap<String, String>,
     forced: bool,
+    /// The remote state in the node's cache key, once looked up.
+    remote: BTreeMap<String, String>,
 }
 
 /// How one attempt ended, when not with success.
@@ -327,7 +330,7 @@ enum AttemptError {
 }
 
 impl NodeJob {
-    async fn run(self) -> NodeRecord {
+    async fn run(mut self) -> NodeRecord {
         let started = Instant::now();
         let mut rec = NodeRecord::pending(&self.node.id, self.node.node_type.type_name());
         rec.status = NodeStatus::Failed;
@@ -371,6 +374,7 @@ impl NodeJob {
         self.shared
             .observer
             .node_started(&self.node.id, &rec.reasons);
+        self.remote = fp.remote.clone();
         let outcome = self.run_with_retries(&key, &log_path, &mut rec).await;
         rec.duration_ms = started.elapsed().as_millis() as u64;
         match outcome {
@@ -537,7 +541,8 @@ impl NodeJob {
             progress,
         )
         .with_lineage(self.lineage())
-        .with_cache_root(absolute(self.shared.store.root().join("node-cache")));
+        .with_cache_root(absolute(self.shared.store.root().join("node-cache")))
+        .with_remote_state(self.remote.clone());
         let running = self.node.node_type.clone().run_json(ctx, params);
         let limit = self.node.timeout.unwrap_or(Duration::MAX);
         let outcome = tokio::select! {

@@ -337,6 +337,7 @@ pub struct NodeContext {
     progress: Arc<dyn ProgressSink>,
     lineage: Lineage,
     cache_root: Option<PathBuf>,
+    remote_state: BTreeMap<String, String>,
 }
 
 impl NodeContext {
@@ -360,7 +361,22 @@ impl NodeContext {
             progress,
             lineage: Lineage::default(),
             cache_root: None,
+            remote_state: BTreeMap::new(),
         }
+    }
+
+    /// The same context, with the remote state the engine looked up for this run's cache key
+    /// (see [`Node::remote_state`]).
+    pub fn with_remote_state(mut self, state: BTreeMap<String, String>) -> Self {
+        self.remote_state = state;
+        self
+    }
+
+    /// The remote state this run's cache key holds (empty in `flow exec`). A node pins its work
+    /// to it (the commit a branch pointed at, say), so that what it produces is what the key
+    /// says, even when the branch moves while it runs.
+    pub fn remote_state(&self) -> &BTreeMap<String, String> {
+        &self.remote_state
     }
 
     /// The same context, with the root of caches shared by every run in one store.

@@ -152,12 +152,17 @@ pub fn remote_key(
         .map(|f| format!("{} {}\n", f.path, f.etag))
         .collect();
     Ok(BTreeMap::from([
-        (format!("commit of {}@{revision}", repo.id), snapshot.sha),
+        (commit_key(repo, revision), snapshot.sha),
         (
             "etags of the selected files".into(),
             blake3::hash(etags.as_bytes()).to_hex().to_string(),
         ),
     ]))
+}
+
+/// The remote-state entry that holds the commit `revision` of `repo` resolved to.
+fn commit_key(repo: &RepoId, revision: &str) -> String {
+    format!("commit of {}@{revision}", repo.id)
 }
 
 /// The glob allow-list; an invalid glob names its index below `files`.
@@ -276,7 +281,10 @@ pub async fn materialize(
     let cache = HfCache {
         root: env.cache.clone(),
     };
-    let snapshot = resolve(&env, repo, revision).await?;
+    // The commit the cache key holds, when the engine looked it up: what is fetched is then
+    // exactly what the key says, even if the branch moved since.
+    let pinned = ctx.remote_state().get(&commit_key(repo, revision));
+    let snapshot = resolve(&env, repo, pinned.map_or(revision, String::as_str)).await?;
     let selected = select(&snapshot, patterns)?;
     let dir = cache.snapshot_dir(repo, &snapshot.sha);
     ctx.log().line(&format!(

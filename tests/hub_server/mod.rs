@@ -71,6 +71,9 @@ pub struct State {
     pub ranges: Vec<String>,
     /// Parts received for multipart uploads: oid → part number → bytes.
     pub parts: BTreeMap<String, BTreeMap<u32, Vec<u8>>>,
+    /// After the next revision lookup of `(repo, branch)`, a push of these files lands on it
+    /// (someone pushes while flow runs).
+    pub push_after_lookup: Option<(String, String, BTreeMap<String, Vec<u8>>)>,
     commit_counter: u64,
 }
 
@@ -264,9 +267,16 @@ fn handle(
             ],
         ) => {
             let id = repo_key(kind, org, name);
-            with_repo(&state, &id, authorized, |repo| {
-                revision(repo, &decode(&rev.join("/")))
-            })
+            let rev = decode(&rev.join("/"));
+            let answer = with_repo(&state, &id, authorized, |repo| revision(repo, &rev));
+            if let Some((repo, branch, files)) = state.push_after_lookup.take() {
+                if repo == id && branch == rev {
+                    state.commit(&id, &rev, "pushed meanwhile", files);
+                } else {
+                    state.push_after_lookup = Some((repo, branch, files));
+                }
+            }
+            answer
         }
         ("GET", ["datasets", org, name, "resolve", rev, file @ ..]) => {
             let id = repo_key("datasets", org, name);

@@ -288,6 +288,18 @@ pub struct BenchShapeArgs {
     /// Timed repetitions after one warm-up.
     #[arg(long, default_value_t = 3)]
     pub repeats: usize,
+    /// Device: `cpu`, `auto` or `cuda:N` (CUDA needs the `cuda` feature).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Compute precision: `f32`, or `bf16` (mixed precision).
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
+    /// LoRA rank on all seven projections (alpha = 2·r); 0 trains every weight (dpo-step).
+    #[arg(long, default_value_t = 0)]
+    pub lora_r: usize,
+    /// Recompute activations in the backward pass (dpo-step).
+    #[arg(long)]
+    pub gradient_checkpointing: bool,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,

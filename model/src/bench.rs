@@ -35,6 +35,30 @@ pub struct BenchShape {
     pub repeats: usize,
 }
 
+/// Where and how a benchmark computes.
+#[derive(Clone, Debug)]
+pub struct BenchRun {
+    /// The device (the CPU, or a CUDA GPU with the `cuda` feature).
+    pub device: crate::Device,
+    /// Compute precision (`F32`, or `BF16` mixed precision).
+    pub dtype: crate::DType,
+    /// LoRA rank on all seven projections (alpha = 2r); 0 trains every weight.
+    pub lora_r: usize,
+    /// Recompute activations in the backward pass.
+    pub gradient_checkpointing: bool,
+}
+
+impl Default for BenchRun {
+    fn default() -> Self {
+        BenchRun {
+            device: crate::cpu(),
+            dtype: crate::DType::F32,
+            lora_r: 0,
+            gradient_checkpointing: false,
+        }
+    }
+}
+
 /// What the benchmark measured.
 #[derive(Clone, Debug, Serialize)]
 pub struct BenchResult {
@@ -94,9 +118,10 @@ pub fn peak_rss_mib() -> f64 {
 }
 
 /// Scores random batches with a random model: reference scoring as `model.ref_logprobs` does it.
-pub fn bench_logprobs(shape: &BenchShape) -> BenchResult {
-    let device = crate::cpu();
-    let scorer = Scorer::new(Mistral::random(&bench_config(shape), 0, 0.02, &device));
+pub fn bench_logprobs(shape: &BenchShape, run: &BenchRun) -> BenchResult {
+    let device = run.device.clone();
+    let model = Mistral::random(&bench_config(shape), 0, 0.02, &device).cast(run.dtype);
+    let scorer = Scorer::new(model);
     let batch = bench_batch(shape, 1);
     let run = || scorer.score(&batch, &device).sums;
     run();
@@ -128,8 +153,8 @@ pub struct StepBenchResult {
 
 /// One full DPO step as `dpo.train` runs it without precomputed references: reference scoring,
 /// policy forward and backward, clipping and AdamW, on `pairs` fresh random pairs per step.
-pub fn bench_dpo_step(shape: &BenchShape) -> crate::Result<StepBenchResult> {
-    let device = crate::cpu();
+pub fn bench_dpo_step(shape: &BenchShape, run: &BenchRun) -> crate::Result<StepBenchResult> {
+    let device = run.device.clone();
     let model = Mistral::random(&bench_config(shape), 0, 0.02, &device);
     let steps = shape.repeats.max(1) + 1;
     let prompt = (shape.seq / 4).max(1);
@@ -158,8 +183,14 @@ pub fn bench_dpo_step(shape: &BenchShape) -> crate::Result<StepBenchResult> {
         max_grad_norm: Some(1.0),
         adam: Default::default(),
         seed: 0,
-        lora: None,
-        gradient_checkpointing: false,
+        lora: (run.lora_r > 0).then(|| crate::lora::LoraConfig {
+            r: run.lora_r,
+            alpha: 2.0 * run.lora_r as f64,
+            dropout: 0.0,
+            targets: crate::lora::TARGETS.iter().map(|t| t.to_string()).collect(),
+        }),
+        gradient_checkpointing: run.gradient_checkpointing,
+        compute_dtype: run.dtype,
     };
     let objective = Objective::Dpo {
         loss: LossConfig {

@@ -69,6 +69,9 @@ pub enum ModelError {
     /// A bad argument (shape params, batch sizes, …).
     #[error("{0}")]
     Argument(String),
+    /// A device that cannot be used (no CUDA driver, no such GPU).
+    #[error("{0}")]
+    Device(String),
 }
 
 /// Attaches a path to an I/O error.

@@ -387,6 +387,15 @@ impl Mistral {
         all
     }
 
+    /// The same model with its base weights in `dtype` (`BF16` for mixed precision); LoRA
+    /// adapters are kept as they are.
+    pub fn cast(&self, dtype: DType) -> Mistral {
+        if self.embed_tokens.dtype() == dtype {
+            return self.clone();
+        }
+        self.map_weights(|_, tensor| tensor.cast(dtype))
+    }
+
     /// The same model with every base weight passed through `f` (to track gradients, move
     /// devices…); LoRA adapters are kept as they are.
     pub fn map_weights(&self, mut f: impl FnMut(&str, Tensor<2>) -> Tensor<2>) -> Mistral {

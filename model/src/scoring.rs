@@ -101,12 +101,8 @@ pub fn score(model: &Mistral, batch: &[Sequence], device: &Device) -> Scores {
         &prepared.targets,
         device,
     );
-    let sums = segment_sums(
-        token_logps.clone(),
-        &prepared.counts,
-        device,
-        model.embed_tokens.dtype(),
-    );
+    let dtype = token_logps.dtype();
+    let sums = segment_sums(token_logps.clone(), &prepared.counts, device, dtype);
     Scores {
         token_logps,
         sums,
@@ -340,6 +336,15 @@ fn chunked_token_logps(
     targets: &[i64],
     device: &Device,
 ) -> Tensor<1> {
+    // Half-precision models (bf16 weights and activations) score in f32 from here on: the
+    // logits, log-sum-exp and log-probs are accumulated in f32, as mixed precision asks.
+    let half = matches!(rows.dtype(), DType::BF16 | DType::F16);
+    let (rows, lm_head) = if half {
+        (rows.cast(DType::F32), lm_head.clone().cast(DType::F32))
+    } else {
+        (rows, lm_head.clone())
+    };
+    let lm_head = &lm_head;
     let vocab = lm_head.dims()[0];
     let rows_per_chunk = (CHUNK_LOGIT_ELEMENTS / vocab).max(1);
     let fast = lm_head.dtype() == DType::F32;

@@ -8,7 +8,7 @@
 //! checkpoint needs only the step besides weights and optimizer moments to continue exactly.
 
 use burn::prelude::*;
-use burn::tensor::GradientCheckpointingStrategy;
+use burn::tensor::{DType, GradientCheckpointingStrategy};
 use serde::ser::{Serialize, SerializeMap, Serializer};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -50,6 +50,10 @@ pub struct TrainConfig {
     pub lora: Option<LoraConfig>,
     /// Recompute memory-bound activations in the backward pass.
     pub gradient_checkpointing: bool,
+    /// Precision of the forward and backward passes: `F32`, or `BF16` for mixed precision
+    /// (bf16 weights and activations; f32 master weights, optimizer state, loss and
+    /// log-softmax).
+    pub compute_dtype: DType,
 }
 
 impl TrainConfig {
@@ -220,12 +224,14 @@ impl Trainer {
             Objective::Sft => false,
         };
         let missing = train.iter().chain(&eval).any(|e| e.reference.is_none());
-        let reference =
-            (needs_reference && missing).then(|| Scorer::new(lora::without_adapters(&model)));
+        // The trained tensors stay in f32 (master weights); the model computes in its dtype.
         let params = trainable(&model, config.lora.is_some())
             .into_iter()
             .map(|(name, value)| Param::new(name, value))
             .collect();
+        let model = model.cast(config.compute_dtype);
+        let reference =
+            (needs_reference && missing).then(|| Scorer::new(lora::without_adapters(&model)));
         Ok(Trainer {
             optimizer: AdamW::new(config.adam),
             config,
@@ -256,10 +262,10 @@ impl Trainer {
         &self.params
     }
 
-    /// The current policy (with its adapters, when training LoRA).
+    /// The current policy in f32 (with its adapters, when training LoRA).
     pub fn policy(&self) -> Mistral {
         with_trainable(
-            &self.model,
+            &self.model.cast(DType::F32),
             self.config.lora.is_some(),
             self.params.iter().map(|p| p.value.clone()).collect(),
         )
@@ -400,8 +406,13 @@ impl Trainer {
             self.fill_reference(batch, false);
             let tracked: Vec<Tensor<2>> =
                 self.params.iter().map(|p| self.track(&p.value)).collect();
+            let dtype = self.config.compute_dtype;
+            let computed = tracked.iter().map(|t| match t.dtype() == dtype {
+                true => t.clone(),
+                false => t.clone().cast(dtype),
+            });
             let mut policy =
-                with_trainable(&self.model, self.config.lora.is_some(), tracked.clone());
+                with_trainable(&self.model, self.config.lora.is_some(), computed.collect());
             let key = self.config.seed ^ ((step as u64) << 32) ^ ((m as u64) << 16);
             lora::set_dropout_key(&mut policy, Some(key));
             let device = tracked[0].device();

@@ -2,7 +2,7 @@
 //! work off the async runtime with cooperative cancellation.
 
 use flow_engine::node::{NodeContext, NodeError};
-use flow_model::{Device, ModelError};
+use flow_model::{DType, Device, ModelError};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
@@ -63,16 +63,32 @@ impl JsonSchema for DeviceSpec {
 }
 
 impl DeviceSpec {
-    /// The burn device; CUDA without the `cuda` feature is an error that names the feature.
+    /// The burn device: `auto` is CUDA device 0 when this build has CUDA and the machine a
+    /// usable GPU, else the CPU; CUDA without the `cuda` feature is an error naming the feature.
     pub fn resolve(&self) -> Result<Device, NodeError> {
         match self {
-            DeviceSpec::Cpu | DeviceSpec::Auto => Ok(flow_model::cpu()),
-            DeviceSpec::Cuda(n) => Err(NodeError::new(format!(
-                "device `cuda:{n}` needs flow built with the `cuda` feature (cargo build --release --features cuda); use `device: cpu` here"
-            ))),
+            DeviceSpec::Cpu => Ok(flow_model::cpu()),
+            DeviceSpec::Auto => Ok(cuda_device(0).unwrap_or_else(|_| flow_model::cpu())),
+            DeviceSpec::Cuda(n) => cuda_device(*n),
         }
     }
 }
+
+/// CUDA device `index`, checked.
+#[cfg(feature = "cuda")]
+fn cuda_device(index: usize) -> Result<Device, NodeError> {
+    flow_model::cuda(index).map_err(model_error)
+}
+
+/// Without the `cuda` feature: an error that says how to get it.
+#[cfg(not(feature = "cuda"))]
+fn cuda_device(index: usize) -> Result<Device, NodeError> {
+    Err(NodeError::new(format!(
+        "device `cuda:{index}` needs flow built with the `cuda` feature (cargo build --release --features cuda); use `device: cpu` here"
+    )))
+}
+
+impl DeviceSpec {}
 
 /// Floating-point precision of tensor work.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -81,18 +97,17 @@ pub enum Precision {
     /// 32-bit floats everywhere.
     #[default]
     F32,
-    /// bf16 weights and activations with f32 accumulation (CUDA only).
+    /// bf16 weights and activations with f32 master weights, optimizer state and log-softmax
+    /// (on the CPU slower than f32: there it shows what a GPU run will compute).
     Bf16,
 }
 
 impl Precision {
-    /// Checks that the precision is available on `device`.
-    pub fn check(self, device: &DeviceSpec) -> Result<(), NodeError> {
-        match (self, device) {
-            (Precision::Bf16, DeviceSpec::Cpu | DeviceSpec::Auto) => Err(NodeError::new(
-                "dtype `bf16` is supported on CUDA devices only; use `dtype: f32` on the CPU",
-            )),
-            _ => Ok(()),
+    /// The dtype tensor work computes in.
+    pub fn compute_dtype(self) -> DType {
+        match self {
+            Precision::F32 => DType::F32,
+            Precision::Bf16 => DType::BF16,
         }
     }
 }

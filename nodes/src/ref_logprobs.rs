@@ -124,7 +124,7 @@ impl RefLogprobsParams {
                 "batch_size and max_tokens_per_batch must be positive, max_length at least 2",
             ));
         }
-        self.dtype.check(&self.device)
+        Ok(())
     }
 
     /// Splits jobs into batches by pair count or by padded tokens.
@@ -187,7 +187,8 @@ fn score_dataset(
     token: &CancellationToken,
 ) -> Result<(), NodeError> {
     let tokenizer = PreferenceTokenizer::load(&params.model).map_err(model_error)?;
-    let scorer = Scorer::new(Mistral::load(&params.model, device).map_err(model_error)?);
+    let model = Mistral::load(&params.model, device).map_err(model_error)?;
+    let scorer = Scorer::new(model.cast(params.dtype.compute_dtype()));
     let pairs = read_pairs(&params.dataset)?;
     let mut jobs = Vec::new();
     let mut dropped_ids = Vec::new();

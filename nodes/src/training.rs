@@ -340,9 +340,7 @@ impl Common<'_> {
                 "save `adapter` and `merged` need `lora`",
             ));
         }
-        self.dtype
-            .check(self.device)
-            .map_err(|e| ParamError::at("dtype", e.message))
+        Ok(())
     }
 
     /// The model core's training config for a dataset of `examples` pairs.
@@ -364,6 +362,7 @@ impl Common<'_> {
             seed: self.seed,
             lora: self.lora.map(LoraParams::config),
             gradient_checkpointing: self.gradient_checkpointing,
+            compute_dtype: self.dtype.compute_dtype(),
         };
         let total = config.total_steps(examples);
         config.warmup_steps = match (self.warmup_steps, self.warmup_ratio) {

@@ -1,6 +1,9 @@
 //! `flow bench`: throughput and peak memory of tensor work (numbers for notes, never tests).
 
-use flow_model::bench::{BenchShape, bench_config, bench_dpo_step, bench_logprobs, set_threads};
+use flow_model::bench::{
+    BenchRun, BenchShape, bench_config, bench_dpo_step, bench_logprobs, set_threads,
+};
+use flow_nodes::compute::{DeviceSpec, Precision};
 
 use super::{Failure, print_json};
 use crate::cli::{BenchCommand, BenchShapeArgs, FilterBenchArgs};
@@ -28,6 +31,25 @@ fn shape(args: &BenchShapeArgs) -> Result<BenchShape, Failure> {
     Ok(shape)
 }
 
+/// The device, precision and training options of a benchmark.
+fn run_options(args: &BenchShapeArgs) -> Result<BenchRun, Failure> {
+    let input = |e: String| Failure::Input(format!("error: {e}"));
+    let device = DeviceSpec::try_from(args.device.clone()).map_err(input)?;
+    let dtype: Precision = serde_json::from_value(serde_json::Value::String(args.dtype.clone()))
+        .map_err(|_| {
+            input(format!(
+                "invalid --dtype `{}`: expected f32 or bf16",
+                args.dtype
+            ))
+        })?;
+    Ok(BenchRun {
+        device: device.resolve().map_err(|e| input(e.message))?,
+        dtype: dtype.compute_dtype(),
+        lora_r: args.lora_r,
+        gradient_checkpointing: args.gradient_checkpointing,
+    })
+}
+
 /// Runs a benchmark and prints its numbers.
 pub fn bench(what: BenchCommand) -> Result<(), Failure> {
     match what {
@@ -35,7 +57,9 @@ pub fn bench(what: BenchCommand) -> Result<(), Failure> {
         BenchCommand::DpoStep(args) => {
             let shape = shape(&args)?;
             set_threads(args.threads).map_err(|e| Failure::Input(format!("error: {e}")))?;
-            let result = bench_dpo_step(&shape).map_err(|e| Failure::Run(format!("error: {e}")))?;
+            let run = run_options(&args)?;
+            let result =
+                bench_dpo_step(&shape, &run).map_err(|e| Failure::Run(format!("error: {e}")))?;
             if args.json {
                 print_json(&result);
             } else {
@@ -54,7 +78,7 @@ pub fn bench(what: BenchCommand) -> Result<(), Failure> {
         BenchCommand::Logprobs(args) => {
             let shape = shape(&args)?;
             set_threads(args.threads).map_err(|e| Failure::Input(format!("error: {e}")))?;
-            let result = bench_logprobs(&shape);
+            let result = bench_logprobs(&shape, &run_options(&args)?);
             if args.json {
                 print_json(&result);
             } else {

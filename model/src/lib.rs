@@ -33,35 +33,47 @@ pub fn cpu() -> Device {
 /// Whether this build can use CUDA devices (the `cuda` cargo feature).
 pub const CUDA_BUILT: bool = cfg!(feature = "cuda");
 
-/// CUDA device `index`, checked by running one tiny kernel on it: a machine without a driver
-/// or without that GPU gets an error here rather than a panic in the middle of the work.
-/// burn's CUDA backend loads the driver and compiles kernels (NVRTC) at run time, so this
-/// builds on machines with no CUDA toolkit.
+/// CUDA device `index`, checked with [`checked_device`]. burn's CUDA backend loads the driver
+/// and compiles kernels (NVRTC) at run time, so no CUDA toolkit is needed to build it.
 #[cfg(feature = "cuda")]
 pub fn cuda(index: usize) -> Result<Device> {
-    let device = Device::cuda(index);
+    checked_device(Device::cuda(index), &format!("CUDA device {index}"))
+}
+
+/// `device` after one tiny kernel ran on it: a machine without a driver or without that GPU
+/// gets an error naming `what` here, rather than a panic in the middle of the work.
+pub fn checked_device(device: Device, what: &str) -> Result<Device> {
     let probe = device.clone();
-    let checked = quietly(move || Tensor::<1>::ones([4], &probe).sum().into_data());
-    match checked {
+    match quietly(move || Tensor::<1>::ones([4], &probe).sum().into_data()) {
         Ok(_) => Ok(device),
-        Err(why) => Err(ModelError::Device(format!(
-            "CUDA device {index} is not usable: {why}"
-        ))),
+        Err(why) => Err(ModelError::Device(format!("{what} is not usable: {why}"))),
     }
 }
 
 /// Runs `work`, turning a panic into its message without printing it.
-#[cfg(feature = "cuda")]
-fn quietly<T>(work: impl FnOnce() -> T + std::panic::UnwindSafe) -> Result<T, String> {
+fn quietly<T>(work: impl FnOnce() -> T) -> std::result::Result<T, String> {
     let hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
-    let outcome = std::panic::catch_unwind(work);
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work));
     std::panic::set_hook(hook);
     outcome.map_err(|payload| {
         payload
             .downcast_ref::<String>()
             .cloned()
             .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_else(|| "the CUDA runtime failed to start".to_string())
+            .unwrap_or_else(|| "its runtime failed to start".to_string())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_usable_device_passes_the_check_and_a_failing_one_is_an_error() {
+        assert!(checked_device(cpu(), "the CPU").is_ok());
+        let failed = quietly(|| -> u32 { panic!("no driver") }).unwrap_err();
+        assert_eq!(failed, "no driver");
+        assert_eq!(quietly(|| 7).unwrap(), 7);
+    }
 }

@@ -51,10 +51,7 @@ pub fn effective_params(
     let mut params = BTreeMap::new();
     for (key, value) in defaults.iter() {
         let field = format!("params.{}", key.value);
-        let mut no_references = |_: &crate::reference::Reference| -> Result<Json, String> {
-            Err("param defaults are plain values: references are not allowed here".to_string())
-        };
-        match interpolate(value, &field, &mut no_references) {
+        match plain_value(value, &field, "param defaults") {
             Ok(json) => {
                 params.insert(key.value.clone(), json);
             }
@@ -85,6 +82,20 @@ pub fn effective_params(
         }
     }
     (params, errors)
+}
+
+/// A YAML value that may hold no `${…}` reference (`what` names such values in the error).
+pub fn plain_value(
+    value: &serde_saphyr::Spanned<Yaml>,
+    field: &str,
+    what: &str,
+) -> Result<Json, Vec<Diagnostic>> {
+    let mut no_references = |_: &crate::reference::Reference| -> Result<Json, String> {
+        Err(format!(
+            "{what} are plain values: references are not allowed here"
+        ))
+    };
+    interpolate(value, field, &mut no_references)
 }
 
 /// Whether `value` may override param `name`: the param must be declared and keep its type

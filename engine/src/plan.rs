@@ -39,11 +39,9 @@ impl Selection {
             .chain(self.force.iter().map(|i| ("--force", i)))
         {
             if !ids.contains(&id.as_str()) {
-                let mut d =
-                    Diagnostic::general(format!("{flag} {id}: the workflow has no node `{id}`"));
-                if let Some(hint) = did_you_mean(id, ids.iter().copied()) {
-                    d = d.with_hint(hint);
-                }
+                let d =
+                    Diagnostic::general(format!("{flag} {id}: the workflow has no node `{id}`"))
+                        .with_optional_hint(did_you_mean(id, ids.iter().copied()));
                 errors.push(d);
             }
         }

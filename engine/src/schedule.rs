@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use crate::diagnostic::{Diagnostic, Span, did_you_mean};
-use crate::params::{check_override, parse_override};
+use crate::params::{check_override, parse_override, plain_value};
 use crate::yaml::{SpannedMap, Yaml};
 
 /// What to do when a scheduled time comes while the previous run of the same schedule still runs.
@@ -376,10 +376,7 @@ fn check_one(
     let mut params = BTreeMap::new();
     for (key, value) in spec.params.iter() {
         let key_field = format!("{field}.params.{}", key.value);
-        let mut no_references = |_: &crate::reference::Reference| -> Result<Json, String> {
-            Err("schedule params are plain values: references are not allowed here".to_string())
-        };
-        match crate::reference::interpolate(value, &key_field, &mut no_references) {
+        match plain_value(value, &key_field, "schedule params") {
             Ok(json) => match check_override(declared, &key.value, &json) {
                 Ok(()) => {
                     params.insert(key.value.clone(), json);

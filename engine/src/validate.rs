@@ -185,14 +185,12 @@ impl Checker<'_> {
                 "unknown node type `{}` (`flow nodes` lists the library)",
                 spec.uses.value
             );
-            let mut d = Diagnostic::at(
+            let d = Diagnostic::at(
                 Span::of(&spec.uses.referenced),
                 format!("{field}.uses"),
                 message,
-            );
-            if let Some(hint) = did_you_mean(&spec.uses.value, self.registry.names()) {
-                d = d.with_hint(hint);
-            }
+            )
+            .with_optional_hint(did_you_mean(&spec.uses.value, self.registry.names()));
             self.errors.push(d);
         }
         for after in &spec.after {
@@ -247,10 +245,11 @@ impl Checker<'_> {
         if self.ids.contains(&target) {
             return true;
         }
-        let mut d = Diagnostic::at(span, field, format!("reference to unknown node `{target}`"));
-        if let Some(hint) = did_you_mean(target, self.ids.iter().copied().filter(|i| *i != from)) {
-            d = d.with_hint(hint);
-        }
+        let d = Diagnostic::at(span, field, format!("reference to unknown node `{target}`"))
+            .with_optional_hint(did_you_mean(
+                target,
+                self.ids.iter().copied().filter(|i| *i != from),
+            ));
         self.errors.push(d);
         false
     }
@@ -307,10 +306,8 @@ impl Checker<'_> {
             producer.type_name(),
             outputs.join(", ")
         );
-        let mut d = Diagnostic::at(span, field, message);
-        if let Some(hint) = did_you_mean(output, outputs) {
-            d = d.with_hint(hint);
-        }
+        let d =
+            Diagnostic::at(span, field, message).with_optional_hint(did_you_mean(output, outputs));
         self.errors.push(d);
     }
 

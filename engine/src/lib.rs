@@ -21,6 +21,14 @@ pub mod validate;
 pub mod workflow;
 pub mod yaml;
 
+/// The name serde writes for a unit enum variant (`succeeded`, `skip`, `latest`), for text output.
+pub fn variant_name<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|v| v.as_str().map(String::from))
+        .unwrap_or_default()
+}
+
 /// Whether `name` is usable as a node id or param name (letters, digits, `_`, `-`).
 pub fn reference_name_ok(name: &str) -> bool {
     !name.is_empty()

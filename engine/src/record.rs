@@ -188,6 +188,25 @@ impl RunRecord {
         Ok(())
     }
 
+    /// `run ID succeeded: 2 ran, 3 cached, 0 failed, 0 skipped` (skipped counts cancelled nodes).
+    pub fn summary(&self) -> String {
+        let count = |wanted: &[NodeStatus]| {
+            self.nodes
+                .iter()
+                .filter(|n| wanted.contains(&n.status))
+                .count()
+        };
+        format!(
+            "run {} {}: {} ran, {} cached, {} failed, {} skipped",
+            self.id,
+            crate::variant_name(&self.status),
+            count(&[NodeStatus::Succeeded]),
+            count(&[NodeStatus::Cached]),
+            count(&[NodeStatus::Failed]),
+            count(&[NodeStatus::Skipped, NodeStatus::Cancelled]),
+        )
+    }
+
     /// The artifact digests this record references.
     pub fn digests(&self) -> impl Iterator<Item = &String> {
         self.nodes.iter().flat_map(|n| n.outputs.values())

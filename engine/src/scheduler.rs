@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 pub use crate::clock::{Clock, ManualClock, SystemClock};
 use crate::executor::{RunOptions, SilentObserver, execute};
 use crate::node::Registry;
-use crate::record::{NodeStatus, RunRecord, RunStatus};
+use crate::record::{RunRecord, RunStatus};
 use crate::schedule::{CatchUp, Overlap, Schedule};
 use crate::store::{Store, StoreError, StoreLock, read_json, write_json_atomic};
 use crate::validate::{ValidWorkflow, validate};
@@ -204,7 +204,7 @@ impl fmt::Display for Event {
                 "{schedule}: waiting for another flow process to release the store"
             ),
             Event::Finished { schedule, record } => {
-                write!(f, "{schedule}: {}", summary(record))
+                write!(f, "{schedule}: {}", record.summary())
             }
             Event::RunError { schedule, error } => {
                 write!(f, "{schedule}: the run could not start: {error}")
@@ -216,23 +216,6 @@ impl fmt::Display for Event {
             Event::Stopped => write!(f, "stopped"),
         }
     }
-}
-
-/// `run ID succeeded: 2 ran, 3 cached, 0 failed`.
-pub fn summary(record: &RunRecord) -> String {
-    let count =
-        |f: fn(&crate::record::NodeRecord) -> bool| record.nodes.iter().filter(|n| f(n)).count();
-    let status = serde_json::to_value(record.status)
-        .ok()
-        .and_then(|v| v.as_str().map(String::from))
-        .unwrap_or_default();
-    format!(
-        "run {} {status}: {} ran, {} cached, {} failed",
-        record.id,
-        count(|n| n.status == NodeStatus::Succeeded),
-        count(|n| n.status == NodeStatus::Cached),
-        count(|n| n.status == NodeStatus::Failed),
-    )
 }
 
 /// Receives the scheduler's events.
@@ -323,9 +306,8 @@ fn state_key(schedule: &Schedule) -> String {
     format!("{} {}", schedule.index, schedule.describe())
 }
 
-/// One schedule the scheduler keeps.
+/// One schedule the scheduler keeps (its file is the first half of its [`EntryKey`]).
 struct Entry {
-    file: PathBuf,
     source: String,
     workflow: String,
     label: String,
@@ -512,22 +494,21 @@ impl Scheduler {
             let key = (file.path.clone(), schedule.index);
             let label = file.label(schedule);
             let next = schedule.next_after(now);
-            let is_new = !self.entries.contains_key(&key);
-            let entry = self.entries.entry(key.clone()).or_insert_with(|| Entry {
-                file: file.path.clone(),
-                source: String::new(),
-                workflow: String::new(),
-                label: String::new(),
+            // A reloaded schedule keeps its running and queued runs.
+            let previous = self.entries.remove(&key);
+            let is_new = previous.is_none();
+            let (running, queued) =
+                previous.map_or_else(Default::default, |e| (e.running, e.queued));
+            let entry = Entry {
+                source: file.source.clone(),
+                workflow: file.workflow.name.clone(),
+                label: label.clone(),
                 schedule: schedule.clone(),
-                next: None,
-                running: Vec::new(),
-                queued: VecDeque::new(),
-            });
-            entry.source = file.source.clone();
-            entry.workflow = file.workflow.name.clone();
-            entry.label = label.clone();
-            entry.schedule = schedule.clone();
-            entry.next = next;
+                next,
+                running,
+                queued,
+            };
+            self.entries.insert(key.clone(), entry);
             let next_text =
                 next.map_or("never".to_string(), |t| schedule.local_time(t).to_string());
             lines.push(format!(
@@ -670,7 +651,7 @@ impl Scheduler {
             store: self.store.clone(),
             lease: self.lease.clone(),
             events: self.events.clone(),
-            path: entry.file.clone(),
+            path: key.0.clone(),
             source: entry.source.clone(),
             overrides: entry.schedule.overrides(),
             label: entry.label.clone(),

@@ -44,6 +44,19 @@ fn policy() -> Mistral {
     Mistral::load(&fixtures().join("mistral-tiny/policy"), &cpu()).unwrap()
 }
 
+/// A sigmoid-DPO (β 0.1) trainer of the fixture policy on the golden pairs.
+fn golden_trainer(g: &Value, config: TrainConfig) -> Trainer {
+    Trainer::new(
+        policy(),
+        config,
+        sigmoid_objective(0.1),
+        golden_examples(g),
+        Vec::new(),
+        cpu(),
+    )
+    .unwrap()
+}
+
 /// TRL's `train_3_steps` settings.
 fn trl_config(g: &Value) -> TrainConfig {
     let args = &g["train_3_steps"]["args"];
@@ -176,15 +189,7 @@ fn learning_rate_multipliers_are_transformers_exactly() {
 #[test]
 fn three_trl_steps_give_trls_losses_gradients_and_weights() {
     let g = golden();
-    let mut trainer = Trainer::new(
-        policy(),
-        trl_config(&g),
-        sigmoid_objective(0.1),
-        golden_examples(&g),
-        Vec::new(),
-        cpu(),
-    )
-    .unwrap();
+    let mut trainer = golden_trainer(&g, trl_config(&g));
     let mut log = Log::default();
     trainer.run(&Schedule::default(), &mut log).unwrap();
     let trl_log = g["train_3_steps"]["log"].as_array().unwrap();
@@ -236,15 +241,7 @@ fn sigmoid_loss_gradient_matches_trl() {
         learning_rate: 0.0,
         ..trl_config(&g)
     };
-    let mut trainer = Trainer::new(
-        policy(),
-        config,
-        sigmoid_objective(0.1),
-        golden_examples(&g),
-        Vec::new(),
-        cpu(),
-    )
-    .unwrap();
+    let mut trainer = golden_trainer(&g, config);
     let (record, grads) = trainer.gradients().unwrap();
     assert_relative(
         record.get("loss").unwrap(),
@@ -280,15 +277,7 @@ fn bf16_mixed_precision_keeps_f32_masters_and_stays_close_to_trl() {
         compute_dtype: DType::BF16,
         ..trl_config(&g)
     };
-    let mut trainer = Trainer::new(
-        policy(),
-        config,
-        sigmoid_objective(0.1),
-        golden_examples(&g),
-        Vec::new(),
-        cpu(),
-    )
-    .unwrap();
+    let mut trainer = golden_trainer(&g, config);
     let (record, grads) = trainer.gradients().unwrap();
     let loss = record.get("loss").unwrap();
     let norm = record.get("grad_norm").unwrap();
@@ -461,17 +450,7 @@ fn resuming_from_a_checkpoint_gives_identical_weights() {
         learning_rate: 1e-2,
         ..trl_config(&g)
     };
-    let make = || {
-        Trainer::new(
-            policy(),
-            config.clone(),
-            sigmoid_objective(0.1),
-            golden_examples(&g),
-            Vec::new(),
-            cpu(),
-        )
-        .unwrap()
-    };
+    let make = || golden_trainer(&g, config.clone());
     let mut straight = make();
     straight
         .run(&Schedule::default(), &mut Log::default())

@@ -131,20 +131,13 @@ pub fn runs(store: &Store, json: bool) -> Result<(), Failure> {
             r.id.clone(),
             r.workflow.clone(),
             r.trigger.clone(),
-            status_text(&r.status),
+            flow_engine::variant_name(&r.status),
             r.started_at.clone(),
             format!("{ran} ran, {cached} cached, {} total", r.nodes.len()),
         ]);
     }
     print_table(&rows);
     Ok(())
-}
-
-fn status_text<T: serde::Serialize>(status: &T) -> String {
-    serde_json::to_value(status)
-        .ok()
-        .and_then(|v| v.as_str().map(String::from))
-        .unwrap_or_default()
 }
 
 /// Finds a run by id, unique prefix, or `last`.
@@ -183,7 +176,7 @@ pub fn show(store: &Store, wanted: &str, json: bool) -> Result<(), Failure> {
         record.id,
         record.workflow,
         record.file.display(),
-        status_text(&record.status)
+        flow_engine::variant_name(&record.status)
     );
     println!(
         "started {}, finished {}, trigger {}",
@@ -209,7 +202,7 @@ pub fn show(store: &Store, wanted: &str, json: bool) -> Result<(), Failure> {
         rows.push(vec![
             n.id.clone(),
             n.node_type.clone(),
-            status_text(&n.status),
+            flow_engine::variant_name(&n.status),
             if n.cache_hit {
                 "hit".into()
             } else {

@@ -90,6 +90,28 @@ pub fn dispatch(command: Command, store: &Store) -> Result<(), Failure> {
     }
 }
 
+/// Cancels `tokens` in order, one per Ctrl-C or SIGTERM received, calling `notice` just before
+/// each (call within the tokio runtime).
+pub fn cancel_on_signals(
+    tokens: Vec<flow_engine::executor::CancellationToken>,
+    notice: impl Fn() + Send + 'static,
+) {
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut term) = signal(SignalKind::terminate()) else {
+            return;
+        };
+        for token in tokens {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            notice();
+            token.cancel();
+        }
+    });
+}
+
 /// Loads and validates a workflow file against the node library.
 pub fn load_workflow(file: &Path, overrides: &[String]) -> Result<ValidWorkflow, Failure> {
     let parsed = WorkflowFile::load(file)?;

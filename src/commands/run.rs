@@ -7,7 +7,7 @@ use flow_engine::store::Store;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::{Failure, load_workflow, print_json, print_table};
+use super::{Failure, cancel_on_signals, load_workflow, print_json, print_table};
 use crate::cli::{PlanArgs, RunArgs, SelectArgs};
 use crate::progress::ProgressUi;
 
@@ -106,7 +106,11 @@ pub fn run(args: RunArgs, store: &Store) -> Result<(), Failure> {
         .map_err(|e| Failure::Run(format!("error: cannot start the async runtime: {e}")))?;
     let record = runtime.block_on(async {
         let cancel = CancellationToken::new();
-        spawn_signal_handler(cancel.clone(), ui.clone());
+        // Ctrl-C or SIGTERM cancels running nodes; the store stays consistent.
+        let notice = ui.clone();
+        cancel_on_signals(vec![cancel.clone()], move || {
+            notice.message("cancelling: stopping running nodes…")
+        });
         execute(Arc::new(wf), store.clone(), options, ui.clone(), cancel).await
     });
     let record = record.map_err(|e| match e {
@@ -117,42 +121,12 @@ pub fn run(args: RunArgs, store: &Store) -> Result<(), Failure> {
     report(&record, args.select.json)
 }
 
-/// Ctrl-C or SIGTERM cancels running nodes; the store stays consistent.
-fn spawn_signal_handler(cancel: CancellationToken, ui: Arc<ProgressUi>) {
-    tokio::spawn(async move {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(term) => term,
-                Err(_) => return,
-            };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-        ui.message("cancelling: stopping running nodes…");
-        cancel.cancel();
-    });
-}
-
 /// Prints the run's summary (and the failed nodes' last log lines); decides the exit status.
 fn report(record: &RunRecord, json: bool) -> Result<(), Failure> {
     if json {
         print_json(record);
     }
-    let count = |s: NodeStatus| record.nodes.iter().filter(|n| n.status == s).count();
-    let summary = format!(
-        "run {} {}: {} ran, {} cached, {} failed, {} skipped (flow show {})",
-        record.id,
-        serde_json::to_value(record.status)
-            .ok()
-            .and_then(|v| v.as_str().map(String::from))
-            .unwrap_or_default(),
-        count(NodeStatus::Succeeded),
-        count(NodeStatus::Cached),
-        count(NodeStatus::Failed),
-        count(NodeStatus::Skipped) + count(NodeStatus::Cancelled),
-        record.id,
-    );
+    let summary = format!("{} (flow show {})", record.summary(), record.id);
     let mut failures = String::new();
     for node in record
         .nodes

@@ -9,7 +9,7 @@ use flow_engine::store::Store;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::{Failure, load_workflow, print_json, print_table};
+use super::{Failure, cancel_on_signals, load_workflow, print_json, print_table};
 use crate::cli::ScheduleArgs;
 
 /// Where `flow schedule` looks when given nothing.
@@ -53,7 +53,9 @@ pub fn schedule(args: ScheduleArgs, store: &Store) -> Result<(), Failure> {
     );
     runtime.block_on(async {
         let shutdown = Shutdown::default();
-        spawn_signal_handler(shutdown.clone());
+        // SIGTERM / Ctrl-C stops the scheduler (runs get the grace period); a second one
+        // cancels the running runs at once.
+        cancel_on_signals(vec![shutdown.stop.clone(), shutdown.abort.clone()], || {});
         scheduler.run(shutdown).await
     })?;
     Ok(())
@@ -108,8 +110,8 @@ fn list(files: &[ScheduledFile], count: usize, json: bool) {
                 file.label(schedule),
                 schedule.expression.clone(),
                 schedule.timezone_name.clone(),
-                policy_name(&schedule.overlap),
-                policy_name(&schedule.catch_up),
+                flow_engine::variant_name(&schedule.overlap),
+                flow_engine::variant_name(&schedule.catch_up),
                 times
                     .iter()
                     .map(|t| t.strftime("%F %T %:z").to_string())
@@ -142,31 +144,6 @@ fn next_times(schedule: &Schedule, from: jiff::Timestamp, count: usize) -> Vec<j
         .take(count)
         .map(|t| schedule.local_time(t))
         .collect()
-}
-
-fn policy_name<T: serde::Serialize>(policy: &T) -> String {
-    serde_json::to_value(policy)
-        .ok()
-        .and_then(|v| v.as_str().map(String::from))
-        .unwrap_or_default()
-}
-
-/// SIGTERM / Ctrl-C stops the scheduler (runs get the grace period); a second one cancels the
-/// running runs at once.
-fn spawn_signal_handler(shutdown: Shutdown) {
-    tokio::spawn(async move {
-        use tokio::signal::unix::{SignalKind, signal};
-        let Ok(mut term) = signal(SignalKind::terminate()) else {
-            return;
-        };
-        for token in [&shutdown.stop, &shutdown.abort] {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            token.cancel();
-        }
-    });
 }
 
 /// `flow cron print FILE`: one crontab entry per schedule.

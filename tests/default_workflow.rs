@@ -47,6 +47,17 @@ fn the_embedded_default_learns_reports_pushes_to_a_dir_and_caches() {
         "{eval}"
     );
     assert_eq!(eval["policy"]["tasks"]["mc-de"]["questions"], 30);
+    let samples = eval["samples"].as_array().unwrap();
+    assert_eq!(samples.len(), 3);
+    for sample in samples {
+        for model in ["policy", "reference"] {
+            let greedy = sample[model]["greedy"].as_str().unwrap();
+            assert!(
+                !greedy.trim().is_empty(),
+                "{model} answered nothing: {sample}"
+            );
+        }
+    }
     let report = p.artifact_file("report.html");
     let html = std::fs::read_to_string(&report).unwrap();
     assert!(html.contains("reward accuracy") && html.contains(&format!("{accuracy:.4}")));

@@ -3,7 +3,8 @@
 
 use crate::init::SplitMix64;
 use crate::mistral::{KvCache, Mistral};
-use crate::scoring::{HostHead, softmax_in_place, to_f32};
+use crate::scoring::{HostHead, to_f32};
+use crate::vector::softmax_in_place;
 
 /// How to pick each next token.
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -17,6 +17,7 @@ pub mod scoring;
 pub mod tokenize;
 pub mod tokenizer_train;
 pub mod train;
+pub mod vector;
 pub mod weights;
 
 pub use burn::prelude::{Device, Int, Tensor};

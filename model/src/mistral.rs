@@ -8,12 +8,15 @@
 //! savers treat all of them alike.
 
 use burn::prelude::*;
-use burn::tensor::{DType, TensorData, activation};
+use burn::tensor::{DType, TensorData, activation, module};
+use rayon::prelude::*;
 use std::path::Path;
 
 use crate::config::MistralConfig;
 use crate::error::Result;
 use crate::lora::LoraAdapter;
+use crate::scoring::to_f32;
+use crate::vector::{rms_norm_in_place, swiglu_in_place};
 use crate::weights::{Checkpoint, NamedTensor, SaveDtype, save_safetensors};
 
 /// A checkpoint tensor: its name, its shape in the file, and the 2-D shape the model holds.
@@ -104,9 +107,24 @@ pub struct RmsNorm {
 
 impl RmsNorm {
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        if on_host_without_gradients(&[&x]) && on_host_without_gradients(&[&self.weight]) {
+            return self.forward_on_host(x);
+        }
         let mean_square = x.clone().square().mean_dim(2);
         let normed = x * mean_square.add_scalar(self.eps).sqrt().recip();
         normed * self.weight.clone().unsqueeze::<3>()
+    }
+
+    /// [`RmsNorm::forward`] as one parallel pass over the rows on the host.
+    fn forward_on_host(&self, x: Tensor<3>) -> Tensor<3> {
+        let (shape, device) = (x.shape(), x.device());
+        let mut values = to_f32(x);
+        let weight = to_f32(self.weight.clone());
+        let eps = self.eps as f32;
+        values
+            .par_chunks_mut(weight.len())
+            .for_each(|row| rms_norm_in_place(row, &weight, eps));
+        Tensor::from_data(TensorData::new(values, shape), &device)
     }
 }
 
@@ -199,15 +217,31 @@ impl Attention {
             }
             *cache = Some((k.clone(), v.clone()));
         }
+        let out = if q.is_autodiff() || k.is_autodiff() || v.is_autodiff() {
+            self.attend_differentiably(q, k, v, mask)
+        } else {
+            // No gradients wanted: the backend's fused kernel (grouped heads without copies, one
+            // scores tile per head in cache).
+            module::attention(q, k, v, None, Some(mask.clone()), Default::default())
+        };
+        self.o_proj.forward(
+            out.swap_dims(1, 2)
+                .reshape([b, t, self.heads * self.head_dim]),
+        )
+    }
+
+    /// `softmax(q kᵀ / √d + mask) v` as tensor operations autodiff can differentiate.
+    fn attend_differentiably(
+        &self,
+        q: Tensor<4>,
+        k: Tensor<4>,
+        v: Tensor<4>,
+        mask: &Tensor<4>,
+    ) -> Tensor<4> {
         let (k, v) = (self.repeat_kv(k), self.repeat_kv(v));
         let scale = (self.head_dim as f64).powf(-0.5);
         let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(scale) + mask.clone();
-        let probs = activation::softmax(scores, 3);
-        let out = probs
-            .matmul(v)
-            .swap_dims(1, 2)
-            .reshape([b, t, self.heads * self.head_dim]);
-        self.o_proj.forward(out)
+        activation::softmax(scores, 3).matmul(v)
     }
 
     /// Query head `h` reads key/value head `h / (heads / kv_heads)`.
@@ -236,9 +270,36 @@ pub struct Mlp {
 
 impl Mlp {
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let gate = activation::silu(self.gate_proj.forward(x.clone()));
-        self.down_proj.forward(gate * self.up_proj.forward(x))
+        let gate = self.gate_proj.forward(x.clone());
+        self.down_proj
+            .forward(swiglu(gate, self.up_proj.forward(x)))
     }
+}
+
+/// `silu(gate) · up`. Without gradients, on the CPU in f32, one vectorised pass on the host
+/// (the backend's sigmoid calls the scalar `expf` once per element); otherwise tensor operations.
+fn swiglu(gate: Tensor<3>, up: Tensor<3>) -> Tensor<3> {
+    if !on_host_without_gradients(&[&gate, &up]) {
+        return activation::silu(gate) * up;
+    }
+    let (shape, device) = (gate.shape(), gate.device());
+    let mut values = to_f32(gate);
+    let up = to_f32(up);
+    const CHUNK: usize = 16 * 1024;
+    values
+        .par_chunks_mut(CHUNK)
+        .zip(up.par_chunks(CHUNK))
+        .for_each(|(gate, up)| swiglu_in_place(gate, up));
+    Tensor::from_data(TensorData::new(values, shape), &device)
+}
+
+/// Whether every tensor is f32 on the CPU and outside autodiff: the case in which a fused
+/// host loop may replace a chain of tensor operations (reference scoring, evaluation,
+/// generation); training and other devices keep the operations.
+fn on_host_without_gradients<const D: usize>(tensors: &[&Tensor<D>]) -> bool {
+    tensors
+        .iter()
+        .all(|t| t.dtype() == DType::F32 && !t.is_autodiff() && t.device() == crate::cpu())
 }
 
 /// One decoder layer (pre-norm residual blocks).

@@ -7,6 +7,7 @@ use burn::tensor::{DType, TensorData, activation};
 use rayon::prelude::*;
 
 use crate::mistral::{Mistral, attention_mask};
+use crate::vector::{log_add_exp, log_sum_exp, softmax_in_place};
 
 /// A sequence to score: prompt and completion ids, and where the completion starts.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -120,7 +121,7 @@ pub struct ScoreValues {
 }
 
 /// Scores without gradients: the trunk on the model's device, then the lm_head, log-sum-exp and
-/// gather on the host, chunk by chunk into one reused buffer (see [`HostHead`]).
+/// gather on the host, fused tile by tile (see [`HostHead::token_logps`]).
 pub struct Scorer {
     model: Mistral,
     head: HostHead,
@@ -193,29 +194,46 @@ impl HostHead {
     }
 
     /// Log-prob of `targets[i]` under row `i` of `rows` (`[n, hidden]` row-major).
+    ///
+    /// Fused: each thread takes a block of rows and walks the vocabulary in tiles small enough
+    /// to stay in its core's L2 cache, folding every logits tile into a running log-sum-exp
+    /// right after the GEMM wrote it, so no logits ever travel to memory and back.
     pub fn token_logps(&self, rows: &[f32], targets: &[i64]) -> Vec<f32> {
         let n = targets.len();
-        let chunk = (CHUNK_LOGIT_ELEMENTS / self.vocab).max(1);
-        let mut logits = vec![0f32; chunk.min(n) * self.vocab];
-        let mut out = Vec::with_capacity(n);
-        for start in (0..n).step_by(chunk) {
-            let m = chunk.min(n - start);
-            let lhs = &rows[start * self.hidden..(start + m) * self.hidden];
-            let dst = &mut logits[..m * self.vocab];
-            // SAFETY: the pointers cover m×hidden, vocab×hidden and m×vocab elements with the strides given.
+        let block = n
+            .div_ceil(rayon::current_num_threads())
+            .clamp(1, HEAD_ROW_BLOCK);
+        rows.par_chunks(block * self.hidden)
+            .zip(targets.par_chunks(block))
+            .flat_map_iter(|(rows, targets)| self.block_logps(rows, targets))
+            .collect()
+    }
+
+    /// [`HostHead::token_logps`] of one block of rows, on the calling thread.
+    fn block_logps(&self, rows: &[f32], targets: &[i64]) -> Vec<f32> {
+        let m = targets.len();
+        let mut tile = vec![0f32; m * HEAD_VOCAB_TILE];
+        let mut lse = vec![f32::NEG_INFINITY; m];
+        let mut target_logits = vec![0f32; m];
+        for first in (0..self.vocab).step_by(HEAD_VOCAB_TILE) {
+            let width = HEAD_VOCAB_TILE.min(self.vocab - first);
+            let logits = &mut tile[..m * width];
+            let weight = &self.weight[first * self.hidden..(first + width) * self.hidden];
+            // SAFETY: the pointers cover m×hidden, width×hidden and m×width elements with the
+            // strides given.
             unsafe {
                 gemm::gemm(
                     m,
-                    self.vocab,
+                    width,
                     self.hidden,
-                    dst.as_mut_ptr(),
+                    logits.as_mut_ptr(),
                     1,
-                    self.vocab as isize,
+                    width as isize,
                     false,
-                    lhs.as_ptr(),
+                    rows.as_ptr(),
                     1,
                     self.hidden as isize,
-                    self.weight.as_ptr(),
+                    weight.as_ptr(),
                     self.hidden as isize,
                     1,
                     0.0,
@@ -223,104 +241,27 @@ impl HostHead {
                     false,
                     false,
                     false,
-                    gemm::Parallelism::Rayon(0),
+                    gemm::Parallelism::None,
                 );
             }
-            for (row, &target) in dst.chunks_exact(self.vocab).zip(&targets[start..start + m]) {
-                out.push(row[target as usize] - log_sum_exp(row));
+            for (i, row) in logits.chunks_exact(width).enumerate() {
+                lse[i] = log_add_exp(lse[i], log_sum_exp(row));
+                if let Some(offset) = (targets[i] as usize).checked_sub(first)
+                    && offset < width
+                {
+                    target_logits[i] = row[offset];
+                }
             }
         }
-        out
+        target_logits.iter().zip(&lse).map(|(t, l)| t - l).collect()
     }
 }
 
-/// `ln Σ exp(xᵢ)`, stable, vectorised (AVX2 + FMA when the CPU has them).
-pub fn log_sum_exp(row: &[f32]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU supports the features the function is compiled for.
-        return unsafe { log_sum_exp_avx2(row) };
-    }
-    log_sum_exp_lanes(row)
-}
+/// Rows per block of the fused host head (a block's tile is rows × [`HEAD_VOCAB_TILE`]).
+const HEAD_ROW_BLOCK: usize = 256;
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn log_sum_exp_avx2(row: &[f32]) -> f32 {
-    log_sum_exp_lanes(row)
-}
-
-const LANES: usize = 16;
-
-#[inline(always)]
-fn log_sum_exp_lanes(row: &[f32]) -> f32 {
-    let mut max = [f32::NEG_INFINITY; LANES];
-    let chunks = row.chunks_exact(LANES);
-    let tail = chunks.remainder();
-    for chunk in chunks.clone() {
-        for i in 0..LANES {
-            max[i] = max[i].max(chunk[i]);
-        }
-    }
-    let max = tail
-        .iter()
-        .chain(&max)
-        .fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-    let mut sum = [0f32; LANES];
-    for chunk in chunks {
-        for i in 0..LANES {
-            sum[i] += exp_approx(chunk[i] - max);
-        }
-    }
-    let total = tail.iter().map(|&x| exp_approx(x - max)).sum::<f32>() + sum.iter().sum::<f32>();
-    max + total.ln()
-}
-
-/// Replaces `row` by `softmax(row)` and returns `ln Σ exp(row)` (vectorised like [`log_sum_exp`]).
-pub fn softmax_in_place(row: &mut [f32]) -> f32 {
-    let lse = log_sum_exp(row);
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU supports the features the function is compiled for.
-        unsafe { exp_shifted_avx2(row, lse) };
-        return lse;
-    }
-    exp_shifted(row, lse);
-    lse
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn exp_shifted_avx2(row: &mut [f32], shift: f32) {
-    exp_shifted(row, shift)
-}
-
-#[inline(always)]
-fn exp_shifted(row: &mut [f32], shift: f32) {
-    for x in row.iter_mut() {
-        *x = exp_approx(*x - shift);
-    }
-}
-
-/// `eˣ` for `x ≤ 0` to about 2 ulp: `2ⁿ · p(r)` with `x = n ln 2 + r`, `|r| ≤ ln 2 / 2`
-/// (Cephes' `expf` polynomial); branch-free so loops over it vectorise.
-#[inline(always)]
-fn exp_approx(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    let x = x.max(-87.0);
-    let n = (x * LOG2E).round();
-    let r = x - n * LN2_HI - n * LN2_LO;
-    let p = 1.987_569_1e-4_f32;
-    let p = p.mul_add(r, 1.398_199_9e-3);
-    let p = p.mul_add(r, 8.333_452e-3);
-    let p = p.mul_add(r, 4.166_579_6e-2);
-    let p = p.mul_add(r, 0.166_666_66);
-    let p = p.mul_add(r, 0.5);
-    let p = p.mul_add(r * r, r) + 1.0;
-    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
-}
+/// Vocabulary entries per logits tile: 256 rows × 1024 f32 = 1 MiB, inside one core's L2.
+const HEAD_VOCAB_TILE: usize = 1024;
 
 /// `log_softmax(rows · Wᵀ)[targets]`, a chunk of rows at a time, differentiable in `rows` and `W`.
 ///
@@ -446,37 +387,4 @@ pub fn to_f64<const D: usize>(tensor: Tensor<D>) -> Vec<f64> {
         .into_data_dtype(DType::F64)
         .try_to_vec::<f64>()
         .expect("a float tensor converts to f64")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn log_sum_exp_matches_f64_reference() {
-        let row: Vec<f32> = (0..32_003)
-            .map(|i| ((i * 7919) % 1000) as f32 / 37.0 - 20.0)
-            .collect();
-        let max = row
-            .iter()
-            .fold(f64::NEG_INFINITY, |m, &x| m.max(f64::from(x)));
-        let exact = max
-            + row
-                .iter()
-                .map(|&x| (f64::from(x) - max).exp())
-                .sum::<f64>()
-                .ln();
-        assert!(
-            (f64::from(log_sum_exp(&row)) - exact).abs() < 1e-5,
-            "{} vs {exact}",
-            log_sum_exp(&row)
-        );
-        for x in [-87.5f32, -50.0, -10.0, -1.0, -0.3, 0.0] {
-            let (a, b) = (exp_approx(x), f64::from(x).exp());
-            assert!(
-                (f64::from(a) - b).abs() <= 3e-7 * b + 1e-38,
-                "exp({x}) = {a} vs {b}"
-            );
-        }
-    }
 }

@@ -1,0 +1,175 @@
+//! Vectorised host math for the CPU paths: a branch-free `exp` that compilers turn into SIMD
+//! code, and the log-sum-exp, softmax, RMSNorm and SwiGLU loops built on it. Each public function
+//! runs an AVX-512 or AVX2 + FMA build of the same loop when the CPU has those features.
+
+/// Runs `$body` compiled for AVX-512 or AVX2 + FMA, whichever the CPU has, else as plain code.
+macro_rules! vectorised {
+    ($($arg:ident : $ty:ty),* => $ret:ty $body:block) => {{
+        #[cfg(target_arch = "x86_64")]
+        {
+            #[target_feature(enable = "avx512f,avx2,fma")]
+            unsafe fn avx512($($arg: $ty),*) -> $ret $body
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn avx2($($arg: $ty),*) -> $ret $body
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: the CPU supports the features the function is compiled for.
+                return unsafe { avx512($($arg),*) };
+            }
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                // SAFETY: as above.
+                return unsafe { avx2($($arg),*) };
+            }
+        }
+        $body
+    }};
+}
+
+/// `ln Σ exp(xᵢ)`, stable, vectorised.
+pub fn log_sum_exp(row: &[f32]) -> f32 {
+    vectorised!(row: &[f32] => f32 { log_sum_exp_lanes(row) })
+}
+
+const LANES: usize = 16;
+
+#[inline(always)]
+fn log_sum_exp_lanes(row: &[f32]) -> f32 {
+    let mut max = [f32::NEG_INFINITY; LANES];
+    let chunks = row.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for chunk in chunks.clone() {
+        for i in 0..LANES {
+            max[i] = max[i].max(chunk[i]);
+        }
+    }
+    let max = tail
+        .iter()
+        .chain(&max)
+        .fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+    let mut sum = [0f32; LANES];
+    for chunk in chunks {
+        for i in 0..LANES {
+            sum[i] += exp_approx(chunk[i] - max);
+        }
+    }
+    let total = tail.iter().map(|&x| exp_approx(x - max)).sum::<f32>() + sum.iter().sum::<f32>();
+    max + total.ln()
+}
+
+/// Replaces `row` by `softmax(row)` and returns `ln Σ exp(row)` (vectorised like [`log_sum_exp`]).
+pub fn softmax_in_place(row: &mut [f32]) -> f32 {
+    let lse = log_sum_exp(row);
+    exp_shifted(row, lse);
+    lse
+}
+
+/// `row ← e^(row − shift)`.
+fn exp_shifted(row: &mut [f32], shift: f32) {
+    vectorised!(row: &mut [f32], shift: f32 => () {
+        for x in row.iter_mut() {
+            *x = exp_approx(*x - shift);
+        }
+    })
+}
+
+/// `eˣ` for `x ≤ 0` to about 2 ulp: `2ⁿ · p(r)` with `x = n ln 2 + r`, `|r| ≤ ln 2 / 2`
+/// (Cephes' `expf` polynomial); branch-free so loops over it vectorise.
+#[inline(always)]
+pub(crate) fn exp_approx(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    let x = x.max(-87.0);
+    let n = (x * LOG2E).round();
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let p = 1.987_569_1e-4_f32;
+    let p = p.mul_add(r, 1.398_199_9e-3);
+    let p = p.mul_add(r, 8.333_452e-3);
+    let p = p.mul_add(r, 4.166_579_6e-2);
+    let p = p.mul_add(r, 0.166_666_66);
+    let p = p.mul_add(r, 0.5);
+    let p = p.mul_add(r * r, r) + 1.0;
+    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
+/// `ln(eᵃ + eᵇ)`, stable, with `-∞` as the empty sum.
+pub fn log_add_exp(a: f32, b: f32) -> f32 {
+    let (high, low) = if a >= b { (a, b) } else { (b, a) };
+    if low == f32::NEG_INFINITY {
+        return high;
+    }
+    high + (low - high).exp().ln_1p()
+}
+
+/// `row ← row / √(mean(row²) + eps) · weight` (RMSNorm of one row, in f32 as transformers).
+pub fn rms_norm_in_place(row: &mut [f32], weight: &[f32], eps: f32) {
+    vectorised!(row: &mut [f32], weight: &[f32], eps: f32 => () {
+        let mean_square = row.iter().map(|x| x * x).sum::<f32>() / row.len() as f32;
+        let scale = 1.0 / (mean_square + eps).sqrt();
+        for (x, w) in row.iter_mut().zip(weight) {
+            *x = *x * scale * w;
+        }
+    })
+}
+
+/// `gate ← silu(gate) · up` elementwise (SwiGLU's gating), with `silu(x) = x · σ(x)`.
+pub fn swiglu_in_place(gate: &mut [f32], up: &[f32]) {
+    vectorised!(gate: &mut [f32], up: &[f32] => () {
+        for (g, &u) in gate.iter_mut().zip(up) {
+            // σ(x) from e^(−|x|) ≤ 1, so the exponential never overflows.
+            let e = exp_approx(-g.abs());
+            let sigmoid = if *g >= 0.0 { 1.0 / (1.0 + e) } else { e / (1.0 + e) };
+            *g *= sigmoid * u;
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn swiglu_matches_f64_reference() {
+        let gate: Vec<f32> = (0..1000).map(|i| (i as f32 - 500.0) / 25.0).collect();
+        let up: Vec<f32> = (0..1000).map(|i| ((i * 37) % 11) as f32 - 5.0).collect();
+        let mut fused = gate.clone();
+        swiglu_in_place(&mut fused, &up);
+        for ((&g, &u), &f) in gate.iter().zip(&up).zip(&fused) {
+            let (g, u) = (f64::from(g), f64::from(u));
+            let exact = g / (1.0 + (-g).exp()) * u;
+            assert!(
+                (f64::from(f) - exact).abs() <= 1e-6 * exact.abs().max(1.0),
+                "{g} {u}"
+            );
+        }
+    }
+
+    #[test]
+    fn log_sum_exp_matches_f64_reference() {
+        let row: Vec<f32> = (0..32_003)
+            .map(|i| ((i * 7919) % 1000) as f32 / 37.0 - 20.0)
+            .collect();
+        let max = row
+            .iter()
+            .fold(f64::NEG_INFINITY, |m, &x| m.max(f64::from(x)));
+        let exact = max
+            + row
+                .iter()
+                .map(|&x| (f64::from(x) - max).exp())
+                .sum::<f64>()
+                .ln();
+        assert!(
+            (f64::from(log_sum_exp(&row)) - exact).abs() < 1e-5,
+            "{} vs {exact}",
+            log_sum_exp(&row)
+        );
+        for x in [-87.5f32, -50.0, -10.0, -1.0, -0.3, 0.0] {
+            let (a, b) = (exp_approx(x), f64::from(x).exp());
+            assert!(
+                (f64::from(a) - b).abs() <= 3e-7 * b + 1e-38,
+                "exp({x}) = {a} vs {b}"
+            );
+        }
+    }
+}

@@ -16,7 +16,7 @@ use crate::config::MistralConfig;
 use crate::error::Result;
 use crate::lora::LoraAdapter;
 use crate::scoring::to_f32;
-use crate::vector::{rms_norm_in_place, swiglu_in_place};
+use crate::vector::{rms_norm_in_place, rotate_half_in_place, swiglu_in_place};
 use crate::weights::{Checkpoint, NamedTensor, SaveDtype, save_safetensors};
 
 /// A checkpoint tensor: its name, its shape in the file, and the 2-D shape the model holds.
@@ -170,11 +170,33 @@ impl Rope {
 
     /// `x·cos + rotate_half(x)·sin` for `x` of shape `[batch, heads, len, head_dim]`.
     fn apply(&self, x: Tensor<4>) -> Tensor<4> {
+        if on_host_without_gradients(&[&x, &self.cos]) {
+            return self.apply_on_host(x);
+        }
         let d = x.dims()[3];
         let first = x.clone().narrow(3, 0, d / 2);
         let second = x.clone().narrow(3, d / 2, d / 2);
         let rotated = Tensor::cat(vec![second.neg(), first], 3);
         x * self.cos.clone() + rotated * self.sin.clone()
+    }
+
+    /// [`Rope::apply`] as one parallel pass over the heads on the host (the same products and
+    /// sums, so the same values); the result is contiguous `[batch, heads, len, head_dim]`.
+    fn apply_on_host(&self, x: Tensor<4>) -> Tensor<4> {
+        let (shape, device) = (x.shape(), x.device());
+        let [_, _, len, d] = x.dims();
+        let (cos, sin) = (to_f32(self.cos.clone()), to_f32(self.sin.clone()));
+        let mut values = to_f32(x);
+        values.par_chunks_mut(len * d).for_each(|head| {
+            for ((row, cos), sin) in head
+                .chunks_exact_mut(d)
+                .zip(cos.chunks_exact(d))
+                .zip(sin.chunks_exact(d))
+            {
+                rotate_half_in_place(row, cos, sin);
+            }
+        });
+        Tensor::from_data(TensorData::new(values, shape), &device)
     }
 }
 

@@ -113,6 +113,20 @@ pub fn rms_norm_in_place(row: &mut [f32], weight: &[f32], eps: f32) {
     })
 }
 
+/// `row ← row · cos + rotate_half(row) · sin`, with `rotate_half([a, b]) = [−b, a]` (RoPE in
+/// the layout of Hugging Face checkpoints).
+pub fn rotate_half_in_place(row: &mut [f32], cos: &[f32], sin: &[f32]) {
+    let half = row.len() / 2;
+    let (first, second) = row.split_at_mut(half);
+    let (cos_first, cos_second) = cos.split_at(half);
+    let (sin_first, sin_second) = sin.split_at(half);
+    for j in 0..half {
+        let (a, b) = (first[j], second[j]);
+        first[j] = a * cos_first[j] + -b * sin_first[j];
+        second[j] = b * cos_second[j] + a * sin_second[j];
+    }
+}
+
 /// `gate ← silu(gate) · up` elementwise (SwiGLU's gating), with `silu(x) = x · σ(x)`.
 pub fn swiglu_in_place(gate: &mut [f32], up: &[f32]) {
     vectorised!(gate: &mut [f32], up: &[f32] => () {
@@ -128,6 +142,22 @@ pub fn swiglu_in_place(gate: &mut [f32], up: &[f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rotate_half_turns_each_pair_by_its_angle() {
+        // Pair j is (row[j], row[j + half]); cos/sin repeat over both halves as in RoPE tables.
+        let angles = [0.0f32, 0.5, -1.25];
+        let cos: Vec<f32> = angles.iter().chain(&angles).map(|a| a.cos()).collect();
+        let sin: Vec<f32> = angles.iter().chain(&angles).map(|a| a.sin()).collect();
+        let mut row = vec![1.0f32, 2.0, -3.0, 0.5, -1.0, 4.0];
+        let before = row.clone();
+        rotate_half_in_place(&mut row, &cos, &sin);
+        for j in 0..3 {
+            let (a, b, c, s) = (before[j], before[j + 3], cos[j], sin[j]);
+            assert!((row[j] - (a * c - b * s)).abs() < 1e-6);
+            assert!((row[j + 3] - (b * c + a * s)).abs() < 1e-6);
+        }
+    }
 
     #[test]
     fn swiglu_matches_f64_reference() {

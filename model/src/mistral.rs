@@ -117,14 +117,13 @@ impl RmsNorm {
 
     /// [`RmsNorm::forward`] as one parallel pass over the rows on the host.
     fn forward_on_host(&self, x: Tensor<3>) -> Tensor<3> {
-        let (shape, device) = (x.shape(), x.device());
-        let mut values = to_f32(x);
         let weight = to_f32(self.weight.clone());
         let eps = self.eps as f32;
-        values
-            .par_chunks_mut(weight.len())
-            .for_each(|row| rms_norm_in_place(row, &weight, eps));
-        Tensor::from_data(TensorData::new(values, shape), &device)
+        map_on_host(x, |values| {
+            values
+                .par_chunks_mut(weight.len())
+                .for_each(|row| rms_norm_in_place(row, &weight, eps));
+        })
     }
 }
 
@@ -183,20 +182,19 @@ impl Rope {
     /// [`Rope::apply`] as one parallel pass over the heads on the host (the same products and
     /// sums, so the same values); the result is contiguous `[batch, heads, len, head_dim]`.
     fn apply_on_host(&self, x: Tensor<4>) -> Tensor<4> {
-        let (shape, device) = (x.shape(), x.device());
         let [_, _, len, d] = x.dims();
         let (cos, sin) = (to_f32(self.cos.clone()), to_f32(self.sin.clone()));
-        let mut values = to_f32(x);
-        values.par_chunks_mut(len * d).for_each(|head| {
-            for ((row, cos), sin) in head
-                .chunks_exact_mut(d)
-                .zip(cos.chunks_exact(d))
-                .zip(sin.chunks_exact(d))
-            {
-                rotate_half_in_place(row, cos, sin);
-            }
-        });
-        Tensor::from_data(TensorData::new(values, shape), &device)
+        map_on_host(x, |values| {
+            values.par_chunks_mut(len * d).for_each(|head| {
+                for ((row, cos), sin) in head
+                    .chunks_exact_mut(d)
+                    .zip(cos.chunks_exact(d))
+                    .zip(sin.chunks_exact(d))
+                {
+                    rotate_half_in_place(row, cos, sin);
+                }
+            });
+        })
     }
 }
 
@@ -304,14 +302,22 @@ fn swiglu(gate: Tensor<3>, up: Tensor<3>) -> Tensor<3> {
     if !on_host_without_gradients(&[&gate, &up]) {
         return activation::silu(gate) * up;
     }
-    let (shape, device) = (gate.shape(), gate.device());
-    let mut values = to_f32(gate);
     let up = to_f32(up);
     const CHUNK: usize = 16 * 1024;
-    values
-        .par_chunks_mut(CHUNK)
-        .zip(up.par_chunks(CHUNK))
-        .for_each(|(gate, up)| swiglu_in_place(gate, up));
+    map_on_host(gate, |values| {
+        values
+            .par_chunks_mut(CHUNK)
+            .zip(up.par_chunks(CHUNK))
+            .for_each(|(gate, up)| swiglu_in_place(gate, up));
+    })
+}
+
+/// `x` read back to the host as f32 (in logical order, contiguous), changed in place by `f`,
+/// and made a tensor of the same shape on the same device again.
+fn map_on_host<const D: usize>(x: Tensor<D>, f: impl FnOnce(&mut [f32])) -> Tensor<D> {
+    let (shape, device) = (x.shape(), x.device());
+    let mut values = to_f32(x);
+    f(&mut values);
     Tensor::from_data(TensorData::new(values, shape), &device)
 }
 

@@ -76,7 +76,7 @@ fn exp_shifted(row: &mut [f32], shift: f32) {
 /// `eˣ` for `x ≤ 0` to about 2 ulp: `2ⁿ · p(r)` with `x = n ln 2 + r`, `|r| ≤ ln 2 / 2`
 /// (Cephes' `expf` polynomial); branch-free so loops over it vectorise.
 #[inline(always)]
-pub(crate) fn exp_approx(x: f32) -> f32 {
+fn exp_approx(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;

@@ -103,6 +103,17 @@ impl Harness {
         Self::start_in(dir, file, store, gate_name, start, grace).await
     }
 
+    /// Starts at noon on June 1st 2026 with the daily Berlin schedule and no grace period.
+    async fn daily(gate_name: &str) -> Harness {
+        Self::start(
+            gate_name,
+            DAILY_BERLIN,
+            "2026-06-01T12:00:00Z",
+            Duration::ZERO,
+        )
+        .await
+    }
+
     async fn start_in(
         dir: tempfile::TempDir,
         file: PathBuf,
@@ -398,13 +409,7 @@ async fn catch_up_none_skips_missed_times_and_waits_for_the_next() {
 
 #[tokio::test]
 async fn shutdown_mid_run_cancels_it_and_leaves_the_store_consistent() {
-    let h = Harness::start(
-        "shutdown",
-        DAILY_BERLIN,
-        "2026-06-01T12:00:00Z",
-        Duration::ZERO,
-    )
-    .await;
+    let h = Harness::daily("shutdown").await;
     h.gate.open.send_replace(false);
     h.set_time("2026-06-02T00:30:00Z");
     h.wait_started(1).await;
@@ -445,13 +450,7 @@ async fn shutdown_lets_a_run_finish_within_the_grace_period() {
 
 #[tokio::test]
 async fn reload_applies_an_edit_and_keeps_the_last_valid_version_of_a_bad_one() {
-    let h = Harness::start(
-        "reload",
-        DAILY_BERLIN,
-        "2026-06-01T12:00:00Z",
-        Duration::ZERO,
-    )
-    .await;
+    let h = Harness::daily("reload").await;
     let hourly = workflow("reload", "  cron: \"0 * * * *\"\n");
     std::fs::write(&h.file, hourly).unwrap();
     h.set_time("2026-06-01T12:00:01Z");
@@ -476,13 +475,7 @@ async fn reload_applies_an_edit_and_keeps_the_last_valid_version_of_a_bad_one() 
 
 #[tokio::test]
 async fn a_scheduled_run_waits_while_another_process_holds_the_store() {
-    let h = Harness::start(
-        "store",
-        DAILY_BERLIN,
-        "2026-06-01T12:00:00Z",
-        Duration::ZERO,
-    )
-    .await;
+    let h = Harness::daily("store").await;
     // flock: a second open file description conflicts, as another process's would.
     let manual_run = h.store.lock(false, &|_| {}).unwrap();
     h.set_time("2026-06-02T00:30:00Z");
@@ -498,13 +491,7 @@ async fn a_scheduled_run_waits_while_another_process_holds_the_store() {
 
 #[tokio::test]
 async fn a_deleted_file_is_unscheduled() {
-    let h = Harness::start(
-        "deleted",
-        DAILY_BERLIN,
-        "2026-06-01T12:00:00Z",
-        Duration::ZERO,
-    )
-    .await;
+    let h = Harness::daily("deleted").await;
     std::fs::remove_file(&h.file).unwrap();
     h.set_time("2026-06-01T12:00:02Z");
     h.wait_for("removed", |e| matches!(e, Event::Removed { .. }))

@@ -76,14 +76,17 @@ fn calculate_scores_in_profiles(
 
     // flow: one index lookup per text trigram instead of one text lookup per profile trigram
     // of every language; the distances are the same integers `calculate_distance` computes.
-    let matched = matched_closeness(profile_index(script), &trigram_positions, lang_profile_list);
+    let matched = matched_closeness(
+        profile_index(script),
+        &trigram_positions,
+        lang_profile_list.len(),
+    );
     for (slot, &(lang, lang_trigrams)) in lang_profile_list.iter().enumerate() {
         if !filter_list.is_allowed(lang) {
             continue;
         }
-        let all_missing = lang_trigrams.len() as i64 * MAX_TRIGRAM_DISTANCE as i64;
-        let dist = (all_missing - matched[slot]) as u32;
-        lang_distances.push(((lang), finish_distance(dist, unique_trigrams_count)));
+        let dist = indexed_distance(lang_trigrams.len(), matched[slot], unique_trigrams_count);
+        lang_distances.push(((lang), dist));
     }
 
     // Sort languages by distance
@@ -131,9 +134,9 @@ fn profile_index(script: MultiLangScript) -> &'static ProfileIndex {
 fn matched_closeness(
     index: &ProfileIndex,
     text_trigrams: &HashMap<Trigram, u32>,
-    lang_profile_list: LangProfileList,
+    profiles: usize,
 ) -> Vec<i64> {
-    let mut matched = vec![0i64; lang_profile_list.len()];
+    let mut matched = vec![0i64; profiles];
     for (trigram, &position) in text_trigrams {
         for &(slot, rank) in index.get(trigram).map_or(&[][..], Vec::as_slice) {
             let distance = (position as i64 - rank as i64).abs();
@@ -141,6 +144,13 @@ fn matched_closeness(
         }
     }
     matched
+}
+
+/// flow: a profile's distance from its length and its [`matched_closeness`], for a text of
+/// `count` unique trigrams.
+fn indexed_distance(profile_len: usize, matched: i64, count: usize) -> u32 {
+    let all_missing = profile_len as i64 * MAX_TRIGRAM_DISTANCE as i64;
+    finish_distance((all_missing - matched) as u32, count)
 }
 
 /// The end of `calculate_distance`: the credit for short texts and the clamp.
@@ -202,11 +212,9 @@ mod tests {
                 MultiLangScript::Hebrew,
             ] {
                 let list = script_to_lang_profile_list(script);
-                let matched = matched_closeness(profile_index(script), &positions, list);
+                let matched = matched_closeness(profile_index(script), &positions, list.len());
                 for (slot, &(lang, profile)) in list.iter().enumerate() {
-                    let all_missing = profile.len() as i64 * MAX_TRIGRAM_DISTANCE as i64;
-                    let indexed =
-                        finish_distance((all_missing - matched[slot]) as u32, positions.len());
+                    let indexed = indexed_distance(profile.len(), matched[slot], positions.len());
                     assert_eq!(
                         indexed,
                         calculate_distance(profile, &positions),

@@ -3,6 +3,7 @@
 //! tokenizer loading, TRL-exact DPO tokenization and batched scoring. Kept out of the engine's
 //! build: only node types that do tensor work depend on it.
 
+pub mod backprop;
 pub mod bench;
 pub mod config;
 pub mod dpo;

@@ -120,9 +120,9 @@ impl RmsNorm {
         let weight = to_f32(self.weight.clone());
         let eps = self.eps as f32;
         map_on_host(x, |values| {
-            values
-                .par_chunks_mut(weight.len())
-                .for_each(|row| rms_norm_in_place(row, &weight, eps));
+            values.par_chunks_mut(weight.len()).for_each(|row| {
+                rms_norm_in_place(row, &weight, eps);
+            });
         })
     }
 }
@@ -137,18 +137,7 @@ pub struct Rope {
 impl Rope {
     /// Tables for positions `0..len`, in `dtype`.
     pub fn new(len: usize, head_dim: usize, theta: f64, device: &Device, dtype: DType) -> Rope {
-        let half = head_dim / 2;
-        let mut cos = Vec::with_capacity(len * head_dim);
-        let mut sin = Vec::with_capacity(len * head_dim);
-        for pos in 0..len {
-            for j in 0..head_dim {
-                // inv_freq in f32 as transformers computes it, then the angle in f32.
-                let inv_freq = (1.0 / theta.powf((2 * (j % half)) as f64 / head_dim as f64)) as f32;
-                let angle = pos as f32 * inv_freq;
-                cos.push(angle.cos());
-                sin.push(angle.sin());
-            }
-        }
+        let (cos, sin) = rope_tables(len, head_dim, theta);
         let table = |v: Vec<f32>| {
             Tensor::<2>::from_data(TensorData::new(v, [len, head_dim]), (device, dtype))
                 .reshape([1, 1, len, head_dim])
@@ -196,6 +185,17 @@ impl Rope {
             });
         })
     }
+}
+
+/// RoPE's `cos` and `sin` tables `[len, head_dim]`, row-major: inv_freq in f32 as transformers
+/// computes it, then the angle and its cosine and sine in f32.
+pub fn rope_tables(len: usize, head_dim: usize, theta: f64) -> (Vec<f32>, Vec<f32>) {
+    let half = head_dim / 2;
+    let inv_freq: Vec<f32> = (0..head_dim)
+        .map(|j| (1.0 / theta.powf((2 * (j % half)) as f64 / head_dim as f64)) as f32)
+        .collect();
+    let angles = (0..len).flat_map(|pos| inv_freq.iter().map(move |f| pos as f32 * f));
+    angles.map(|a| (a.cos(), a.sin())).unzip()
 }
 
 /// Grouped-query self-attention.

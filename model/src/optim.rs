@@ -34,13 +34,16 @@ impl Default for AdamWConfig {
     }
 }
 
-/// A trainable tensor with its name and optimizer state.
+/// A trainable tensor with its name and optimizer state, kept on the host in f32 (the master
+/// weights: the update runs here, and the model computes with a copy in its device and dtype).
 #[derive(Clone, Debug)]
 pub struct Param {
     /// Name (checkpoint or PEFT name).
     pub name: String,
-    /// Current value.
-    pub value: Tensor<2>,
+    /// Shape (`[1, n]` for 1-D weights).
+    pub shape: [usize; 2],
+    /// Current value, row-major.
+    pub value: Vec<f32>,
     /// First moment, row-major.
     pub m: Vec<f32>,
     /// Second moment, row-major.
@@ -50,16 +53,23 @@ pub struct Param {
 }
 
 impl Param {
-    /// A parameter with zero moments.
+    /// A parameter with zero moments, its value read from `value`.
     pub fn new(name: String, value: Tensor<2>) -> Param {
-        let [rows, cols] = value.dims();
+        let shape = value.dims();
+        let len = shape[0] * shape[1];
         Param {
-            m: vec![0.0; rows * cols],
-            v: vec![0.0; rows * cols],
+            m: vec![0.0; len],
+            v: vec![0.0; len],
             decay: !is_norm_weight(&name),
             name,
-            value,
+            shape,
+            value: crate::scoring::to_f32(value),
         }
+    }
+
+    /// The value as an f32 tensor on `device`.
+    pub fn tensor(&self, device: &Device) -> Tensor<2> {
+        Tensor::from_data(TensorData::new(self.value.clone(), self.shape), device)
     }
 }
 
@@ -120,17 +130,13 @@ impl AdamW {
         };
         for (p, g) in params.iter_mut().zip(grads) {
             let s = scalars(p.decay);
-            let shape = p.value.dims();
-            let device = p.value.device();
-            let mut values = crate::scoring::to_f32(p.value.clone());
             const CHUNK: usize = 1 << 14;
-            values
+            p.value
                 .par_chunks_mut(CHUNK)
                 .zip(p.m.par_chunks_mut(CHUNK))
                 .zip(p.v.par_chunks_mut(CHUNK))
                 .zip(g.par_chunks(CHUNK))
                 .for_each(|(((w, m), v), g)| update_chunk(w, m, v, g, s));
-            p.value = Tensor::<2>::from_data(TensorData::new(values, shape), &device);
         }
     }
 }

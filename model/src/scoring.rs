@@ -7,7 +7,7 @@ use burn::tensor::{DType, TensorData, activation};
 use rayon::prelude::*;
 
 use crate::mistral::{Mistral, attention_mask};
-use crate::vector::{log_add_exp, log_sum_exp, softmax_in_place};
+use crate::vector::{Layout, log_add_exp, log_sum_exp, matmul, softmax_in_place};
 
 /// A sequence to score: prompt and completion ids, and where the completion starts.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -33,6 +33,20 @@ pub struct Scores {
     pub sums: Tensor<1>,
     /// Completion length of each sequence.
     pub counts: Vec<usize>,
+}
+
+impl Scores {
+    /// The scores of `sequences` from the log-probs of their completion tokens (one after
+    /// another): the per-sequence sums are taken on the same graph.
+    pub fn of_tokens(token_logps: Tensor<1>, sequences: &[Sequence]) -> Scores {
+        let counts: Vec<usize> = sequences.iter().map(Sequence::completion_len).collect();
+        let (device, dtype) = (token_logps.device(), token_logps.dtype());
+        Scores {
+            sums: segment_sums(token_logps.clone(), &counts, &device, dtype),
+            token_logps,
+            counts,
+        }
+    }
 }
 
 /// Logit elements per chunk (rows × vocab): 8 M floats, 32 MB.
@@ -193,58 +207,73 @@ impl HostHead {
             .collect()
     }
 
+    /// Log-prob of `targets[i]` under row `i` of `rows` (`[n, hidden]` row-major); see
+    /// [`HeadView::token_logps`].
+    pub fn token_logps(&self, rows: &[f32], targets: &[i64]) -> Vec<f32> {
+        self.view().token_logps(rows, targets)
+    }
+
+    /// The weight borrowed as a [`HeadView`].
+    pub fn view(&self) -> HeadView<'_> {
+        HeadView {
+            weight: &self.weight,
+            vocab: self.vocab,
+            hidden: self.hidden,
+        }
+    }
+}
+
+/// An output layer's `[vocab, hidden]` row-major weight, borrowed from wherever it is kept.
+#[derive(Clone, Copy)]
+pub struct HeadView<'a> {
+    /// `[vocab, hidden]`, row-major.
+    pub weight: &'a [f32],
+    /// Vocabulary size.
+    pub vocab: usize,
+    /// Width of the hidden states.
+    pub hidden: usize,
+}
+
+impl HeadView<'_> {
     /// Log-prob of `targets[i]` under row `i` of `rows` (`[n, hidden]` row-major).
+    pub fn token_logps(&self, rows: &[f32], targets: &[i64]) -> Vec<f32> {
+        let (target_logits, lse) = self.target_logits_and_lse(rows, targets);
+        target_logits.iter().zip(&lse).map(|(t, l)| t - l).collect()
+    }
+
+    /// The logit of `targets[i]` and the log-sum-exp of all logits of row `i`.
     ///
     /// Fused: each thread takes a block of rows and walks the vocabulary in tiles small enough
     /// to stay in its core's L2 cache, folding every logits tile into a running log-sum-exp
     /// right after the GEMM wrote it, so no logits ever travel to memory and back.
-    pub fn token_logps(&self, rows: &[f32], targets: &[i64]) -> Vec<f32> {
+    pub fn target_logits_and_lse(&self, rows: &[f32], targets: &[i64]) -> (Vec<f32>, Vec<f32>) {
         let n = targets.len();
         let block = n
             .div_ceil(rayon::current_num_threads())
             .clamp(1, HEAD_ROW_BLOCK);
         rows.par_chunks(block * self.hidden)
             .zip(targets.par_chunks(block))
-            .flat_map_iter(|(rows, targets)| self.block_logps(rows, targets))
-            .collect()
+            .flat_map_iter(|(rows, targets)| self.block_target_logits_and_lse(rows, targets))
+            .unzip()
     }
 
-    /// [`HostHead::token_logps`] of one block of rows, on the calling thread.
-    fn block_logps(&self, rows: &[f32], targets: &[i64]) -> Vec<f32> {
+    /// [`HeadView::target_logits_and_lse`] of one block of rows, on the calling thread.
+    fn block_target_logits_and_lse(&self, rows: &[f32], targets: &[i64]) -> Vec<(f32, f32)> {
         let m = targets.len();
         let mut tile = vec![0f32; m * HEAD_VOCAB_TILE];
         let mut lse = vec![f32::NEG_INFINITY; m];
         let mut target_logits = vec![0f32; m];
         for first in (0..self.vocab).step_by(HEAD_VOCAB_TILE) {
             let width = HEAD_VOCAB_TILE.min(self.vocab - first);
-            let logits = &mut tile[..m * width];
-            let weight = &self.weight[first * self.hidden..(first + width) * self.hidden];
-            // SAFETY: the pointers cover m×hidden, width×hidden and m×width elements with the
-            // strides given.
-            unsafe {
-                gemm::gemm(
-                    m,
-                    width,
-                    self.hidden,
-                    logits.as_mut_ptr(),
-                    1,
-                    width as isize,
-                    false,
-                    rows.as_ptr(),
-                    1,
-                    self.hidden as isize,
-                    weight.as_ptr(),
-                    self.hidden as isize,
-                    1,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                );
-            }
-            for (i, row) in logits.chunks_exact(width).enumerate() {
+            let weight = Layout::columns(width, self.hidden, self.hidden, first * self.hidden);
+            matmul(
+                (&mut tile, Layout::dense(m, width)),
+                (rows, Layout::dense(m, self.hidden)),
+                (self.weight, weight.t()),
+                false,
+                false,
+            );
+            for (i, row) in tile[..m * width].chunks_exact(width).enumerate() {
                 lse[i] = log_add_exp(lse[i], log_sum_exp(row));
                 if let Some(offset) = (targets[i] as usize).checked_sub(first)
                     && offset < width
@@ -253,7 +282,7 @@ impl HostHead {
                 }
             }
         }
-        target_logits.iter().zip(&lse).map(|(t, l)| t - l).collect()
+        target_logits.into_iter().zip(lse).collect()
     }
 }
 

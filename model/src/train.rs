@@ -8,18 +8,19 @@
 //! checkpoint needs only the step besides weights and optimizer moments to continue exactly.
 
 use burn::prelude::*;
-use burn::tensor::{DType, GradientCheckpointingStrategy};
+use burn::tensor::{DType, GradientCheckpointingStrategy, TensorData};
 use serde::ser::{Serialize, SerializeMap, Serializer};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use crate::backprop::HostMistral;
 use crate::dpo::{LossConfig, PairLogps, PreferenceMetrics, preference_loss};
 use crate::error::{ModelError, Result, io_at};
 use crate::lora::{self, LoraConfig};
 use crate::mistral::Mistral;
 use crate::optim::{AdamW, AdamWConfig, HostGrad, Param, clip_coefficient, global_norm};
 use crate::schedule::{BetaSchedule, LrScheduler};
-use crate::scoring::{Scorer, Sequence, score, to_f32, to_f64};
+use crate::scoring::{Scorer, Scores, Sequence, score, to_f32, to_f64};
 use crate::tokenize::TokenizedPair;
 use crate::weights::{Checkpoint, NamedTensor, SaveDtype, save_safetensors_file};
 
@@ -267,7 +268,7 @@ impl Trainer {
         with_trainable(
             &self.model.cast(DType::F32),
             self.config.lora.is_some(),
-            self.params.iter().map(|p| p.value.clone()).collect(),
+            self.params.iter().map(|p| p.tensor(&self.device)).collect(),
         )
     }
 
@@ -404,60 +405,95 @@ impl Trainer {
             .sum();
         for (m, batch) in batches.iter().enumerate() {
             self.fill_reference(batch, false);
-            let tracked: Vec<Tensor<2>> =
-                self.params.iter().map(|p| self.track(&p.value)).collect();
-            let dtype = self.config.compute_dtype;
-            let computed = tracked.iter().map(|t| match t.dtype() == dtype {
-                true => t.clone(),
-                false => t.clone().cast(dtype),
-            });
-            let mut policy =
-                with_trainable(&self.model, self.config.lora.is_some(), computed.collect());
-            let key = self.config.seed ^ ((step as u64) << 32) ^ ((m as u64) << 16);
-            lora::set_dropout_key(&mut policy, Some(key));
-            let device = tracked[0].device();
-            let (loss, tokens) = match &self.objective {
-                Objective::Dpo { loss, .. } => {
-                    let examples: Vec<&Example> = batch.iter().map(|&i| &self.train[i]).collect();
-                    let (value, metrics) = dpo_batch(&policy, &examples, loss, beta, &device);
-                    acc.preference.push((metrics, batch.len()));
-                    (
-                        value.div_scalar(batches.len() as f64),
-                        pair_tokens(&examples),
-                    )
-                }
-                Objective::Sft => {
-                    let sequences: Vec<Sequence> = batch
-                        .iter()
-                        .map(|&i| self.train[i].pair.sequences()[0].clone())
-                        .collect();
-                    let nll = score(&policy, &sequences, &device).token_logps.sum().neg();
-                    let scaled = nll.div_scalar(sft_tokens as f64);
-                    acc.sft_loss += to_f64(scaled.clone().detach())[0];
-                    (scaled, sequences.iter().map(|s| s.ids.len()).sum())
-                }
+            let micro = MicroBatch {
+                examples: batch.iter().map(|&i| &self.train[i]).collect(),
+                of: batches.len(),
+                sft_tokens,
+                beta,
             };
-            acc.tokens += tokens;
-            let gradients = loss.backward();
-            let grads = tracked.iter().map(|t| {
-                let [rows, cols] = t.dims();
-                t.grad(&gradients)
-                    .map_or_else(|| vec![0.0; rows * cols], to_f32)
-            });
-            if acc.grads.is_empty() {
-                acc.grads = grads.collect();
+            if self.trains_on_host() {
+                self.host_backward(&micro, &mut acc);
             } else {
-                for (sum, g) in acc.grads.iter_mut().zip(grads) {
-                    sum.iter_mut().zip(&g).for_each(|(a, b)| *a += b);
-                }
+                let key = self.config.seed ^ ((step as u64) << 32) ^ ((m as u64) << 16);
+                self.tape_backward(&micro, key, &mut acc);
             }
         }
         Ok(acc)
     }
 
+    /// Whether steps run on [`HostMistral`]: full fine-tuning in f32 on the CPU, without
+    /// gradient checkpointing (LoRA, bf16, CUDA and checkpointing go through burn's autodiff).
+    fn trains_on_host(&self) -> bool {
+        self.config.lora.is_none()
+            && self.config.compute_dtype == DType::F32
+            && self.device == crate::cpu()
+            && !self.config.gradient_checkpointing
+    }
+
+    /// One micro-batch through [`HostMistral`]: its loss from the host log-probs, the
+    /// log-probs' gradients from that loss, the weights' gradients from the host backward pass.
+    fn host_backward(&self, micro: &MicroBatch, acc: &mut Accumulated) {
+        let weights = self.params.iter().map(|p| p.value.as_slice()).collect();
+        let model = HostMistral::new(&self.model.config, weights);
+        let sequences = micro.sequences(&self.objective);
+        let forward = model.forward(&sequences);
+        let n = forward.token_logps.len();
+        let token_logps = Tensor::<1>::from_data(
+            TensorData::new(forward.token_logps.clone(), [n]),
+            &self.device,
+        )
+        .autodiff()
+        .require_grad();
+        let scores = Scores::of_tokens(token_logps.clone(), &sequences);
+        let loss = micro.loss(&self.objective, scores, acc);
+        let token_grads = token_logps
+            .grad(&loss.backward())
+            .map_or_else(|| vec![0.0; n], to_f32);
+        if acc.grads.is_empty() {
+            acc.grads = self
+                .params
+                .iter()
+                .map(|p| vec![0.0; p.value.len()])
+                .collect();
+        }
+        model.backward(forward, &token_grads, &mut acc.grads);
+    }
+
+    /// One micro-batch through burn's autodiff (with LoRA dropout keyed by `dropout_key`).
+    fn tape_backward(&self, micro: &MicroBatch, dropout_key: u64, acc: &mut Accumulated) {
+        let tracked: Vec<Tensor<2>> = self
+            .params
+            .iter()
+            .map(|p| self.track(p.tensor(&self.device)))
+            .collect();
+        let dtype = self.config.compute_dtype;
+        let computed = tracked.iter().map(|t| match t.dtype() == dtype {
+            true => t.clone(),
+            false => t.clone().cast(dtype),
+        });
+        let mut policy =
+            with_trainable(&self.model, self.config.lora.is_some(), computed.collect());
+        lora::set_dropout_key(&mut policy, Some(dropout_key));
+        let device = tracked[0].device();
+        let scores = score(&policy, &micro.sequences(&self.objective), &device);
+        let gradients = micro.loss(&self.objective, scores, acc).backward();
+        let grads = tracked.iter().map(|t| {
+            let [rows, cols] = t.dims();
+            t.grad(&gradients)
+                .map_or_else(|| vec![0.0; rows * cols], to_f32)
+        });
+        if acc.grads.is_empty() {
+            acc.grads = grads.collect();
+        } else {
+            for (sum, g) in acc.grads.iter_mut().zip(grads) {
+                sum.iter_mut().zip(&g).for_each(|(a, b)| *a += b);
+            }
+        }
+    }
+
     /// A trainable tensor as an autodiff leaf.
-    fn track(&self, value: &Tensor<2>) -> Tensor<2> {
-        let leaf = value.clone().autodiff();
+    fn track(&self, value: Tensor<2>) -> Tensor<2> {
+        let leaf = value.autodiff();
         let leaf = if self.config.gradient_checkpointing {
             leaf.with_gradient_checkpointing_strategy(GradientCheckpointingStrategy::Balanced)
         } else {
@@ -524,7 +560,10 @@ impl Trainer {
                 for batch in &batches {
                     self.fill_reference(batch, true);
                     let examples: Vec<&Example> = batch.iter().map(|&i| &self.eval[i]).collect();
-                    let (_, metrics) = dpo_batch(&policy, &examples, &loss, beta, &self.device);
+                    let sequences: Vec<Sequence> =
+                        examples.iter().flat_map(|e| e.pair.sequences()).collect();
+                    let sums = score(&policy, &sequences, &self.device).sums;
+                    let (_, metrics) = dpo_loss(sums, &examples, &loss, beta);
                     parts.push((metrics, batch.len()));
                 }
                 record.push_preference("eval_", &PreferenceMetrics::weighted_mean(&parts));
@@ -559,12 +598,16 @@ impl Trainer {
         let values = self
             .params
             .iter()
-            .map(|p| NamedTensor::from_tensor(p.name.clone(), p.value.clone()))
+            .map(|p| NamedTensor {
+                name: p.name.clone(),
+                shape: p.shape.to_vec(),
+                values: p.value.clone(),
+            })
             .collect::<Vec<_>>();
         save_safetensors_file(&tmp.join("trainable.safetensors"), &values, SaveDtype::F32)?;
         let moment = |p: &Param, suffix: &str, values: &[f32]| NamedTensor {
             name: format!("{}{suffix}", p.name),
-            shape: p.value.dims().to_vec(),
+            shape: p.shape.to_vec(),
             values: values.to_vec(),
         };
         let mut moments: Vec<NamedTensor> = self
@@ -627,10 +670,8 @@ impl Trainer {
         let values = Checkpoint::open_file(&checkpoint.join("trainable.safetensors"))?;
         let moments = Checkpoint::open_file(&checkpoint.join("optimizer.safetensors"))?;
         for p in &mut self.params {
-            let shape = p.value.dims();
-            let value = values.read_f32(&p.name, &shape)?;
-            p.value =
-                Tensor::<2>::from_data(burn::tensor::TensorData::new(value, shape), &self.device);
+            let shape = p.shape;
+            p.value = values.read_f32(&p.name, &shape)?;
             p.m = moments.read_f32(&format!("{}.exp_avg", p.name), &shape)?;
             p.v = moments.read_f32(&format!("{}.exp_avg_sq", p.name), &shape)?;
         }
@@ -641,17 +682,69 @@ impl Trainer {
     }
 }
 
-/// Loss and metrics of DPO on a batch of examples (references filled in).
-fn dpo_batch(
-    policy: &Mistral,
+/// One micro-batch of a step: its examples and what its loss needs.
+struct MicroBatch<'t> {
+    examples: Vec<&'t Example>,
+    /// Micro-batches in the step (each contributes its mean loss over this many).
+    of: usize,
+    /// Completion tokens of the whole step (SFT's loss is their mean).
+    sft_tokens: usize,
+    beta: f64,
+}
+
+impl MicroBatch<'_> {
+    /// The sequences the policy scores: both completions of each pair for DPO, the chosen
+    /// one for SFT.
+    fn sequences(&self, objective: &Objective) -> Vec<Sequence> {
+        match objective {
+            Objective::Dpo { .. } => self
+                .examples
+                .iter()
+                .flat_map(|e| e.pair.sequences())
+                .collect(),
+            Objective::Sft => self
+                .examples
+                .iter()
+                .map(|e| e.pair.sequences()[0].clone())
+                .collect(),
+        }
+    }
+
+    /// This micro-batch's part of the step's loss from the policy's scores of
+    /// [`MicroBatch::sequences`]; its metrics and tokens are added to `acc`.
+    fn loss(&self, objective: &Objective, scores: Scores, acc: &mut Accumulated) -> Tensor<1> {
+        match objective {
+            Objective::Dpo { loss, .. } => {
+                let (value, metrics) = dpo_loss(scores.sums, &self.examples, loss, self.beta);
+                acc.preference.push((metrics, self.examples.len()));
+                acc.tokens += pair_tokens(&self.examples);
+                value.div_scalar(self.of as f64)
+            }
+            Objective::Sft => {
+                let nll = scores.token_logps.sum().neg();
+                let scaled = nll.div_scalar(self.sft_tokens as f64);
+                acc.sft_loss += to_f64(scaled.clone().detach())[0];
+                acc.tokens += self
+                    .examples
+                    .iter()
+                    .map(|e| e.pair.sequences()[0].ids.len())
+                    .sum::<usize>();
+                scaled
+            }
+        }
+    }
+}
+
+/// Loss and metrics of DPO from the policy's summed log-probs (chosen, rejected per pair) of
+/// a batch of examples (references filled in).
+fn dpo_loss(
+    sums: Tensor<1>,
     examples: &[&Example],
     loss: &LossConfig,
     beta: f64,
-    device: &Device,
 ) -> (Tensor<1>, PreferenceMetrics) {
-    let sequences: Vec<Sequence> = examples.iter().flat_map(|e| e.pair.sequences()).collect();
     let n = examples.len();
-    let sums = score(policy, &sequences, device).sums.reshape([n, 2]);
+    let sums = sums.reshape([n, 2]);
     let logps = PairLogps {
         policy_chosen: sums.clone().narrow(1, 0, 1).reshape([n]),
         policy_rejected: sums.narrow(1, 1, 1).reshape([n]),

@@ -65,7 +65,7 @@ pub fn softmax_in_place(row: &mut [f32]) -> f32 {
 }
 
 /// `row ← e^(row − shift)`.
-fn exp_shifted(row: &mut [f32], shift: f32) {
+pub fn exp_shifted(row: &mut [f32], shift: f32) {
     vectorised!(row: &mut [f32], shift: f32 => () {
         for x in row.iter_mut() {
             *x = exp_approx(*x - shift);
@@ -93,6 +93,17 @@ fn exp_approx(x: f32) -> f32 {
     p * f32::from_bits(((n as i32 + 127) as u32) << 23)
 }
 
+/// The logistic function, from `e^(−|x|) ≤ 1` so the exponential never overflows.
+#[inline(always)]
+fn sigmoid(x: f32) -> f32 {
+    let e = exp_approx(-x.abs());
+    if x >= 0.0 {
+        1.0 / (1.0 + e)
+    } else {
+        e / (1.0 + e)
+    }
+}
+
 /// `ln(eᵃ + eᵇ)`, stable, with `-∞` as the empty sum.
 pub fn log_add_exp(a: f32, b: f32) -> f32 {
     let (high, low) = if a >= b { (a, b) } else { (b, a) };
@@ -102,13 +113,53 @@ pub fn log_add_exp(a: f32, b: f32) -> f32 {
     high + (low - high).exp().ln_1p()
 }
 
-/// `row ← row / √(mean(row²) + eps) · weight` (RMSNorm of one row, in f32 as transformers).
-pub fn rms_norm_in_place(row: &mut [f32], weight: &[f32], eps: f32) {
-    vectorised!(row: &mut [f32], weight: &[f32], eps: f32 => () {
+/// `row ← row / √(mean(row²) + eps) · weight` (RMSNorm of one row, in f32 as transformers);
+/// returns the scale `1 / √(mean(row²) + eps)`.
+pub fn rms_norm_in_place(row: &mut [f32], weight: &[f32], eps: f32) -> f32 {
+    vectorised!(row: &mut [f32], weight: &[f32], eps: f32 => f32 {
         let mean_square = row.iter().map(|x| x * x).sum::<f32>() / row.len() as f32;
         let scale = 1.0 / (mean_square + eps).sqrt();
         for (x, w) in row.iter_mut().zip(weight) {
             *x = *x * scale * w;
+        }
+        scale
+    })
+}
+
+/// The backward pass of [`rms_norm_in_place`] for one row `x` with its `scale`: adds
+/// `∂L/∂x = s·(dy⊙w) − x·s³·⟨dy⊙w, x⟩/n` to `dx` and `dy⊙x·s` to `d_weight`.
+pub fn rms_norm_backward(
+    dy: &[f32],
+    x: &[f32],
+    scale: f32,
+    weight: &[f32],
+    dx: &mut [f32],
+    d_weight: &mut [f32],
+) {
+    vectorised!(dy: &[f32], x: &[f32], scale: f32, weight: &[f32], dx: &mut [f32],
+                d_weight: &mut [f32] => () {
+        let mut dot = 0f32;
+        for i in 0..x.len() {
+            dot += dy[i] * weight[i] * x[i];
+        }
+        let correction = scale * scale * scale * dot / x.len() as f32;
+        for i in 0..x.len() {
+            dx[i] += scale * dy[i] * weight[i] - x[i] * correction;
+            d_weight[i] += dy[i] * x[i] * scale;
+        }
+    })
+}
+
+/// The backward pass of [`swiglu_in_place`]: with `gate` and `up` the forward's inputs and
+/// `d_out` the gradient of its output, `gate ← ∂L/∂gate = d_out·up·σ(g)(1 + g(1 − σ(g)))` and
+/// `up ← ∂L/∂up = d_out·silu(g)`.
+pub fn swiglu_backward_in_place(gate: &mut [f32], up: &mut [f32], d_out: &[f32]) {
+    vectorised!(gate: &mut [f32], up: &mut [f32], d_out: &[f32] => () {
+        for ((g, u), &d) in gate.iter_mut().zip(up.iter_mut()).zip(d_out) {
+            let sigmoid = sigmoid(*g);
+            let d_gate = d * *u * sigmoid * (1.0 + *g * (1.0 - sigmoid));
+            *u = d * *g * sigmoid;
+            *g = d_gate;
         }
     })
 }
@@ -131,12 +182,113 @@ pub fn rotate_half_in_place(row: &mut [f32], cos: &[f32], sin: &[f32]) {
 pub fn swiglu_in_place(gate: &mut [f32], up: &[f32]) {
     vectorised!(gate: &mut [f32], up: &[f32] => () {
         for (g, &u) in gate.iter_mut().zip(up) {
-            // σ(x) from e^(−|x|) ≤ 1, so the exponential never overflows.
-            let e = exp_approx(-g.abs());
-            let sigmoid = if *g >= 0.0 { 1.0 / (1.0 + e) } else { e / (1.0 + e) };
-            *g *= sigmoid * u;
+            *g *= sigmoid(*g) * u;
         }
     })
+}
+
+/// Where a matrix lies in a slice: element `(i, j)` is at `offset + i·row_stride + j·col_stride`.
+#[derive(Clone, Copy, Debug)]
+pub struct Layout {
+    /// Index of element `(0, 0)`.
+    pub offset: usize,
+    /// Rows.
+    pub rows: usize,
+    /// Columns.
+    pub cols: usize,
+    /// Distance between rows.
+    pub row_stride: usize,
+    /// Distance between columns.
+    pub col_stride: usize,
+}
+
+impl Layout {
+    /// A contiguous row-major `rows × cols` matrix at the start of its slice.
+    pub fn dense(rows: usize, cols: usize) -> Layout {
+        Layout::columns(rows, cols, cols, 0)
+    }
+
+    /// `cols` columns starting at `first` of a row-major matrix `row_stride` wide.
+    pub fn columns(rows: usize, cols: usize, row_stride: usize, first: usize) -> Layout {
+        Layout {
+            offset: first,
+            rows,
+            cols,
+            row_stride,
+            col_stride: 1,
+        }
+    }
+
+    /// The transposed matrix (the same elements).
+    pub fn t(self) -> Layout {
+        Layout {
+            rows: self.cols,
+            cols: self.rows,
+            row_stride: self.col_stride,
+            col_stride: self.row_stride,
+            ..self
+        }
+    }
+
+    /// Panics unless every element lies inside a slice of `len` elements.
+    fn check(&self, len: usize) {
+        let last = self.offset
+            + self.rows.saturating_sub(1) * self.row_stride
+            + self.cols.saturating_sub(1) * self.col_stride;
+        assert!(
+            self.rows == 0 || self.cols == 0 || last < len,
+            "matrix {self:?} outside a slice of {len}"
+        );
+    }
+}
+
+/// `dst ← a·b` (or `dst += a·b` when `accumulate`) in f32, with the `gemm` crate's kernels, on
+/// all rayon threads when `parallel`.
+pub fn matmul(
+    dst: (&mut [f32], Layout),
+    a: (&[f32], Layout),
+    b: (&[f32], Layout),
+    accumulate: bool,
+    parallel: bool,
+) {
+    let ((dst, d), (a, al), (b, bl)) = (dst, a, b);
+    assert!(d.rows == al.rows && d.cols == bl.cols && al.cols == bl.rows);
+    d.check(dst.len());
+    al.check(a.len());
+    bl.check(b.len());
+    if d.rows == 0 || d.cols == 0 {
+        return;
+    }
+    let parallelism = if parallel {
+        gemm::Parallelism::Rayon(0)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the layouts were checked to lie inside their slices, and `dst` is borrowed
+    // mutably, so it overlaps neither input.
+    unsafe {
+        gemm::gemm(
+            d.rows,
+            d.cols,
+            al.cols,
+            dst.as_mut_ptr().add(d.offset),
+            d.col_stride as isize,
+            d.row_stride as isize,
+            accumulate,
+            a.as_ptr().add(al.offset),
+            al.col_stride as isize,
+            al.row_stride as isize,
+            b.as_ptr().add(bl.offset),
+            bl.col_stride as isize,
+            bl.row_stride as isize,
+            if accumulate { 1.0 } else { 0.0 },
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
 }
 
 #[cfg(test)]

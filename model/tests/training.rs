@@ -301,12 +301,7 @@ fn bf16_mixed_precision_keeps_f32_masters_and_stays_close_to_trl() {
     );
     let step = trainer.train_step().unwrap();
     assert!(step.get("loss").unwrap().is_finite());
-    assert!(
-        trainer
-            .params()
-            .iter()
-            .all(|p| p.value.dtype() == DType::F32)
-    );
+    // The master weights are host f32 (Param::value is a Vec<f32>); the policy reads them in f32.
     assert_eq!(trainer.policy().embed_tokens.dtype(), DType::F32);
 }
 
@@ -482,12 +477,7 @@ fn resuming_from_a_checkpoint_gives_identical_weights() {
     assert_eq!(resumed.resume(dir.path()).unwrap(), Some(2));
     resumed.run(&schedule, &mut Log::default()).unwrap();
     for (a, b) in straight.params().iter().zip(resumed.params()) {
-        assert_eq!(
-            to_f64(a.value.clone().flatten::<1>(0, 1)),
-            to_f64(b.value.clone().flatten::<1>(0, 1)),
-            "{}",
-            a.name
-        );
+        assert_eq!(a.value, b.value, "{}", a.name);
     }
 }
 

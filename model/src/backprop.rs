@@ -26,7 +26,7 @@ use crate::mistral::rope_tables;
 use crate::scoring::{HeadView, Sequence};
 use crate::vector::{
     Layout, exp_shifted, log_sum_exp, matmul, rms_norm_backward, rms_norm_in_place,
-    rotate_half_in_place, swiglu_backward_in_place, swiglu_in_place,
+    rotate_half_in_place, swiglu_backward_in_place, swiglu_in_place, written_zeros,
 };
 
 /// Weights per decoder layer in [`crate::mistral::weight_specs`] order.
@@ -35,6 +35,11 @@ const PER_LAYER: usize = 9;
 /// Rows of the output layer's logits recomputed at once in the backward pass (256 × 32,000
 /// f32 = 32 MB).
 const HEAD_BACKWARD_ROWS: usize = 256;
+
+/// Most logits (rows × vocab) the forward pass keeps for the backward pass: 48 Mi f32 = 192
+/// MiB, a batch of 1,536 completion tokens at a vocabulary of 32,768. Beyond that they are
+/// computed again, which costs one more `rows × hidden × vocab` product.
+const KEPT_LOGITS: usize = 48 << 20;
 
 /// A Mistral whose weights are borrowed host slices.
 pub struct HostMistral<'a> {
@@ -72,6 +77,8 @@ pub struct Forward {
     targets: Vec<i64>,
     /// Log-sum-exp of each head row's logits.
     head_lse: Vec<f32>,
+    /// The head rows' logits, when small enough to keep (see [`KEPT_LOGITS`]).
+    head_logits: Option<Vec<f32>>,
 }
 
 /// One layer's saved activations, `[tokens, …]` row-major.
@@ -212,13 +219,9 @@ impl<'a> HostMistral<'a> {
         }
         let (normed, last_scale) = rms_norm_rows(&x, self.final_norm(), d.eps);
         let rows = gather_rows(&normed, &head_rows, d.hidden);
-        let (target_logits, head_lse) = self.head().target_logits_and_lse(&rows, &targets);
+        let (token_logps, head_lse, logits) = head_forward(self.head(), &rows, &targets);
         Forward {
-            token_logps: target_logits
-                .iter()
-                .zip(&head_lse)
-                .map(|(t, l)| t - l)
-                .collect(),
+            token_logps,
             ids,
             spans,
             layers,
@@ -227,6 +230,7 @@ impl<'a> HostMistral<'a> {
             head_rows,
             targets,
             head_lse,
+            head_logits: logits,
         }
     }
 
@@ -287,6 +291,7 @@ impl<'a> HostMistral<'a> {
             head_rows,
             targets,
             head_lse,
+            head_logits,
             ..
         } = forward;
         let rope = {
@@ -302,12 +307,13 @@ impl<'a> HostMistral<'a> {
             rows: &rows,
             targets: &targets,
             lse: &head_lse,
+            logits: head_logits,
             grads: token_grads,
         };
         let mut d_rows = vec![0f32; rows.len()];
         head_backward(
             self.head(),
-            &head,
+            head,
             &mut d_rows,
             &mut grads[self.head_index()],
         );
@@ -317,7 +323,7 @@ impl<'a> HostMistral<'a> {
                 .copy_from_slice(&d_rows[i * d.hidden..(i + 1) * d.hidden]);
         }
         let final_index = 1 + PER_LAYER * self.config.num_hidden_layers;
-        let mut dx = vec![0f32; last.len()];
+        let mut dx = written_zeros(last.len());
         rms_norm_rows_backward(
             &d_normed,
             &last,
@@ -455,7 +461,7 @@ fn linear_backward(
     input: usize,
     d_weight: &mut [f32],
 ) -> Vec<f32> {
-    let mut dx = vec![0f32; x.len()];
+    let mut dx = written_zeros(x.len());
     linear_backward_into(dy, x, weight, input, &mut dx, d_weight);
     dx
 }
@@ -668,8 +674,8 @@ fn attention_backward(
     d: Dims,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let mut dq = vec![0f32; saved.q.len()];
-    let mut dk = vec![0f32; saved.k.len()];
-    let mut dv = vec![0f32; saved.v.len()];
+    let mut dk = written_zeros(saved.k.len());
+    let mut dv = written_zeros(saved.v.len());
     split_by_spans(&mut dq, spans, d.q_width())
         .into_par_iter()
         .zip(split_by_spans(&mut dk, spans, d.kv_width()))
@@ -798,61 +804,115 @@ impl<'s> SequenceQkv<'s> {
     }
 }
 
-/// The output layer's part of the backward pass: its rows, targets, log-sum-exps and the
-/// gradient of the loss with respect to each row's log-prob.
+/// The output layer's part of the backward pass: its rows, targets, log-sum-exps, the logits
+/// when the forward pass kept them, and the gradient of the loss with respect to each row's
+/// log-prob.
 struct HeadGradients<'s> {
     rows: &'s [f32],
     targets: &'s [i64],
     lse: &'s [f32],
+    logits: Option<Vec<f32>>,
     grads: &'s [f32],
+}
+
+/// The output layer forward: each row's log-prob of its target and log-sum-exp, and the
+/// logits themselves when `rows × vocab` is at most [`KEPT_LOGITS`] (then the backward pass
+/// does not compute them again).
+fn head_forward(
+    head: HeadView,
+    rows: &[f32],
+    targets: &[i64],
+) -> (Vec<f32>, Vec<f32>, Option<Vec<f32>>) {
+    let n = targets.len();
+    if n * head.vocab > KEPT_LOGITS {
+        let (target_logits, lse) = head.target_logits_and_lse(rows, targets);
+        let logps = target_logits.iter().zip(&lse).map(|(t, l)| t - l).collect();
+        return (logps, lse, None);
+    }
+    let logits = head_logits(head, rows);
+    let (logps, lse) = logits
+        .par_chunks(head.vocab)
+        .zip(targets.par_iter())
+        .map(|(row, &target)| {
+            let lse = log_sum_exp(row);
+            (row[target as usize] - lse, lse)
+        })
+        .unzip();
+    (logps, lse, Some(logits))
+}
+
+/// `rows · Wᵀ`: the logits `[rows, vocab]`.
+fn head_logits(head: HeadView, rows: &[f32]) -> Vec<f32> {
+    let n = rows.len() / head.hidden;
+    let mut logits = vec![0f32; n * head.vocab];
+    matmul(
+        (&mut logits, Layout::dense(n, head.vocab)),
+        (rows, Layout::dense(n, head.hidden)),
+        (head.weight, Layout::dense(head.vocab, head.hidden).t()),
+        false,
+        true,
+    );
+    logits
 }
 
 /// The backward pass of `log_softmax(rows · Wᵀ)[targets]`: with `g` the gradient of each row's
 /// log-prob, the logits' gradient is `g · (onehot(target) − softmax)`; adds `dlogitsᵀ · rows`
-/// to `d_weight` and writes `dlogits · W` to `d_rows`. The logits are recomputed a block of
-/// rows at a time, so the whole `[rows, vocab]` matrix never exists.
-fn head_backward(head: HeadView, h: &HeadGradients, d_rows: &mut [f32], d_weight: &mut [f32]) {
-    let (vocab, hidden) = (head.vocab, head.hidden);
+/// to `d_weight` and writes `dlogits · W` to `d_rows`. Logits the forward pass did not keep
+/// are computed again [`HEAD_BACKWARD_ROWS`] rows at a time, so the whole `[rows, vocab]`
+/// matrix never exists.
+fn head_backward(head: HeadView, mut h: HeadGradients, d_rows: &mut [f32], d_weight: &mut [f32]) {
+    let hidden = head.hidden;
     let n = h.targets.len();
-    let mut logits = vec![0f32; HEAD_BACKWARD_ROWS.min(n) * vocab];
-    for first in (0..n).step_by(HEAD_BACKWARD_ROWS) {
-        let m = HEAD_BACKWARD_ROWS.min(n - first);
+    let kept = h.logits.take();
+    let block = if kept.is_some() {
+        n.max(1)
+    } else {
+        HEAD_BACKWARD_ROWS
+    };
+    let mut kept = kept.unwrap_or_default();
+    for first in (0..n).step_by(block) {
+        let m = block.min(n - first);
         let rows = &h.rows[first * hidden..(first + m) * hidden];
-        let logits = &mut logits[..m * vocab];
-        matmul(
-            (logits, Layout::dense(m, vocab)),
-            (rows, Layout::dense(m, hidden)),
-            (head.weight, Layout::dense(vocab, hidden).t()),
-            false,
-            true,
-        );
-        logits
-            .par_chunks_mut(vocab)
-            .enumerate()
-            .for_each(|(i, row)| {
-                let g = h.grads[first + i];
-                exp_shifted(row, h.lse[first + i]);
-                row.iter_mut().for_each(|p| *p *= -g);
-                row[h.targets[first + i] as usize] += g;
-            });
+        let mut computed;
+        let logits = if kept.is_empty() {
+            computed = head_logits(head, rows);
+            &mut computed
+        } else {
+            &mut kept[first * head.vocab..(first + m) * head.vocab]
+        };
+        logits_backward(logits, head.vocab, &h, first);
         matmul(
             (
                 &mut d_rows[first * hidden..(first + m) * hidden],
                 Layout::dense(m, hidden),
             ),
-            (logits, Layout::dense(m, vocab)),
-            (head.weight, Layout::dense(vocab, hidden)),
+            (logits, Layout::dense(m, head.vocab)),
+            (head.weight, Layout::dense(head.vocab, hidden)),
             false,
             true,
         );
         matmul(
-            (d_weight, Layout::dense(vocab, hidden)),
-            (logits, Layout::dense(m, vocab).t()),
+            (d_weight, Layout::dense(head.vocab, hidden)),
+            (logits, Layout::dense(m, head.vocab).t()),
             (rows, Layout::dense(m, hidden)),
             true,
             true,
         );
     }
+}
+
+/// Turns the logits of rows `first..` (`vocab` per row) into their gradients
+/// `g · (onehot(target) − softmax)`, in place.
+fn logits_backward(logits: &mut [f32], vocab: usize, h: &HeadGradients, first: usize) {
+    logits
+        .par_chunks_mut(vocab)
+        .enumerate()
+        .for_each(|(i, row)| {
+            let g = h.grads[first + i];
+            exp_shifted(row, h.lse[first + i]);
+            row.iter_mut().for_each(|p| *p *= -g);
+            row[h.targets[first + i] as usize] += g;
+        });
 }
 
 #[cfg(test)]
@@ -930,6 +990,46 @@ mod tests {
             for (a, b) in forward.token_logps.iter().zip(&scored.token_logps) {
                 assert!((f64::from(*a) - b).abs() < 1e-5, "{a} vs {b}");
             }
+        }
+    }
+
+    /// The output layer's backward pass gives the same gradients from kept logits as from
+    /// logits it computes again block by block.
+    #[test]
+    fn head_backward_from_kept_or_recomputed_logits_agrees() {
+        let (vocab, hidden, n) = (301, 16, HEAD_BACKWARD_ROWS + 37);
+        let mut rng = SplitMix64::new(5);
+        let mut normal =
+            |count: usize| -> Vec<f32> { (0..count).map(|_| rng.next_normal() as f32).collect() };
+        let (weight, rows, grads) = (normal(vocab * hidden), normal(n * hidden), normal(n));
+        let targets: Vec<i64> = (0..n as i64).map(|i| (i * 7) % vocab as i64).collect();
+        let head = HeadView {
+            weight: &weight,
+            vocab,
+            hidden,
+        };
+        let (_, lse, logits) = head_forward(head, &rows, &targets);
+        assert!(logits.is_some());
+        let run = |logits: Option<Vec<f32>>| {
+            let (mut d_rows, mut d_weight) = (vec![0f32; n * hidden], vec![0f32; vocab * hidden]);
+            let h = HeadGradients {
+                rows: &rows,
+                targets: &targets,
+                lse: &lse,
+                logits,
+                grads: &grads,
+            };
+            head_backward(head, h, &mut d_rows, &mut d_weight);
+            (d_rows, d_weight)
+        };
+        let (kept, recomputed) = (run(logits), run(None));
+        for (a, b) in kept
+            .0
+            .iter()
+            .chain(&kept.1)
+            .zip(recomputed.0.iter().chain(&recomputed.1))
+        {
+            assert!((a - b).abs() <= 1e-4 * b.abs().max(1.0), "{a} vs {b}");
         }
     }
 

@@ -12,6 +12,8 @@ use burn::prelude::*;
 use burn::tensor::TensorData;
 use rayon::prelude::*;
 
+use crate::vector::written_zeros;
+
 /// AdamW hyper-parameters.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AdamWConfig {
@@ -58,8 +60,8 @@ impl Param {
         let shape = value.dims();
         let len = shape[0] * shape[1];
         Param {
-            m: vec![0.0; len],
-            v: vec![0.0; len],
+            m: written_zeros(len),
+            v: written_zeros(len),
             decay: !is_norm_weight(&name),
             name,
             shape,

@@ -22,6 +22,7 @@ use crate::optim::{AdamW, AdamWConfig, HostGrad, Param, clip_coefficient, global
 use crate::schedule::{BetaSchedule, LrScheduler};
 use crate::scoring::{Scorer, Scores, Sequence, score, to_f32, to_f64};
 use crate::tokenize::TokenizedPair;
+use crate::vector::written_zeros;
 use crate::weights::{Checkpoint, NamedTensor, SaveDtype, save_safetensors_file};
 
 /// Optimisation settings shared by DPO and SFT.
@@ -453,7 +454,7 @@ impl Trainer {
             acc.grads = self
                 .params
                 .iter()
-                .map(|p| vec![0.0; p.value.len()])
+                .map(|p| written_zeros(p.value.len()))
                 .collect();
         }
         model.backward(forward, &token_grads, &mut acc.grads);

@@ -187,6 +187,20 @@ pub fn swiglu_in_place(gate: &mut [f32], up: &[f32]) {
     })
 }
 
+/// `n` zeros whose pages are already written. `vec![0.0; n]` of a large `n` gets fresh pages
+/// the kernel maps to its shared zero page until first written: a buffer that is read before
+/// it is written (accumulated into) then copies each page on its first write, and with more
+/// than one thread every copy interrupts the other cores to flush their TLBs.
+pub fn written_zeros(n: usize) -> Vec<f32> {
+    let mut zeros = vec![0f32; n];
+    for i in (0..n).step_by(1024) {
+        // SAFETY: `i < n`, so the pointer is to an element of `zeros`; the volatile write of
+        // the value already there only keeps the compiler from dropping it.
+        unsafe { std::ptr::write_volatile(zeros.as_mut_ptr().add(i), 0.0) };
+    }
+    zeros
+}
+
 /// Where a matrix lies in a slice: element `(i, j)` is at `offset + i·row_stride + j·col_stride`.
 #[derive(Clone, Copy, Debug)]
 pub struct Layout {

@@ -188,6 +188,18 @@ impl<'a> HostMistral<'a> {
 
     /// Runs the batch forward, keeping what [`HostMistral::backward`] needs.
     pub fn forward(&self, batch: &[Sequence]) -> Forward {
+        self.run(batch, true)
+    }
+
+    /// The log-prob of every completion token of the batch, sequences one after another
+    /// (the forward pass keeping nothing: reference scoring).
+    pub fn token_logps(&self, batch: &[Sequence]) -> Vec<f32> {
+        self.run(batch, false).token_logps
+    }
+
+    /// The forward pass; with `keep`, the activations and logits the backward pass needs are
+    /// kept, otherwise each layer's are dropped as soon as the next layer has its input.
+    fn run(&self, batch: &[Sequence], keep: bool) -> Forward {
         let d = self.dims();
         let mut spans = Vec::with_capacity(batch.len());
         let mut ids = Vec::new();
@@ -214,12 +226,14 @@ impl<'a> HostMistral<'a> {
         let mut layers = Vec::with_capacity(self.config.num_hidden_layers);
         for l in 0..self.config.num_hidden_layers {
             let (activations, output) = self.layer_forward(&self.layer(l), x, &spans, &rope);
-            layers.push(activations);
+            if keep {
+                layers.push(activations);
+            }
             x = output;
         }
         let (normed, last_scale) = rms_norm_rows(&x, self.final_norm(), d.eps);
         let rows = gather_rows(&normed, &head_rows, d.hidden);
-        let (token_logps, head_lse, logits) = head_forward(self.head(), &rows, &targets);
+        let (token_logps, head_lse, logits) = head_forward(self.head(), &rows, &targets, keep);
         Forward {
             token_logps,
             ids,
@@ -815,16 +829,17 @@ struct HeadGradients<'s> {
     grads: &'s [f32],
 }
 
-/// The output layer forward: each row's log-prob of its target and log-sum-exp, and the
-/// logits themselves when `rows × vocab` is at most [`KEPT_LOGITS`] (then the backward pass
-/// does not compute them again).
+/// The output layer forward: each row's log-prob of its target and log-sum-exp, and, with
+/// `keep`, the logits themselves when `rows × vocab` is at most [`KEPT_LOGITS`] (then the
+/// backward pass does not compute them again).
 fn head_forward(
     head: HeadView,
     rows: &[f32],
     targets: &[i64],
+    keep: bool,
 ) -> (Vec<f32>, Vec<f32>, Option<Vec<f32>>) {
     let n = targets.len();
-    if n * head.vocab > KEPT_LOGITS {
+    if !keep || n * head.vocab > KEPT_LOGITS {
         let (target_logits, lse) = head.target_logits_and_lse(rows, targets);
         let logps = target_logits.iter().zip(&lse).map(|(t, l)| t - l).collect();
         return (logps, lse, None);
@@ -1008,7 +1023,7 @@ mod tests {
             vocab,
             hidden,
         };
-        let (_, lse, logits) = head_forward(head, &rows, &targets);
+        let (_, lse, logits) = head_forward(head, &rows, &targets, true);
         assert!(logits.is_some());
         let run = |logits: Option<Vec<f32>>| {
             let (mut d_rows, mut d_weight) = (vec![0f32; n * hidden], vec![0f32; vocab * hidden]);

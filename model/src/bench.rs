@@ -8,7 +8,7 @@ use crate::dpo::{LossConfig, LossType};
 use crate::init::SplitMix64;
 use crate::mistral::Mistral;
 use crate::schedule::{BetaSchedule, LrScheduler};
-use crate::scoring::{Scorer, Sequence};
+use crate::scoring::{ReferenceScorer, Sequence};
 use crate::tokenize::TokenizedPair;
 use crate::train::{Example, Objective, TrainConfig, Trainer};
 
@@ -121,7 +121,7 @@ pub fn peak_rss_mib() -> f64 {
 pub fn bench_logprobs(shape: &BenchShape, run: &BenchRun) -> BenchResult {
     let device = run.device.clone();
     let model = Mistral::random(&bench_config(shape), 0, 0.02, &device).cast(run.dtype);
-    let scorer = Scorer::new(model);
+    let scorer = ReferenceScorer::new(model);
     let batch = bench_batch(shape, 1);
     let run = || scorer.score(&batch, &device).sums;
     run();

@@ -6,6 +6,8 @@ use burn::prelude::*;
 use burn::tensor::{DType, TensorData, activation};
 use rayon::prelude::*;
 
+use crate::backprop::HostMistral;
+use crate::config::MistralConfig;
 use crate::mistral::{Mistral, attention_mask};
 use crate::vector::{Layout, log_add_exp, log_sum_exp, matmul, softmax_in_place};
 
@@ -134,6 +136,78 @@ pub struct ScoreValues {
     pub sums: Vec<f64>,
 }
 
+impl ScoreValues {
+    /// The values of sequences with `counts` completion tokens from their tokens' log-probs.
+    fn of_tokens(token_logps: impl IntoIterator<Item = f32>, counts: &[usize]) -> ScoreValues {
+        let token_logps: Vec<f64> = token_logps.into_iter().map(f64::from).collect();
+        let mut sums = Vec::with_capacity(counts.len());
+        let mut start = 0;
+        for &count in counts {
+            sums.push(token_logps[start..start + count].iter().sum());
+            start += count;
+        }
+        ScoreValues { token_logps, sums }
+    }
+}
+
+/// A scorer for reference log-probs: on the host ([`HostScorer`]) when the model is f32 on
+/// the CPU without LoRA adapters, else the model's own device and dtype ([`Scorer`]).
+pub enum ReferenceScorer {
+    /// Every layer on the host.
+    Host(HostScorer),
+    /// The trunk through the tensor library.
+    Tensor(Box<Scorer>),
+}
+
+impl ReferenceScorer {
+    /// The fastest scorer `model` allows.
+    pub fn new(model: Mistral) -> ReferenceScorer {
+        let host = model.embed_tokens.dtype() == DType::F32
+            && model.embed_tokens.device() == crate::cpu()
+            && crate::lora::adapter_tensors(&model).is_empty();
+        if host {
+            ReferenceScorer::Host(HostScorer::new(model))
+        } else {
+            ReferenceScorer::Tensor(Box::new(Scorer::new(model)))
+        }
+    }
+
+    /// Scores one batch.
+    pub fn score(&self, batch: &[Sequence], device: &Device) -> ScoreValues {
+        match self {
+            ReferenceScorer::Host(scorer) => scorer.score(batch),
+            ReferenceScorer::Tensor(scorer) => scorer.score(batch, device),
+        }
+    }
+}
+
+/// Scores without gradients entirely on the host, in f32 ([`HostMistral::token_logps`]).
+pub struct HostScorer {
+    config: MistralConfig,
+    weights: Vec<Vec<f32>>,
+}
+
+impl HostScorer {
+    /// Copies the model's weights to the host (the model itself is dropped).
+    pub fn new(model: Mistral) -> HostScorer {
+        let config = model.config.clone();
+        let weights = model
+            .weights()
+            .into_iter()
+            .map(|(_, w)| to_f32(w))
+            .collect();
+        HostScorer { config, weights }
+    }
+
+    /// Scores one batch (the sequences need no padding).
+    pub fn score(&self, batch: &[Sequence]) -> ScoreValues {
+        let weights = self.weights.iter().map(Vec::as_slice).collect();
+        let logps = HostMistral::new(&self.config, weights).token_logps(batch);
+        let counts: Vec<usize> = batch.iter().map(Sequence::completion_len).collect();
+        ScoreValues::of_tokens(logps, &counts)
+    }
+}
+
 /// Scores without gradients: the trunk on the model's device, then the lm_head, log-sum-exp and
 /// gather on the host, fused tile by tile (see [`HostHead::token_logps`]).
 pub struct Scorer {
@@ -162,19 +236,8 @@ impl Scorer {
     pub fn score(&self, batch: &[Sequence], device: &Device) -> ScoreValues {
         let prepared = prepare(&self.model, batch, device);
         let rows = to_f32(prepared.rows);
-        let token_logps: Vec<f64> = self
-            .head
-            .token_logps(&rows, &prepared.targets)
-            .into_iter()
-            .map(f64::from)
-            .collect();
-        let mut sums = Vec::with_capacity(prepared.counts.len());
-        let mut start = 0;
-        for count in prepared.counts {
-            sums.push(token_logps[start..start + count].iter().sum());
-            start += count;
-        }
-        ScoreValues { token_logps, sums }
+        let token_logps = self.head.token_logps(&rows, &prepared.targets);
+        ScoreValues::of_tokens(token_logps, &prepared.counts)
     }
 }
 

@@ -14,13 +14,14 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use crate::backprop::HostMistral;
+use crate::config::MistralConfig;
 use crate::dpo::{LossConfig, PairLogps, PreferenceMetrics, preference_loss};
 use crate::error::{ModelError, Result, io_at};
 use crate::lora::{self, LoraConfig};
 use crate::mistral::Mistral;
 use crate::optim::{AdamW, AdamWConfig, HostGrad, Param, clip_coefficient, global_norm};
 use crate::schedule::{BetaSchedule, LrScheduler};
-use crate::scoring::{Scorer, Scores, Sequence, score, to_f32, to_f64};
+use crate::scoring::{ReferenceScorer, Scores, Sequence, score, to_f32, to_f64};
 use crate::tokenize::TokenizedPair;
 use crate::vector::written_zeros;
 use crate::weights::{Checkpoint, NamedTensor, SaveDtype, save_safetensors_file};
@@ -183,14 +184,32 @@ impl Accumulated {
     }
 }
 
+/// Whether steps run on [`HostMistral`]: full fine-tuning in f32 on the CPU, without
+/// gradient checkpointing (LoRA, bf16, CUDA and checkpointing go through burn's autodiff).
+fn trains_on_host(config: &TrainConfig, device: &Device) -> bool {
+    config.lora.is_none()
+        && config.compute_dtype == DType::F32
+        && *device == crate::cpu()
+        && !config.gradient_checkpointing
+}
+
+/// What the trained tensors are plugged into.
+enum Base {
+    /// Host training ([`HostMistral`]): every weight is trained, so the config is all that is
+    /// kept of the model.
+    Host(MistralConfig),
+    /// burn's autodiff: the model (with its LoRA adapters) in the compute dtype.
+    Tensors(Box<Mistral>),
+}
+
 /// The state of a training run.
 pub struct Trainer {
     config: TrainConfig,
     objective: Objective,
-    model: Mistral,
+    base: Base,
     params: Vec<Param>,
     optimizer: AdamW,
-    reference: Option<Scorer>,
+    reference: Option<ReferenceScorer>,
     train: Vec<Example>,
     eval: Vec<Example>,
     device: Device,
@@ -232,13 +251,18 @@ impl Trainer {
             .map(|(name, value)| Param::new(name, value))
             .collect();
         let model = model.cast(config.compute_dtype);
-        let reference =
-            (needs_reference && missing).then(|| Scorer::new(lora::without_adapters(&model)));
+        let reference = (needs_reference && missing)
+            .then(|| ReferenceScorer::new(lora::without_adapters(&model)));
+        let base = if trains_on_host(&config, &device) {
+            Base::Host(model.config.clone())
+        } else {
+            Base::Tensors(Box::new(model))
+        };
         Ok(Trainer {
             optimizer: AdamW::new(config.adam),
             config,
             objective,
-            model,
+            base,
             params,
             reference,
             train,
@@ -266,11 +290,18 @@ impl Trainer {
 
     /// The current policy in f32 (with its adapters, when training LoRA).
     pub fn policy(&self) -> Mistral {
-        with_trainable(
-            &self.model.cast(DType::F32),
-            self.config.lora.is_some(),
-            self.params.iter().map(|p| p.tensor(&self.device)).collect(),
-        )
+        let mut tensors = self.params.iter().map(|p| p.tensor(&self.device));
+        match &self.base {
+            Base::Host(config) => Mistral::from_fn(config, |_| {
+                Ok(tensors.next().expect("one trained tensor per weight"))
+            })
+            .expect("the tensors are the weights"),
+            Base::Tensors(model) => with_trainable(
+                &model.cast(DType::F32),
+                self.config.lora.is_some(),
+                tensors.collect(),
+            ),
+        }
     }
 
     /// Runs the remaining steps, checkpointing and evaluating as scheduled.
@@ -412,30 +443,22 @@ impl Trainer {
                 sft_tokens,
                 beta,
             };
-            if self.trains_on_host() {
-                self.host_backward(&micro, &mut acc);
-            } else {
-                let key = self.config.seed ^ ((step as u64) << 32) ^ ((m as u64) << 16);
-                self.tape_backward(&micro, key, &mut acc);
+            match &self.base {
+                Base::Host(config) => self.host_backward(config, &micro, &mut acc),
+                Base::Tensors(model) => {
+                    let key = self.config.seed ^ ((step as u64) << 32) ^ ((m as u64) << 16);
+                    self.tape_backward(model, &micro, key, &mut acc);
+                }
             }
         }
         Ok(acc)
     }
 
-    /// Whether steps run on [`HostMistral`]: full fine-tuning in f32 on the CPU, without
-    /// gradient checkpointing (LoRA, bf16, CUDA and checkpointing go through burn's autodiff).
-    fn trains_on_host(&self) -> bool {
-        self.config.lora.is_none()
-            && self.config.compute_dtype == DType::F32
-            && self.device == crate::cpu()
-            && !self.config.gradient_checkpointing
-    }
-
     /// One micro-batch through [`HostMistral`]: its loss from the host log-probs, the
     /// log-probs' gradients from that loss, the weights' gradients from the host backward pass.
-    fn host_backward(&self, micro: &MicroBatch, acc: &mut Accumulated) {
+    fn host_backward(&self, config: &MistralConfig, micro: &MicroBatch, acc: &mut Accumulated) {
         let weights = self.params.iter().map(|p| p.value.as_slice()).collect();
-        let model = HostMistral::new(&self.model.config, weights);
+        let model = HostMistral::new(config, weights);
         let sequences = micro.sequences(&self.objective);
         let forward = model.forward(&sequences);
         let n = forward.token_logps.len();
@@ -461,7 +484,13 @@ impl Trainer {
     }
 
     /// One micro-batch through burn's autodiff (with LoRA dropout keyed by `dropout_key`).
-    fn tape_backward(&self, micro: &MicroBatch, dropout_key: u64, acc: &mut Accumulated) {
+    fn tape_backward(
+        &self,
+        base: &Mistral,
+        micro: &MicroBatch,
+        dropout_key: u64,
+        acc: &mut Accumulated,
+    ) {
         let tracked: Vec<Tensor<2>> = self
             .params
             .iter()
@@ -472,8 +501,7 @@ impl Trainer {
             true => t.clone(),
             false => t.clone().cast(dtype),
         });
-        let mut policy =
-            with_trainable(&self.model, self.config.lora.is_some(), computed.collect());
+        let mut policy = with_trainable(base, self.config.lora.is_some(), computed.collect());
         lora::set_dropout_key(&mut policy, Some(dropout_key));
         let device = tracked[0].device();
         let scores = score(&policy, &micro.sequences(&self.objective), &device);

@@ -2,7 +2,7 @@
 //! completion, computed once so DPO training need not hold a reference model.
 
 use flow_engine::node::{LogSink, Node, NodeContext, NodeError, OutputSpec};
-use flow_model::scoring::{Scorer, Sequence};
+use flow_model::scoring::{ReferenceScorer, Sequence};
 use flow_model::tokenize::{PreferenceTokenizer, TokenizedPair, Truncation};
 use flow_model::{Device, Mistral};
 use schemars::JsonSchema;
@@ -188,7 +188,7 @@ fn score_dataset(
 ) -> Result<(), NodeError> {
     let tokenizer = PreferenceTokenizer::load(&params.model).map_err(model_error)?;
     let model = Mistral::load(&params.model, device).map_err(model_error)?;
-    let scorer = Scorer::new(model.cast(params.dtype.compute_dtype()));
+    let scorer = ReferenceScorer::new(model.cast(params.dtype.compute_dtype()));
     let pairs = read_pairs(&params.dataset)?;
     let mut jobs = Vec::new();
     let mut dropped_ids = Vec::new();

@@ -20,6 +20,7 @@
 //! gradients come back in that order too.
 
 use rayon::prelude::*;
+use std::ops::Range;
 
 use crate::config::MistralConfig;
 use crate::mistral::rope_tables;
@@ -628,8 +629,23 @@ fn apply_rope(x: &mut [f32], spans: &[(usize, usize)], head_dim: usize, tables: 
 }
 
 /// The keys query `i` of a sequence sees: `i − window < j ≤ i`.
-fn visible(i: usize, window: usize) -> std::ops::Range<usize> {
+fn visible(i: usize, window: usize) -> Range<usize> {
     (i + 1).saturating_sub(window)..i + 1
+}
+
+/// Query rows per block of the attention: a block's scores cover only the keys its rows see,
+/// which skips most of the masked half of each `len × len` score matrix.
+const ATTENTION_ROW_BLOCK: usize = 64;
+
+/// The blocks of query rows of a sequence of `len` tokens, each with the keys its rows see.
+fn attention_blocks(
+    len: usize,
+    window: usize,
+) -> impl Iterator<Item = (Range<usize>, Range<usize>)> {
+    (0..len).step_by(ATTENTION_ROW_BLOCK).map(move |first| {
+        let end = (first + ATTENTION_ROW_BLOCK).min(len);
+        (first..end, visible(first, window).start..end)
+    })
 }
 
 /// `softmax(q kᵀ / √d) v` per sequence and query head (causal, sliding window, grouped heads):
@@ -650,22 +666,22 @@ fn attention_forward(
         .zip(spans.par_iter())
         .for_each(|((out, lse), &(first, len))| {
             let seq = SequenceQkv::of(q, k, v, first, len, d);
-            let mut probs = vec![0f32; len * len];
+            let mut probs = vec![0f32; ATTENTION_ROW_BLOCK * len];
             for h in 0..d.heads {
-                seq.probabilities(h, &mut probs, |i, row| {
-                    lse[i * d.heads + h] = log_sum_exp(row);
-                    lse[i * d.heads + h]
-                });
-                matmul(
-                    (
-                        out,
-                        Layout::columns(len, d.head_dim, d.q_width(), h * d.head_dim),
-                    ),
-                    (&probs, Layout::dense(len, len)),
-                    (seq.v, seq.kv_layout(h)),
-                    false,
-                    false,
-                );
+                for (rows, keys) in attention_blocks(len, d.window) {
+                    let block = Layout::dense(rows.len(), keys.len());
+                    seq.probabilities(h, (&rows, &keys), &mut probs, |i, row| {
+                        lse[i * d.heads + h] = log_sum_exp(row);
+                        lse[i * d.heads + h]
+                    });
+                    matmul(
+                        (out, seq.q_rows(h, &rows)),
+                        (&probs, block),
+                        (seq.v, seq.kv_rows(h, &keys)),
+                        false,
+                        false,
+                    );
+                }
             }
         });
     (out, lse)
@@ -699,49 +715,56 @@ fn attention_backward(
             let seq = SequenceQkv::of(saved.q, saved.k, saved.v, first, len, d);
             let d_out = &d_out[first * d.q_width()..(first + len) * d.q_width()];
             let lse = &saved.lse[first * d.heads..(first + len) * d.heads];
-            let mut probs = vec![0f32; len * len];
-            let mut d_scores = vec![0f32; len * len];
+            let mut probs = vec![0f32; ATTENTION_ROW_BLOCK * len];
+            let mut d_scores = vec![0f32; ATTENTION_ROW_BLOCK * len];
             for h in 0..d.heads {
-                seq.probabilities(h, &mut probs, |i, _| lse[i * d.heads + h]);
-                let head = Layout::columns(len, d.head_dim, d.q_width(), h * d.head_dim);
-                let kv = seq.kv_layout(h);
-                // dV += Pᵀ dO; dP = dO Vᵀ.
-                matmul(
-                    (dv, kv),
-                    (&probs, Layout::dense(len, len).t()),
-                    (d_out, head),
-                    true,
-                    false,
-                );
-                matmul(
-                    (&mut d_scores, Layout::dense(len, len)),
-                    (d_out, head),
-                    (seq.v, kv.t()),
-                    false,
-                    false,
-                );
-                // dS = P ⊙ (dP − ⟨P, dP⟩ per row) / √d.
-                for (p, ds) in probs.chunks_exact(len).zip(d_scores.chunks_exact_mut(len)) {
-                    let dot: f32 = p.iter().zip(ds.iter()).map(|(p, g)| p * g).sum();
-                    for (g, &p) in ds.iter_mut().zip(p) {
-                        *g = p * (*g - dot) * seq.scale;
+                for (rows, keys) in attention_blocks(len, d.window) {
+                    seq.probabilities(h, (&rows, &keys), &mut probs, |i, _| lse[i * d.heads + h]);
+                    let block = Layout::dense(rows.len(), keys.len());
+                    let (q_rows, kv_rows) = (seq.q_rows(h, &rows), seq.kv_rows(h, &keys));
+                    // dV += Pᵀ dO; dP = dO Vᵀ.
+                    matmul(
+                        (dv, kv_rows),
+                        (&probs, block.t()),
+                        (d_out, q_rows),
+                        true,
+                        false,
+                    );
+                    matmul(
+                        (&mut d_scores, block),
+                        (d_out, q_rows),
+                        (seq.v, kv_rows.t()),
+                        false,
+                        false,
+                    );
+                    // dS = P ⊙ (dP − ⟨P, dP⟩ per row) / √d.
+                    let width = keys.len();
+                    for (p, ds) in probs
+                        .chunks_exact(width)
+                        .zip(d_scores.chunks_exact_mut(width))
+                        .take(rows.len())
+                    {
+                        let dot: f32 = p.iter().zip(ds.iter()).map(|(p, g)| p * g).sum();
+                        for (g, &p) in ds.iter_mut().zip(p) {
+                            *g = p * (*g - dot) * seq.scale;
+                        }
                     }
+                    // dQ = dS K; dK += dSᵀ Q.
+                    matmul(
+                        (dq, q_rows),
+                        (&d_scores, block),
+                        (seq.k, kv_rows),
+                        false,
+                        false,
+                    );
+                    matmul(
+                        (dk, kv_rows),
+                        (&d_scores, block.t()),
+                        (seq.q, q_rows),
+                        true,
+                        false,
+                    );
                 }
-                // dQ = dS K; dK += dSᵀ Q.
-                matmul(
-                    (dq, head),
-                    (&d_scores, Layout::dense(len, len)),
-                    (seq.k, kv),
-                    false,
-                    false,
-                );
-                matmul(
-                    (dk, kv),
-                    (&d_scores, Layout::dense(len, len).t()),
-                    (seq.q, head),
-                    true,
-                    false,
-                );
             }
         });
     (dq, dk, dv)
@@ -753,7 +776,6 @@ struct SequenceQkv<'s> {
     q: &'s [f32],
     k: &'s [f32],
     v: &'s [f32],
-    len: usize,
     scale: f32,
     d: Dims,
 }
@@ -771,47 +793,51 @@ impl<'s> SequenceQkv<'s> {
             q: &q[first * d.q_width()..(first + len) * d.q_width()],
             k: &k[first * d.kv_width()..(first + len) * d.kv_width()],
             v: &v[first * d.kv_width()..(first + len) * d.kv_width()],
-            len,
             scale: (d.head_dim as f32).powf(-0.5),
             d,
         }
     }
 
-    /// The key (or value) head that query head `h` reads, `[len, head_dim]`.
-    fn kv_layout(&self, h: usize) -> Layout {
-        let group = h / (self.d.heads / self.d.kv_heads);
-        Layout::columns(
-            self.len,
-            self.d.head_dim,
-            self.d.kv_width(),
-            group * self.d.head_dim,
-        )
+    /// Query head `h` of the tokens `rows`, `[rows, head_dim]`.
+    fn q_rows(&self, h: usize, rows: &Range<usize>) -> Layout {
+        let width = self.d.q_width();
+        let first = rows.start * width + h * self.d.head_dim;
+        Layout::columns(rows.len(), self.d.head_dim, width, first)
     }
 
-    /// Fills `probs` `[len, len]` with head `h`'s attention probabilities (zero outside the
-    /// visible keys); `lse(i, scores)` gives row `i`'s log-sum-exp of its visible scores.
+    /// The key (or value) head that query head `h` reads, of the tokens `rows`.
+    fn kv_rows(&self, h: usize, rows: &Range<usize>) -> Layout {
+        let group = h / (self.d.heads / self.d.kv_heads);
+        let width = self.d.kv_width();
+        let first = rows.start * width + group * self.d.head_dim;
+        Layout::columns(rows.len(), self.d.head_dim, width, first)
+    }
+
+    /// Fills `probs` (dense `[rows, keys]`) with head `h`'s attention probabilities of the
+    /// query rows over the keys given (zero where a key is not visible); `lse(i, scores)` gives
+    /// query `i`'s log-sum-exp of its visible scores.
     fn probabilities(
         &self,
         h: usize,
+        (rows, keys): (&Range<usize>, &Range<usize>),
         probs: &mut [f32],
         mut lse: impl FnMut(usize, &[f32]) -> f32,
     ) {
-        let (len, d) = (self.len, self.d);
+        let width = keys.len();
         matmul(
-            (probs, Layout::dense(len, len)),
-            (
-                self.q,
-                Layout::columns(len, d.head_dim, d.q_width(), h * d.head_dim),
-            ),
-            (self.k, self.kv_layout(h).t()),
+            (probs, Layout::dense(rows.len(), width)),
+            (self.q, self.q_rows(h, rows)),
+            (self.k, self.kv_rows(h, keys).t()),
             false,
             false,
         );
-        for (i, row) in probs.chunks_exact_mut(len).enumerate() {
-            let seen = visible(i, d.window);
-            row.iter_mut().for_each(|s| *s *= self.scale);
-            let shift = lse(i, &row[seen.clone()]);
-            exp_shifted(&mut row[seen.clone()], shift);
+        for (i, row) in rows.clone().zip(probs.chunks_exact_mut(width)) {
+            let seen = visible(i, self.d.window);
+            let seen = seen.start - keys.start..seen.end - keys.start;
+            let scores = &mut row[seen.clone()];
+            scores.iter_mut().for_each(|s| *s *= self.scale);
+            let shift = lse(i, scores);
+            exp_shifted(scores, shift);
             row[..seen.start].fill(0.0);
             row[seen.end..].fill(0.0);
         }
@@ -940,9 +966,9 @@ mod tests {
     use burn::prelude::*;
     use burn::tensor::{DType, TensorData};
 
-    /// A small model with grouped heads and a window shorter than the sequences; every weight
+    /// A small model with grouped heads and a sliding window of `window` tokens; every weight
     /// (norms included) random.
-    fn model(tied: bool) -> Mistral {
+    fn model(tied: bool, window: usize) -> Mistral {
         let mut config = bench_config(&BenchShape {
             hidden: 32,
             intermediate: 48,
@@ -954,7 +980,7 @@ mod tests {
             seq: 0,
             repeats: 0,
         });
-        config.sliding_window = Some(5);
+        config.sliding_window = Some(window);
         config.tie_word_embeddings = tied;
         let mut rng = SplitMix64::new(7);
         Mistral::from_fn(&config, |spec| {
@@ -973,10 +999,11 @@ mod tests {
         .unwrap()
     }
 
-    /// Sequences of different lengths (so a padded batch has padding) and prompt lengths.
+    /// Sequences of different lengths (so a padded batch has padding; two longer than one
+    /// attention block) and prompt lengths.
     fn batch() -> Vec<Sequence> {
         let mut rng = SplitMix64::new(3);
-        [(9, 3), (12, 1), (7, 5)]
+        [(9, 3), (150, 20), (12, 1), (7, 5), (70, 69)]
             .into_iter()
             .map(|(len, completion_start)| Sequence {
                 ids: (0..len).map(|_| rng.below(61) as u32).collect(),
@@ -995,8 +1022,8 @@ mod tests {
 
     #[test]
     fn forward_log_probs_equal_the_scorers() {
-        for tied in [false, true] {
-            let model = model(tied);
+        for (tied, window) in [(false, 5), (true, 100), (false, 4096)] {
+            let model = model(tied, window);
             let weights = host_weights(&model);
             let host = HostMistral::new(&model.config, weights.iter().map(Vec::as_slice).collect());
             let forward = host.forward(&batch());
@@ -1052,8 +1079,8 @@ mod tests {
     /// differences in tests/gradients.rs), for `Σ gᵢ · logpᵢ` with random `g`.
     #[test]
     fn gradients_equal_autodiff_in_f64() {
-        for tied in [false, true] {
-            let model = model(tied);
+        for (tied, window) in [(false, 5), (true, 100), (false, 4096)] {
+            let model = model(tied, window);
             let weights = host_weights(&model);
             let host = HostMistral::new(&model.config, weights.iter().map(Vec::as_slice).collect());
             let forward = host.forward(&batch());
@@ -1090,7 +1117,7 @@ mod tests {
                     .sqrt();
                 assert!(
                     error <= 1e-5 * norm.max(1e-3),
-                    "{name} (tied {tied}): error {error:e}, norm {norm:e}"
+                    "{name} (tied {tied}, window {window}): error {error:e}, norm {norm:e}"
                 );
             }
         }

@@ -26,8 +26,9 @@ use crate::config::MistralConfig;
 use crate::mistral::rope_tables;
 use crate::scoring::{HeadView, Sequence};
 use crate::vector::{
-    Layout, exp_shifted, log_sum_exp, matmul, rms_norm_backward, rms_norm_in_place,
-    rotate_half_in_place, swiglu_backward_in_place, swiglu_in_place, written_zeros,
+    Layout, exp_shifted, exp_shifted_scaled, log_sum_exp, matmul, rms_norm_backward,
+    rms_norm_in_place, rotate_half_in_place, swiglu_backward_in_place, swiglu_in_place,
+    written_zeros,
 };
 
 /// Weights per decoder layer in [`crate::mistral::weight_specs`] order.
@@ -950,8 +951,7 @@ fn logits_backward(logits: &mut [f32], vocab: usize, h: &HeadGradients, first: u
         .enumerate()
         .for_each(|(i, row)| {
             let g = h.grads[first + i];
-            exp_shifted(row, h.lse[first + i]);
-            row.iter_mut().for_each(|p| *p *= -g);
+            exp_shifted_scaled(row, h.lse[first + i], -g);
             row[h.targets[first + i] as usize] += g;
         });
 }

@@ -66,9 +66,14 @@ pub fn softmax_in_place(row: &mut [f32]) -> f32 {
 
 /// `row ← e^(row − shift)`.
 pub fn exp_shifted(row: &mut [f32], shift: f32) {
-    vectorised!(row: &mut [f32], shift: f32 => () {
+    exp_shifted_scaled(row, shift, 1.0);
+}
+
+/// `row ← scale · e^(row − shift)` in one pass.
+pub fn exp_shifted_scaled(row: &mut [f32], shift: f32, scale: f32) {
+    vectorised!(row: &mut [f32], shift: f32, scale: f32 => () {
         for x in row.iter_mut() {
-            *x = exp_approx(*x - shift);
+            *x = scale * exp_approx(*x - shift);
         }
     })
 }

@@ -85,8 +85,13 @@ fn exp_approx(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
+    // Adding 1.5 · 2²³ rounds x·log₂e to an integer n held in the low mantissa bits, so n
+    // comes out of a subtraction of bit patterns: no float-to-int cast, which compilers turn
+    // into one scalar conversion per lane (Rust's `as` saturates and maps NaN to 0).
+    const ROUNDING: f32 = 12_582_912.0;
     let x = x.max(-87.0);
-    let n = (x * LOG2E).round();
+    let shifted = x.mul_add(LOG2E, ROUNDING);
+    let n = shifted - ROUNDING;
     let r = x - n * LN2_HI - n * LN2_LO;
     let p = 1.987_569_1e-4_f32;
     let p = p.mul_add(r, 1.398_199_9e-3);
@@ -95,7 +100,8 @@ fn exp_approx(x: f32) -> f32 {
     let p = p.mul_add(r, 0.166_666_66);
     let p = p.mul_add(r, 0.5);
     let p = p.mul_add(r * r, r) + 1.0;
-    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    let n_bits = shifted.to_bits().wrapping_sub(ROUNDING.to_bits());
+    p * f32::from_bits(n_bits.wrapping_add(127) << 23)
 }
 
 /// The logistic function, from `e^(−|x|) ≤ 1` so the exponential never overflows.

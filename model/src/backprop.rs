@@ -27,8 +27,8 @@ use crate::mistral::rope_tables;
 use crate::scoring::{HeadView, Sequence};
 use crate::vector::{
     Layout, exp_shifted, exp_shifted_scaled, log_sum_exp, matmul, rms_norm_backward,
-    rms_norm_in_place, rotate_half_in_place, swiglu_backward_in_place, swiglu_in_place,
-    written_zeros,
+    rms_norm_in_place, rms_norm_with_scale, rotate_half_in_place, swiglu_backward_in_place,
+    swiglu_in_place, written_zeros,
 };
 
 /// Weights per decoder layer in [`crate::mistral::weight_specs`] order.
@@ -70,6 +70,8 @@ pub struct Forward {
     ids: Vec<u32>,
     /// First row and length of each sequence.
     spans: Vec<(usize, usize)>,
+    /// RoPE's `(cos, sin)` tables for the longest sequence.
+    rope: (Vec<f32>, Vec<f32>),
     layers: Vec<LayerActivations>,
     /// The last layer's output (the final norm's input) and the final norm's scales.
     last: Vec<f32>,
@@ -240,6 +242,7 @@ impl<'a> HostMistral<'a> {
             token_logps,
             ids,
             spans,
+            rope,
             layers,
             last: x,
             last_scale,
@@ -259,7 +262,6 @@ impl<'a> HostMistral<'a> {
         rope: &(Vec<f32>, Vec<f32>),
     ) -> (LayerActivations, Vec<f32>) {
         let d = self.dims();
-        let n = input.len() / d.hidden;
         let (normed, input_scale) = rms_norm_rows(&input, w.input_norm, d.eps);
         let mut q = linear(&normed, w.q, d.q_width());
         let mut k = linear(&normed, w.k, d.kv_width());
@@ -276,7 +278,6 @@ impl<'a> HostMistral<'a> {
         drop(normed);
         let mut output = linear(&swiglu(&gate, &up), w.down, d.hidden);
         add_in_place(&mut output, &middle);
-        debug_assert_eq!(output.len(), n * d.hidden);
         let saved = LayerActivations {
             input,
             input_scale,
@@ -301,6 +302,7 @@ impl<'a> HostMistral<'a> {
         let Forward {
             ids,
             spans,
+            rope: (cos, sin),
             mut layers,
             last,
             last_scale,
@@ -310,11 +312,8 @@ impl<'a> HostMistral<'a> {
             head_logits,
             ..
         } = forward;
-        let rope = {
-            let longest = spans.iter().map(|s| s.1).max().unwrap_or(0);
-            let (cos, sin) = rope_tables(longest, d.head_dim, self.config.rope_theta);
-            (cos, sin.iter().map(|s| -s).collect::<Vec<f32>>())
-        };
+        // RoPE's inverse rotation: the same angles, the sine negated.
+        let inverse_sin: Vec<f32> = sin.iter().map(|s| -s).collect();
         // Output layer: the normed rows again, their gradients from the recomputed softmax.
         let normed = rms_norm_rows_with(&last, &last_scale, self.final_norm());
         let rows = gather_rows(&normed, &head_rows, d.hidden);
@@ -356,17 +355,15 @@ impl<'a> HostMistral<'a> {
                 saved,
                 dx,
                 &spans,
-                (&rope.0, &rope.1),
+                (&cos, &inverse_sin),
                 &mut grads[first..first + PER_LAYER],
             );
         }
+        // Embeddings: each token's row gets its input gradient (rows repeat, so one thread).
         let embed = &mut grads[0];
-        for (n, &id) in ids.iter().enumerate() {
-            let id = id as usize;
-            add_in_place(
-                &mut embed[id * d.hidden..(id + 1) * d.hidden],
-                &dx[n * d.hidden..(n + 1) * d.hidden],
-            );
+        for (&id, d_row) in ids.iter().zip(dx.chunks_exact(d.hidden)) {
+            let row = &mut embed[id as usize * d.hidden..(id as usize + 1) * d.hidden];
+            row.iter_mut().zip(d_row).for_each(|(e, g)| *e += g);
         }
     }
 
@@ -518,21 +515,33 @@ fn add_in_place(a: &mut [f32], b: &[f32]) {
 /// `silu(gate) · up`.
 fn swiglu(gate: &[f32], up: &[f32]) -> Vec<f32> {
     let mut out = gate.to_vec();
-    out.par_chunks_mut(ELEMENTWISE_CHUNK)
+    swiglu_rows_in_place(&mut out, up);
+    out
+}
+
+/// `gate ← silu(gate) · up` over whole activations, in parallel (also the host path of
+/// [`crate::mistral`]'s MLP).
+pub(crate) fn swiglu_rows_in_place(gate: &mut [f32], up: &[f32]) {
+    gate.par_chunks_mut(ELEMENTWISE_CHUNK)
         .zip(up.par_chunks(ELEMENTWISE_CHUNK))
         .for_each(|(g, u)| swiglu_in_place(g, u));
-    out
 }
 
 /// RMSNorm of every row: the normed rows and each row's scale.
 fn rms_norm_rows(x: &[f32], weight: &[f32], eps: f32) -> (Vec<f32>, Vec<f32>) {
     let mut normed = x.to_vec();
+    let scales = rms_norm_rows_in_place(&mut normed, weight, eps);
+    (normed, scales)
+}
+
+/// RMSNorm of every row of `x` in place, in parallel; returns each row's scale (also the host
+/// path of [`crate::mistral`]'s norms).
+pub(crate) fn rms_norm_rows_in_place(x: &mut [f32], weight: &[f32], eps: f32) -> Vec<f32> {
     let mut scales = vec![0f32; x.len() / weight.len()];
-    normed
-        .par_chunks_mut(weight.len())
+    x.par_chunks_mut(weight.len())
         .zip(scales.par_iter_mut())
         .for_each(|(row, scale)| *scale = rms_norm_in_place(row, weight, eps));
-    (normed, scales)
+    scales
 }
 
 /// The rows [`rms_norm_rows`] gave, again from the saved scales.
@@ -541,11 +550,7 @@ fn rms_norm_rows_with(x: &[f32], scales: &[f32], weight: &[f32]) -> Vec<f32> {
     normed
         .par_chunks_mut(weight.len())
         .zip(scales.par_iter())
-        .for_each(|(row, &scale)| {
-            row.iter_mut()
-                .zip(weight)
-                .for_each(|(x, w)| *x = *x * scale * w);
-        });
+        .for_each(|(row, &scale)| rms_norm_with_scale(row, weight, scale));
     normed
 }
 

@@ -12,11 +12,12 @@ use burn::tensor::{DType, TensorData, activation, module};
 use rayon::prelude::*;
 use std::path::Path;
 
+use crate::backprop::{rms_norm_rows_in_place, swiglu_rows_in_place};
 use crate::config::MistralConfig;
 use crate::error::Result;
 use crate::lora::LoraAdapter;
 use crate::scoring::to_f32;
-use crate::vector::{rms_norm_in_place, rotate_half_in_place, swiglu_in_place};
+use crate::vector::rotate_half_in_place;
 use crate::weights::{Checkpoint, NamedTensor, SaveDtype, save_safetensors};
 
 /// A checkpoint tensor: its name, its shape in the file, and the 2-D shape the model holds.
@@ -120,9 +121,7 @@ impl RmsNorm {
         let weight = to_f32(self.weight.clone());
         let eps = self.eps as f32;
         map_on_host(x, |values| {
-            values.par_chunks_mut(weight.len()).for_each(|row| {
-                rms_norm_in_place(row, &weight, eps);
-            });
+            rms_norm_rows_in_place(values, &weight, eps);
         })
     }
 }
@@ -303,13 +302,7 @@ fn swiglu(gate: Tensor<3>, up: Tensor<3>) -> Tensor<3> {
         return activation::silu(gate) * up;
     }
     let up = to_f32(up);
-    const CHUNK: usize = 16 * 1024;
-    map_on_host(gate, |values| {
-        values
-            .par_chunks_mut(CHUNK)
-            .zip(up.par_chunks(CHUNK))
-            .for_each(|(gate, up)| swiglu_in_place(gate, up));
-    })
+    map_on_host(gate, |values| swiglu_rows_in_place(values, &up))
 }
 
 /// `x` read back to the host as f32 (in logical order, contiguous), changed in place by `f`,

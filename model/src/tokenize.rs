@@ -162,11 +162,19 @@ impl TokenizedPair {
 
     /// The chosen and rejected sequences to score.
     pub fn sequences(&self) -> [Sequence; 2] {
-        let seq = |completion: &[u32]| Sequence {
+        [self.chosen_sequence(), self.sequence(&self.rejected_ids)]
+    }
+
+    /// Prompt + chosen completion alone (what SFT trains on).
+    pub fn chosen_sequence(&self) -> Sequence {
+        self.sequence(&self.chosen_ids)
+    }
+
+    fn sequence(&self, completion: &[u32]) -> Sequence {
+        Sequence {
             ids: self.prompt_ids.iter().chain(completion).copied().collect(),
             completion_start: self.prompt_ids.len(),
-        };
-        [seq(&self.chosen_ids), seq(&self.rejected_ids)]
+        }
     }
 }
 

@@ -598,11 +598,8 @@ impl Trainer {
                 record.push_preference("eval_", &PreferenceMetrics::weighted_mean(&parts));
             }
             Objective::Sft => {
-                let sequences: Vec<Sequence> = self
-                    .eval
-                    .iter()
-                    .map(|e| e.pair.sequences()[0].clone())
-                    .collect();
+                let sequences: Vec<Sequence> =
+                    self.eval.iter().map(|e| e.pair.chosen_sequence()).collect();
                 let (mut nll, mut count) = (0.0, 0);
                 for chunk in sequences.chunks(self.config.batch_size) {
                     let logps = to_f64(score(&policy, chunk, &self.device).token_logps);
@@ -734,7 +731,7 @@ impl MicroBatch<'_> {
             Objective::Sft => self
                 .examples
                 .iter()
-                .map(|e| e.pair.sequences()[0].clone())
+                .map(|e| e.pair.chosen_sequence())
                 .collect(),
         }
     }
@@ -756,7 +753,7 @@ impl MicroBatch<'_> {
                 acc.tokens += self
                     .examples
                     .iter()
-                    .map(|e| e.pair.sequences()[0].ids.len())
+                    .map(|e| e.pair.prompt_ids.len() + e.pair.chosen_ids.len())
                     .sum::<usize>();
                 scaled
             }

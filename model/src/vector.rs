@@ -130,11 +130,24 @@ pub fn rms_norm_in_place(row: &mut [f32], weight: &[f32], eps: f32) -> f32 {
     vectorised!(row: &mut [f32], weight: &[f32], eps: f32 => f32 {
         let mean_square = row.iter().map(|x| x * x).sum::<f32>() / row.len() as f32;
         let scale = 1.0 / (mean_square + eps).sqrt();
-        for (x, w) in row.iter_mut().zip(weight) {
-            *x = *x * scale * w;
-        }
+        scale_and_weigh(row, weight, scale);
         scale
     })
+}
+
+/// `row ← row · scale · weight`: [`rms_norm_in_place`] again from the scale it returned.
+pub fn rms_norm_with_scale(row: &mut [f32], weight: &[f32], scale: f32) {
+    vectorised!(row: &mut [f32], weight: &[f32], scale: f32 => () {
+        scale_and_weigh(row, weight, scale)
+    })
+}
+
+/// The last step of RMSNorm, in the order transformers multiplies.
+#[inline(always)]
+fn scale_and_weigh(row: &mut [f32], weight: &[f32], scale: f32) {
+    for (x, w) in row.iter_mut().zip(weight) {
+        *x = *x * scale * w;
+    }
 }
 
 /// The backward pass of [`rms_norm_in_place`] for one row `x` with its `scale`: adds

@@ -1,9 +1,9 @@
 //! Progress on stderr: one line per running node (indicatif) on a terminal, one line per
 //! finished node otherwise, nothing extra with `--json`.
 
-use flow_engine::executor::Observer;
+use flow_engine::exec::Observer;
 use flow_engine::node::ProgressSink;
-use flow_engine::record::{NodeRecord, NodeStatus};
+use flow_engine::store::record::{NodeRecord, NodeStatus};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::collections::HashMap;
 use std::io::IsTerminal;

@@ -1,25 +1,24 @@
 #![warn(missing_docs)]
-//! flow's engine: the workflow model, validation, the DAG, the content-addressed cache,
-//! the executor and run records. It never names a concrete node: node types come in
-//! through [`node::Registry`].
+//! flow's engine: `YAML → Workflow → Plan → Run → Artifacts`. It never names a concrete node:
+//! node types come in through [`node::Registry`].
+//!
+//! Rooms, lowest first (a room imports only the rooms above it in this list):
+//! - [`diagnostic`]: errors with `file:line:column`, the field and a hint.
+//! - [`node`]: the contract between the engine and the node library.
+//! - [`workflow`]: the YAML with spans, params, references, `schedule:`, the DAG, validation
+//!   into a [`workflow::ValidWorkflow`], and the JSON Schemas.
+//! - [`store`]: the content-addressed artifact store, its lock and the run records.
+//! - [`plan`]: fingerprints (the cache-key recipe and the reasons a node re-runs) and the plan.
+//! - [`exec`]: running a workflow: dispatch within jobs and resources, attempts, retries.
+//! - [`scheduler`]: `flow schedule`'s loop on an injectable clock.
 
-pub mod clock;
 pub mod diagnostic;
-pub mod executor;
-pub mod fingerprint;
-pub mod graph;
+pub mod exec;
 pub mod node;
-pub mod params;
 pub mod plan;
-pub mod record;
-pub mod reference;
-pub mod schedule;
 pub mod scheduler;
-pub mod schema;
 pub mod store;
-pub mod validate;
 pub mod workflow;
-pub mod yaml;
 
 /// The name serde writes for a unit enum variant (`succeeded`, `skip`, `latest`), for text output.
 pub fn variant_name<T: serde::Serialize>(value: &T) -> String {
@@ -27,12 +26,4 @@ pub fn variant_name<T: serde::Serialize>(value: &T) -> String {
         .ok()
         .and_then(|v| v.as_str().map(String::from))
         .unwrap_or_default()
-}
-
-/// Whether `name` is usable as a node id or param name (letters, digits, `_`, `-`).
-pub fn reference_name_ok(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }

@@ -96,7 +96,7 @@ impl ParamError {
     /// An error about the param at `key` (below `with`).
     pub fn at(key: &str, message: impl Into<String>) -> ParamError {
         ParamError {
-            path: vec![crate::yaml::PathStep::Key(key.to_string())],
+            path: vec![crate::diagnostic::PathStep::Key(key.to_string())],
             message: message.into(),
         }
     }
@@ -106,7 +106,7 @@ impl ParamError {
 #[derive(Debug)]
 pub struct ParamError {
     /// Keys and indices below `with`.
-    pub path: Vec<crate::yaml::PathStep>,
+    pub path: Vec<crate::diagnostic::PathStep>,
     /// serde's message (`missing field`, `unknown field`, `invalid type`).
     pub message: String,
 }
@@ -144,10 +144,10 @@ fn deserialize_params<P: DeserializeOwned>(params: &Json) -> Result<P, ParamErro
             .iter()
             .filter_map(|segment| match segment {
                 serde_path_to_error::Segment::Map { key } => {
-                    Some(crate::yaml::PathStep::Key(key.clone()))
+                    Some(crate::diagnostic::PathStep::Key(key.clone()))
                 }
                 serde_path_to_error::Segment::Seq { index } => {
-                    Some(crate::yaml::PathStep::Index(*index))
+                    Some(crate::diagnostic::PathStep::Index(*index))
                 }
                 _ => None,
             })

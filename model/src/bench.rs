@@ -3,13 +3,13 @@
 use serde::Serialize;
 use std::time::Instant;
 
-use crate::config::MistralConfig;
-use crate::dpo::{LossConfig, LossType};
-use crate::init::SplitMix64;
-use crate::mistral::Mistral;
-use crate::schedule::{BetaSchedule, LrScheduler};
+use crate::arch::MistralConfig;
+use crate::rng::SplitMix64;
 use crate::scoring::{ReferenceScorer, Sequence};
+use crate::tensor::mistral::Mistral;
 use crate::tokenize::TokenizedPair;
+use crate::train::dpo::{LossConfig, LossType};
+use crate::train::schedule::{BetaSchedule, LrScheduler};
 use crate::train::{Example, Objective, TrainConfig, Trainer};
 
 /// The model and batch shape to measure.
@@ -74,24 +74,14 @@ pub struct BenchResult {
 
 /// A Mistral config with the bench shape.
 pub fn bench_config(shape: &BenchShape) -> MistralConfig {
-    MistralConfig {
-        vocab_size: shape.vocab,
-        hidden_size: shape.hidden,
-        intermediate_size: shape.intermediate,
-        num_hidden_layers: shape.layers,
-        num_attention_heads: shape.heads,
-        num_key_value_heads: shape.kv_heads,
-        head_dim: shape.hidden / shape.heads,
-        rms_norm_eps: 1e-5,
-        rope_theta: 10000.0,
-        sliding_window: Some(4096),
-        tie_word_embeddings: false,
-        max_position_embeddings: 32768,
-        bos_token_id: 1,
-        eos_token_id: 2,
-        pad_token_id: None,
-        dtype: "float32".into(),
-    }
+    MistralConfig::with_shape(
+        shape.vocab,
+        shape.hidden,
+        shape.intermediate,
+        shape.layers,
+        shape.heads,
+        shape.kv_heads,
+    )
 }
 
 /// `2 × pairs` random sequences of `seq` tokens with the prompt the first quarter.
@@ -183,11 +173,14 @@ pub fn bench_dpo_step(shape: &BenchShape, run: &BenchRun) -> crate::Result<StepB
         max_grad_norm: Some(1.0),
         adam: Default::default(),
         seed: 0,
-        lora: (run.lora_r > 0).then(|| crate::lora::LoraConfig {
+        lora: (run.lora_r > 0).then(|| crate::tensor::lora::LoraConfig {
             r: run.lora_r,
             alpha: 2.0 * run.lora_r as f64,
             dropout: 0.0,
-            targets: crate::lora::TARGETS.iter().map(|t| t.to_string()).collect(),
+            targets: crate::tensor::lora::TARGETS
+                .iter()
+                .map(|t| t.to_string())
+                .collect(),
         }),
         gradient_checkpointing: run.gradient_checkpointing,
         compute_dtype: run.dtype,

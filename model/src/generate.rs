@@ -1,10 +1,11 @@
 //! Text generation with a KV cache: greedy decoding or temperature + top-p (nucleus) sampling,
 //! seeded, so a report's samples are reproducible.
 
-use crate::init::SplitMix64;
-use crate::mistral::{KvCache, Mistral};
-use crate::scoring::{HostHead, to_f32};
-use crate::vector::softmax_in_place;
+use crate::device::to_f32;
+use crate::host::vector::softmax_in_place;
+use crate::rng::SplitMix64;
+use crate::scoring::HostHead;
+use crate::tensor::mistral::{KvCache, Mistral};
 
 /// How to pick each next token.
 #[derive(Clone, Copy, Debug, PartialEq)]

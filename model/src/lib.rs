@@ -1,81 +1,47 @@
 #![warn(missing_docs)]
-//! flow's model core: a Mistral on burn that reproduces transformers' log-probs, checkpoint and
-//! tokenizer loading, TRL-exact DPO tokenization and batched scoring. Kept out of the engine's
-//! build: only node types that do tensor work depend on it.
+//! flow's model core: decoder models that reproduce transformers' log-probs, TRL-exact DPO
+//! tokenization and training, checkpoint and tokenizer loading. Kept out of the engine's build:
+//! only node types that do tensor work depend on it.
+//!
+//! Rooms, lowest first (a room imports only rooms above it in this list):
+//! - [`error`], [`device`], [`rng`], [`sequence`]: errors, devices and host values, the seeded
+//!   generator, the scored sequence.
+//! - [`arch`]: what a model is — config, checkpoint names and shapes, RoPE tables — read by
+//!   both execution paths.
+//! - [`checkpoint`]: safetensors files (single or sharded) in and out.
+//! - [`host`]: the host path — the model over host slices with a hand-written backward pass
+//!   (full fine-tuning and reference scoring on the CPU in f32) and its vectorised loops.
+//! - [`tensor`]: the tensor path on burn — the model as modules, LoRA adapters in PEFT's
+//!   layout, initialisation — for autodiff, bf16, GPUs and KV-cached decoding.
+//! - [`scoring`]: log-probs of sequences on either path, and the reference scorer that picks.
+//! - [`generate`]: KV-cached decoding.
+//! - [`tokenize`]: TRL-exact preference-pair tokenization and BPE training.
+//! - [`train`]: the training loop (batches, step, evaluation, checkpoints), preference losses,
+//!   AdamW and schedules.
+//! - [`bench`]: `flow bench logprobs` and `flow bench dpo-step`.
 
-pub mod backprop;
+pub mod arch;
 pub mod bench;
-pub mod config;
-pub mod dpo;
+pub mod checkpoint;
+pub mod device;
 pub mod error;
 pub mod generate;
-pub mod init;
-pub mod lora;
-pub mod mistral;
-pub mod optim;
-pub mod schedule;
+pub mod host;
+pub mod rng;
 pub mod scoring;
+pub mod sequence;
+pub mod tensor;
 pub mod tokenize;
-pub mod tokenizer_train;
 pub mod train;
-pub mod vector;
-pub mod weights;
-
-pub use burn::prelude::{Device, Int, Tensor};
-pub use burn::tensor::DType;
-pub use config::MistralConfig;
-pub use error::{ModelError, Result};
-pub use mistral::Mistral;
-
-/// The CPU device (burn's Flex backend).
-pub fn cpu() -> Device {
-    Device::flex()
-}
-
-/// Whether this build can use CUDA devices (the `cuda` cargo feature).
-pub const CUDA_BUILT: bool = cfg!(feature = "cuda");
-
-/// CUDA device `index`, checked with [`checked_device`]. burn's CUDA backend loads the driver
-/// and compiles kernels (NVRTC) at run time, so no CUDA toolkit is needed to build it.
-#[cfg(feature = "cuda")]
-pub fn cuda(index: usize) -> Result<Device> {
-    checked_device(Device::cuda(index), &format!("CUDA device {index}"))
-}
-
-/// `device` after one tiny kernel ran on it: a machine without a driver or without that GPU
-/// gets an error naming `what` here, rather than a panic in the middle of the work.
-pub fn checked_device(device: Device, what: &str) -> Result<Device> {
-    let probe = device.clone();
-    match quietly(move || Tensor::<1>::ones([4], &probe).sum().into_data()) {
-        Ok(_) => Ok(device),
-        Err(why) => Err(ModelError::Device(format!("{what} is not usable: {why}"))),
-    }
-}
-
-/// Runs `work`, turning a panic into its message without printing it.
-fn quietly<T>(work: impl FnOnce() -> T) -> std::result::Result<T, String> {
-    let hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work));
-    std::panic::set_hook(hook);
-    outcome.map_err(|payload| {
-        payload
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_else(|| "its runtime failed to start".to_string())
-    })
-}
 
 #[cfg(test)]
-mod tests {
-    use super::*;
+mod tests;
 
-    #[test]
-    fn a_usable_device_passes_the_check_and_a_failing_one_is_an_error() {
-        assert!(checked_device(cpu(), "the CPU").is_ok());
-        let failed = quietly(|| -> u32 { panic!("no driver") }).unwrap_err();
-        assert_eq!(failed, "no driver");
-        assert_eq!(quietly(|| 7).unwrap(), 7);
-    }
-}
+pub use arch::MistralConfig;
+pub use burn::prelude::{Device, Int, Tensor};
+pub use burn::tensor::DType;
+#[cfg(feature = "cuda")]
+pub use device::cuda;
+pub use device::{CUDA_BUILT, checked_device, cpu};
+pub use error::{ModelError, Result};
+pub use tensor::mistral::Mistral;

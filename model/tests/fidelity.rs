@@ -2,7 +2,8 @@
 //! `MistralForCausalLM` and `DPOTrainer`): tokenization, per-token log-probs of the reference
 //! and the policy, batched against unbatched, sharded against single-file loading.
 
-use flow_model::scoring::{Scorer, Sequence, score, to_f64};
+use flow_model::device::to_f64;
+use flow_model::scoring::{Scorer, Sequence, score};
 use flow_model::tokenize::PreferenceTokenizer;
 use flow_model::{Mistral, MistralConfig, cpu};
 use serde_json::Value;

@@ -6,9 +6,10 @@ mod common;
 use burn::prelude::*;
 use burn::tensor::TensorData;
 use common::{fixtures, golden, ids};
+use flow_model::device::to_f32;
 use flow_model::generate::{Sampling, generate};
-use flow_model::mistral::{KvCache, attention_mask};
-use flow_model::scoring::{HostHead, to_f32};
+use flow_model::scoring::HostHead;
+use flow_model::tensor::mistral::{KvCache, attention_mask};
 use flow_model::{Mistral, cpu};
 
 fn full_hidden(model: &Mistral, seq: &[u32]) -> Vec<f32> {

@@ -3,7 +3,8 @@
 //! SwiGLU, chunked log-softmax and gather) has a correct backward.
 
 use burn::tensor::{DType, TensorData};
-use flow_model::scoring::{Sequence, score, to_f64};
+use flow_model::device::to_f64;
+use flow_model::scoring::{Sequence, score};
 use flow_model::{Device, Mistral, Tensor, cpu};
 use std::path::Path;
 

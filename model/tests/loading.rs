@@ -1,8 +1,8 @@
 //! Loading and saving model directories: clear errors for every bad input, and flow's output in
 //! the same formats it reads (single file, shards, bf16).
 
-use flow_model::scoring::to_f64;
-use flow_model::weights::{Checkpoint, NamedTensor, SaveDtype, save_safetensors};
+use flow_model::checkpoint::safetensors::{Checkpoint, NamedTensor, SaveDtype, save_safetensors};
+use flow_model::device::to_f64;
 use flow_model::{Mistral, ModelError, cpu};
 use std::path::{Path, PathBuf};
 
@@ -23,7 +23,7 @@ fn copy_of_base() -> tempfile::TempDir {
 fn base_tensors() -> Vec<NamedTensor> {
     let checkpoint = Checkpoint::open(&base()).unwrap();
     let model = Mistral::load(&base(), &cpu()).unwrap();
-    flow_model::mistral::weight_specs(&model.config)
+    flow_model::arch::weight_specs(&model.config)
         .into_iter()
         .map(|s| NamedTensor {
             values: checkpoint.read_f32(&s.name, &s.file_shape).unwrap(),

@@ -3,12 +3,13 @@
 //! with warm-up, clipping), learning-rate multipliers; plus LoRA, β schedules and resuming.
 
 use burn::tensor::{DType, TensorData};
-use flow_model::dpo::{LossConfig, LossType, PairLogps, preference_loss};
-use flow_model::lora::{self, LoraConfig};
-use flow_model::optim::AdamWConfig;
-use flow_model::schedule::{BetaSchedule, BetaShape, LrScheduler};
-use flow_model::scoring::{Scorer, to_f64};
+use flow_model::device::to_f64;
+use flow_model::scoring::Scorer;
+use flow_model::tensor::lora::{self, LoraConfig};
 use flow_model::tokenize::TokenizedPair;
+use flow_model::train::dpo::{LossConfig, LossType, PairLogps, preference_loss};
+use flow_model::train::optim::AdamWConfig;
+use flow_model::train::schedule::{BetaSchedule, BetaShape, LrScheduler};
 use flow_model::train::{Example, Objective, Record, Schedule, TrainConfig, Trainer};
 use flow_model::{Mistral, Tensor, cpu};
 use serde_json::Value;

@@ -4,7 +4,7 @@
 //! and malformed answers (honouring `Retry-After`), and errors that separate a refused key
 //! (stop everything) from a failed request (this row only).
 
-use flow_engine::executor::backoff_delay;
+use flow_engine::exec::backoff_delay;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value as Json, json};

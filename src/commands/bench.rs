@@ -100,7 +100,7 @@ pub fn bench(what: BenchCommand) -> Result<(), Failure> {
 fn bench_filter(args: &FilterBenchArgs) -> Result<(), Failure> {
     set_threads(args.threads).map_err(|e| Failure::Input(format!("error: {e}")))?;
     let dir = tempfile::tempdir().map_err(|e| Failure::Run(format!("error: {e}")))?;
-    let result = flow_nodes::dataset_filter::bench_filter(args.rows, dir.path())
+    let result = flow_nodes::dataset::filter::bench_filter(args.rows, dir.path())
         .map_err(|e| Failure::Run(format!("error: {e}")))?;
     if args.json {
         print_json(&result);

@@ -1,8 +1,8 @@
 //! `flow exec`: one node outside a workflow, outputs written to a directory.
 
-use flow_engine::executor::CancellationToken;
+use flow_engine::exec::CancellationToken;
 use flow_engine::node::{LogSink, NoProgress, NodeContext};
-use flow_engine::params::parse_override;
+use flow_engine::workflow::params::parse_override;
 use serde_json::{Map, Value as Json};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -91,7 +91,7 @@ pub fn exec(args: ExecArgs) -> Result<(), Failure> {
     let schema = node_type.params_schema().to_value();
     let params = build_params(&args, &schema)?;
     node_type.check_params(&params).map_err(|e| {
-        let at = flow_engine::yaml::path_text(&e.path);
+        let at = flow_engine::workflow::yaml::path_text(&e.path);
         let at = if at.is_empty() {
             String::new()
         } else {

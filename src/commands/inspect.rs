@@ -1,8 +1,8 @@
 //! Commands that read: `validate`, `nodes`, `graph`, `runs`, `show`, `schema`, `gc`.
 
-use flow_engine::record::RunRecord;
-use flow_engine::schema::{generate, markdown_reference, param_docs};
 use flow_engine::store::Store;
+use flow_engine::store::record::RunRecord;
+use flow_engine::workflow::schema::{generate, markdown_reference, param_docs};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 

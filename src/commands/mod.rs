@@ -9,8 +9,8 @@ mod schedule;
 
 use flow_engine::diagnostic::Diagnostics;
 use flow_engine::store::{Store, StoreError};
-use flow_engine::validate::{ValidWorkflow, validate};
 use flow_engine::workflow::WorkflowFile;
+use flow_engine::workflow::validate::{ValidWorkflow, validate};
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -93,7 +93,7 @@ pub fn dispatch(command: Command, store: &Store) -> Result<(), Failure> {
 /// Cancels `tokens` in order, one per Ctrl-C or SIGTERM received, calling `notice` just before
 /// each (call within the tokio runtime).
 pub fn cancel_on_signals(
-    tokens: Vec<flow_engine::executor::CancellationToken>,
+    tokens: Vec<flow_engine::exec::CancellationToken>,
     notice: impl Fn() + Send + 'static,
 ) {
     tokio::spawn(async move {

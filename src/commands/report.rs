@@ -1,8 +1,8 @@
 //! `flow report [RUN]` (where a run's evaluation report is) and `flow compare RUN_A RUN_B`
 //! (params and metrics of two runs side by side, so a β sweep reads at a glance).
 
-use flow_engine::record::RunRecord;
 use flow_engine::store::Store;
+use flow_engine::store::record::RunRecord;
 use serde_json::Value as Json;
 use std::collections::BTreeMap;
 use std::path::PathBuf;

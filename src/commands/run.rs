@@ -1,9 +1,9 @@
 //! `flow run` and `flow plan`.
 
-use flow_engine::executor::{CancellationToken, RunOptions, execute};
+use flow_engine::exec::{CancellationToken, RunOptions, execute};
 use flow_engine::plan::{Action, PlannedNode, Selection, plan as plan_nodes};
-use flow_engine::record::{NodeStatus, RunRecord, RunStatus};
 use flow_engine::store::Store;
+use flow_engine::store::record::{NodeStatus, RunRecord, RunStatus};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -114,7 +114,7 @@ pub fn run(args: RunArgs, store: &Store) -> Result<(), Failure> {
         execute(Arc::new(wf), store.clone(), options, ui.clone(), cancel).await
     });
     let record = record.map_err(|e| match e {
-        flow_engine::executor::RunError::Store(e) => Failure::from(e),
+        flow_engine::exec::RunError::Store(e) => Failure::from(e),
         other => Failure::Input(format!("error: {other}")),
     })?;
     ui.finish();

@@ -1,11 +1,11 @@
 //! `flow schedule` (the long-running scheduler, or `--list`) and `flow cron print`.
 
-use flow_engine::schedule::{CatchUp, Overlap, Schedule, system_cron_expression};
 use flow_engine::scheduler::{
     EventSink, ScheduledFile, Scheduler, SchedulerConfig, Shutdown, SystemClock, load_scheduled,
     workflow_files,
 };
 use flow_engine::store::Store;
+use flow_engine::workflow::schedule::{CatchUp, Overlap, Schedule, system_cron_expression};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 

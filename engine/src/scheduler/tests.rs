@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::node::{Node, NodeContext, NodeError, OutputSpec};
-use crate::record::{NodeStatus, RunStatus};
+use crate::store::record::{NodeStatus, RunStatus};
 use schemars::JsonSchema;
 use std::sync::LazyLock;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -1,0 +1,149 @@
+//! Runs a validated workflow (the `Run` step of `YAML → Workflow → Plan → Run → Artifacts`):
+//! independent nodes concurrently (tokio), each taken from the cache when its fingerprint has a
+//! healthy entry, otherwise run with retries and a timeout, its outputs committed to the store
+//! only when complete.
+//!
+//! [`execute`] builds the run record and hands it to the dispatcher (`dispatch`: which node
+//! starts when, within jobs and resources); each started node is a `NodeJob` (`node_job`: cache
+//! lookup, attempts, timeout, commit); `retry` is the backoff recipe. This room owns the run's
+//! order and its records; it does not decide what is cached (that is [`crate::plan`]) nor how
+//! artifacts are stored ([`crate::store`]).
+
+mod dispatch;
+mod node_job;
+mod retry;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinSet;
+pub use tokio_util::sync::CancellationToken;
+
+use crate::node::ProgressSink;
+use crate::plan::Selection;
+use crate::store::record::{NodeRecord, RunRecord, RunStatus, new_run_id, now_rfc3339};
+use crate::store::{Store, StoreError};
+use crate::workflow::validate::ValidWorkflow;
+use dispatch::{Dispatcher, resource_capacity};
+pub use retry::backoff_delay;
+
+/// How to run.
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// Nodes running at once (at least 1).
+    pub jobs: usize,
+    /// What to consider and force.
+    pub selection: Selection,
+    /// On a failure, finish everything that does not depend on it.
+    pub keep_going: bool,
+    /// Resource capacities (`--resources gpu=1`); unnamed resources default to the largest single request.
+    pub resources: BTreeMap<String, u32>,
+    /// What started the run, for the record.
+    pub trigger: String,
+}
+
+/// Hears about the run as it goes (progress display, logs).
+pub trait Observer: ProgressSink {
+    /// The run record exists.
+    fn run_started(&self, _record: &RunRecord) {}
+    /// A node starts running (not called for cache hits).
+    fn node_started(&self, _id: &str, _reasons: &[String]) {}
+    /// A node attempt failed and will be retried after `delay`.
+    fn node_retrying(&self, _id: &str, _attempt: u32, _delay: Duration, _error: &str) {}
+    /// A node finished (any status).
+    fn node_finished(&self, _record: &NodeRecord) {}
+}
+
+/// Why a run could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// `--only` / `--force` named unknown nodes.
+    #[error("{0}")]
+    Selection(#[from] crate::diagnostic::Diagnostics),
+    /// A node requests more of a resource than the run has.
+    #[error("{0}")]
+    Resources(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Everything a node task needs, shared.
+pub(crate) struct Shared {
+    wf: Arc<ValidWorkflow>,
+    store: Store,
+    run_id: String,
+    verify: bool,
+    observer: Arc<dyn Observer>,
+    cancel: CancellationToken,
+}
+
+/// Runs the workflow; the caller holds the store lock ([`Store::lock`]). Returns the final run
+/// record.
+pub async fn execute(
+    wf: Arc<ValidWorkflow>,
+    store: Store,
+    options: RunOptions,
+    observer: Arc<dyn Observer>,
+    cancel: CancellationToken,
+) -> Result<RunRecord, RunError> {
+    let selected = options.selection.nodes(&wf)?;
+    let capacity = resource_capacity(&wf, &selected, &options.resources)?;
+    let mut record = RunRecord {
+        id: new_run_id(),
+        workflow: wf.name.clone(),
+        file: wf.file.path.clone(),
+        trigger: if options.trigger.is_empty() {
+            "manual".into()
+        } else {
+            options.trigger.clone()
+        },
+        started_at: now_rfc3339(),
+        finished_at: None,
+        status: RunStatus::Running,
+        params: wf.params.clone(),
+        nodes: wf
+            .nodes
+            .iter()
+            .filter(|n| selected.contains(&n.id))
+            .map(|n| NodeRecord::pending(&n.id, n.node_type.type_name()))
+            .collect(),
+    };
+    record.save(&store)?;
+    observer.run_started(&record);
+    let shared = Arc::new(Shared {
+        wf: wf.clone(),
+        store: store.clone(),
+        run_id: record.id.clone(),
+        verify: options.selection.verify,
+        observer,
+        cancel,
+    });
+    let mut dispatcher = Dispatcher {
+        shared,
+        options,
+        free: capacity,
+        running: JoinSet::new(),
+        stopped: None,
+    };
+    dispatcher.drive(&mut record).await?;
+    record.finished_at = Some(now_rfc3339());
+    record.status = if dispatcher.shared.cancel.is_cancelled() {
+        RunStatus::Cancelled
+    } else if record.nodes.iter().all(|n| n.status.is_done()) {
+        RunStatus::Succeeded
+    } else {
+        RunStatus::Failed
+    };
+    record.save(&store)?;
+    Ok(record)
+}
+
+/// An observer that ignores everything.
+pub struct SilentObserver;
+
+impl ProgressSink for SilentObserver {
+    fn progress(&self, _: &str, _: u64, _: u64) {}
+}
+
+impl Observer for SilentObserver {}

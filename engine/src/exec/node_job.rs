@@ -1,0 +1,334 @@
+//! One node of a run: its fingerprint, the cache lookup ([`crate::plan::assess`]), attempts
+//! with retries and a timeout in fresh temporary directories, and the commit of its outputs to
+//! the store. The in-process lock of a cache key lives here too.
+
+use serde_json::Value as Json;
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::Shared;
+use super::retry::backoff;
+use crate::node::{Lineage, LogSink, NodeContext, Producer, ProgressSink};
+use crate::plan::fingerprint::{Fingerprint, Reason};
+use crate::plan::{Assessment, assess};
+use crate::store::record::{NodeRecord, NodeStatus, RunRecord, now_rfc3339};
+use crate::store::{CacheEntry, StoreError};
+use crate::workflow::reference::{Reference, interpolate};
+use crate::workflow::validate::{ValidNode, param_value};
+
+/// One node to run.
+pub(super) struct NodeJob {
+    pub(super) shared: Arc<Shared>,
+    pub(super) node: ValidNode,
+    pub(super) inputs: BTreeMap<String, String>,
+    pub(super) forced: bool,
+    /// The remote state in the node's cache key, once looked up.
+    pub(super) remote: BTreeMap<String, String>,
+}
+
+/// How one attempt ended, when not with success.
+enum AttemptError {
+    Failed(String),
+    Cancelled,
+}
+
+impl NodeJob {
+    /// Runs the node (or takes it from the cache) and returns its record.
+    pub(super) async fn run(mut self) -> NodeRecord {
+        let started = Instant::now();
+        let mut rec = NodeRecord::pending(&self.node.id, self.node.node_type.type_name());
+        rec.status = NodeStatus::Failed;
+        let log_path = RunRecord::log_path(&self.shared.store, &self.shared.run_id, &self.node.id);
+        rec.log = Some(log_path.clone());
+        let wf = &self.shared.wf;
+        let fp = match Fingerprint::compute(&self.node, &wf.params, &self.inputs) {
+            Ok(fp) => fp,
+            Err(errors) => {
+                rec.error = Some(
+                    crate::diagnostic::Diagnostics::new(&wf.file.path, &wf.file.source, errors)
+                        .to_string(),
+                );
+                return rec;
+            }
+        };
+        let key = fp.key();
+        rec.key = Some(key.clone());
+        let _only_one = key_lock(&key).lock_owned().await;
+        let reasons = match assess(
+            &self.shared.store,
+            &wf.name,
+            &self.node.id,
+            &fp,
+            self.forced,
+            self.shared.verify,
+        ) {
+            Assessment::Cached(entry) => {
+                tracing::info!(key = %key, "cache hit");
+                rec.status = NodeStatus::Cached;
+                rec.cache_hit = true;
+                rec.outputs = entry.outputs;
+                rec.log = None;
+                rec.duration_ms = started.elapsed().as_millis() as u64;
+                return rec;
+            }
+            Assessment::Run(reasons) => reasons,
+        };
+        rec.reasons = reasons.iter().map(Reason::to_string).collect();
+        tracing::info!(reasons = %rec.reasons.join("; "), "running");
+        self.shared
+            .observer
+            .node_started(&self.node.id, &rec.reasons);
+        self.remote = fp.remote.clone();
+        let outcome = self.run_with_retries(&key, &log_path, &mut rec).await;
+        rec.duration_ms = started.elapsed().as_millis() as u64;
+        match outcome {
+            Ok(outputs) => {
+                rec.outputs = outputs;
+                rec.status = NodeStatus::Succeeded;
+                if let Err(e) = self.remember(&key, &fp, &rec) {
+                    rec.status = NodeStatus::Failed;
+                    rec.error = Some(e.to_string());
+                }
+            }
+            Err(AttemptError::Cancelled) => rec.status = NodeStatus::Cancelled,
+            Err(AttemptError::Failed(message)) => rec.error = Some(message),
+        }
+        tracing::info!(status = ?rec.status, duration_ms = rec.duration_ms, "finished");
+        rec
+    }
+
+    /// Writes the cache entry and the node state after a success.
+    fn remember(&self, key: &str, fp: &Fingerprint, rec: &NodeRecord) -> Result<(), StoreError> {
+        let entry = CacheEntry {
+            outputs: rec.outputs.clone(),
+            duration_ms: rec.duration_ms,
+            created: now_rfc3339(),
+        };
+        self.shared.store.put_cache_entry(key, &entry)?;
+        self.shared
+            .store
+            .put_node_state(&self.shared.wf.name, &self.node.id, fp)
+    }
+
+    async fn run_with_retries(
+        &self,
+        key: &str,
+        log_path: &std::path::Path,
+        rec: &mut NodeRecord,
+    ) -> Result<BTreeMap<String, String>, AttemptError> {
+        let secrets = self.secret_values().map_err(AttemptError::Failed)?;
+        let log = LogSink::create(log_path, secrets).map_err(|e| {
+            AttemptError::Failed(format!("cannot write log {}: {e}", log_path.display()))
+        })?;
+        let attempts = self.node.retries + 1;
+        for attempt in 1..=attempts {
+            rec.attempts = attempt;
+            match self.attempt(key, &log).await {
+                Ok(outputs) => return Ok(outputs),
+                Err(AttemptError::Failed(message)) if attempt < attempts => {
+                    let message = log.mask(&message);
+                    let delay = backoff(attempt);
+                    log.line(&format!("[flow] attempt {attempt}/{attempts} failed: {message}; retrying in {delay:.1?}"));
+                    self.shared
+                        .observer
+                        .node_retrying(&self.node.id, attempt, delay, &message);
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = self.shared.cancel.cancelled() => return Err(AttemptError::Cancelled),
+                    }
+                }
+                Err(AttemptError::Failed(message)) => {
+                    let message = log.mask(&message);
+                    log.line(&format!("[flow] failed: {message}"));
+                    return Err(AttemptError::Failed(message));
+                }
+                Err(cancelled) => return Err(cancelled),
+            }
+        }
+        unreachable!("the last attempt returns")
+    }
+
+    /// Values of every `${secret.X}` the node uses (for masking); a missing one is an error.
+    fn secret_values(&self) -> Result<Vec<String>, String> {
+        self.node
+            .references
+            .iter()
+            .filter_map(|r| match r {
+                Reference::Secret(name) => Some(
+                    std::env::var(name)
+                        .map_err(|_| format!("secret `{name}` is not set (export {name}=…)")),
+                ),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The node's params with every reference resolved for real: artifacts as paths.
+    fn resolved_params(&self) -> Result<Json, String> {
+        let wf = &self.shared.wf;
+        let store = &self.shared.store;
+        let inputs = &self.inputs;
+        let mut resolve = |r: &Reference| -> Result<Json, String> {
+            match r {
+                Reference::Param { name, path } => param_value(&wf.params, name, path),
+                Reference::Env(name) | Reference::Secret(name) => std::env::var(name)
+                    .map(Json::String)
+                    .map_err(|_| format!("`{name}` is not set in the environment")),
+                Reference::Output { node, output } => inputs
+                    .get(&format!("{node}.{output}"))
+                    .map(|digest| {
+                        Json::String(
+                            absolute(store.artifact_dir(digest))
+                                .to_string_lossy()
+                                .to_string(),
+                        )
+                    })
+                    .ok_or_else(|| format!("input {node}.{output} is not available")),
+            }
+        };
+        match &self.node.with {
+            Some(with) => interpolate(with, "with", &mut resolve).map_err(|errors| {
+                errors
+                    .iter()
+                    .map(|d| d.message.clone())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            }),
+            None => Ok(Json::Object(Default::default())),
+        }
+    }
+
+    /// One attempt in a fresh temporary directory; outputs are committed only on success.
+    async fn attempt(
+        &self,
+        key: &str,
+        log: &LogSink,
+    ) -> Result<BTreeMap<String, String>, AttemptError> {
+        let failed = |e: StoreError| AttemptError::Failed(e.to_string());
+        let tmp = self.shared.store.temp_dir(&self.node.id).map_err(failed)?;
+        let resume = self.shared.store.resume_dir(key).map_err(failed)?;
+        let result = self.attempt_in(&tmp, absolute(resume), log).await;
+        let _ = std::fs::remove_dir_all(&tmp);
+        if result.is_ok() {
+            self.shared.store.remove_resume_dir(key).map_err(failed)?;
+        }
+        result
+    }
+
+    async fn attempt_in(
+        &self,
+        tmp: &std::path::Path,
+        resume: PathBuf,
+        log: &LogSink,
+    ) -> Result<BTreeMap<String, String>, AttemptError> {
+        let io = |e: std::io::Error| AttemptError::Failed(e.to_string());
+        let mut outputs = BTreeMap::new();
+        for spec in self.node.node_type.outputs() {
+            let dir = absolute(tmp.join("out").join(spec.name));
+            std::fs::create_dir_all(&dir).map_err(io)?;
+            outputs.insert(spec.name.to_string(), dir);
+        }
+        let work = absolute(tmp.join("work"));
+        std::fs::create_dir_all(&work).map_err(io)?;
+        let params = self.resolved_params().map_err(AttemptError::Failed)?;
+        let cancel = self.shared.cancel.child_token();
+        // Whatever ends the attempt (success, failure, timeout) also tells blocking work to stop.
+        let _stop_on_exit = cancel.clone().drop_guard();
+        let progress: Arc<dyn ProgressSink> = self.shared.observer.clone();
+        let ctx = NodeContext::new(
+            &self.node.id,
+            work,
+            resume,
+            outputs.clone(),
+            log.clone(),
+            cancel.clone(),
+            progress,
+        )
+        .with_lineage(self.lineage())
+        .with_cache_root(absolute(self.shared.store.root().join("node-cache")))
+        .with_remote_state(self.remote.clone());
+        let running = self.node.node_type.clone().run_json(ctx, params);
+        let limit = self.node.timeout.unwrap_or(Duration::MAX);
+        let outcome = tokio::select! {
+            // A node that noticed the cancellation itself and returned an error was cancelled too.
+            result = running => result.map_err(|e| if cancel.is_cancelled() {
+                AttemptError::Cancelled
+            } else {
+                AttemptError::Failed(e.message)
+            }),
+            _ = cancel.cancelled() => Err(AttemptError::Cancelled),
+            _ = tokio::time::sleep(limit) => Err(AttemptError::Failed(format!("timed out after {}", humantime::format_duration(limit)))),
+        };
+        outcome?;
+        let mut digests = BTreeMap::new();
+        for (name, dir) in outputs {
+            let digest = self
+                .shared
+                .store
+                .commit_artifact(&dir)
+                .map_err(|e| AttemptError::Failed(e.to_string()))?;
+            digests.insert(name, digest);
+        }
+        Ok(digests)
+    }
+}
+
+impl NodeJob {
+    fn lineage(&self) -> Lineage {
+        let wf = &self.shared.wf;
+        Lineage {
+            workflow: wf.name.clone(),
+            workflow_file: wf.file.path.clone(),
+            workflow_source: wf.file.source.clone(),
+            run_id: self.shared.run_id.clone(),
+            inputs: self.inputs.clone(),
+            producers: self.producers(),
+        }
+    }
+
+    fn producers(&self) -> BTreeMap<String, Producer> {
+        let wf = &self.shared.wf;
+        let ids: std::collections::BTreeSet<&str> = self
+            .inputs
+            .keys()
+            .filter_map(|input| input.split('.').next())
+            .collect();
+        wf.nodes
+            .iter()
+            .filter(|n| ids.contains(n.id.as_str()))
+            .filter_map(|n| {
+                let fp = Fingerprint::compute_local(n, &wf.params, &BTreeMap::new()).ok()?;
+                let producer = Producer {
+                    uses: fp.node_type,
+                    with: fp.with,
+                };
+                Some((n.id.clone(), producer))
+            })
+            .collect()
+    }
+}
+
+/// The in-process lock of one cache key. Runs of one process share the store (the scheduler's
+/// do), so a node with a given key runs in one of them at a time; the other waits, then finds
+/// the result in the cache.
+fn key_lock(key: &str) -> Arc<tokio::sync::Mutex<()>> {
+    static LOCKS: std::sync::LazyLock<
+        std::sync::Mutex<HashMap<String, std::sync::Weak<tokio::sync::Mutex<()>>>>,
+    > = std::sync::LazyLock::new(Default::default);
+    let mut locks = LOCKS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(lock) = locks.get(key).and_then(std::sync::Weak::upgrade) {
+        return lock;
+    }
+    locks.retain(|_, lock| lock.strong_count() > 0);
+    let lock = Arc::new(tokio::sync::Mutex::new(()));
+    locks.insert(key.to_string(), Arc::downgrade(&lock));
+    lock
+}
+
+pub(super) fn absolute(path: PathBuf) -> PathBuf {
+    std::path::absolute(&path).unwrap_or(path)
+}

@@ -1,0 +1,55 @@
+//! The store's one lock: a second `flow run` on the same store waits for the first (or fails
+//! with `--no-wait`). Taking it also marks runs that a dead process left `running` as interrupted.
+
+use std::fs;
+use std::io::{Read, Write};
+
+use super::record::RunRecord;
+use super::{IoContext, Store, StoreError};
+
+/// Holds the store's lock until dropped.
+#[derive(Debug)]
+pub struct StoreLock {
+    _file: fs::File,
+}
+
+impl Store {
+    /// Takes the store's lock; if another process has it, calls `on_wait` and waits
+    /// (or fails with [`StoreError::Locked`] when `wait` is false). With the lock held, runs
+    /// that a dead process left `running` are marked interrupted.
+    pub fn lock(&self, wait: bool, on_wait: &dyn Fn(&str)) -> Result<StoreLock, StoreError> {
+        let path = self.root.join("lock");
+        let mut file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .at(&path)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                let mut owner = String::new();
+                let _ = file.read_to_string(&mut owner);
+                let owner = format!("pid {}", owner.trim());
+                if !wait {
+                    return Err(StoreError::Locked {
+                        path: self.root.clone(),
+                        owner,
+                    });
+                }
+                on_wait(&format!(
+                    "waiting for the store lock at {} (held by {owner})…",
+                    path.display()
+                ));
+                file.lock().at(&path)?;
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(e).at(&path),
+        }
+        file.set_len(0).at(&path)?;
+        file.write_all(std::process::id().to_string().as_bytes())
+            .at(&path)?;
+        RunRecord::mark_interrupted(self)?;
+        Ok(StoreLock { _file: file })
+    }
+}

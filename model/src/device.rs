@@ -1,0 +1,76 @@
+//! Devices and values between them and the host: the CPU, CUDA GPUs checked by a probe kernel
+//! before use, and tensors read back as plain `f32`/`f64` vectors.
+
+use burn::prelude::*;
+use burn::tensor::DType;
+
+use crate::error::{ModelError, Result};
+
+/// The CPU device (burn's Flex backend).
+pub fn cpu() -> Device {
+    Device::flex()
+}
+
+/// Whether this build can use CUDA devices (the `cuda` cargo feature).
+pub const CUDA_BUILT: bool = cfg!(feature = "cuda");
+
+/// CUDA device `index`, checked with [`checked_device`]. burn's CUDA backend loads the driver
+/// and compiles kernels (NVRTC) at run time, so no CUDA toolkit is needed to build it.
+#[cfg(feature = "cuda")]
+pub fn cuda(index: usize) -> Result<Device> {
+    checked_device(Device::cuda(index), &format!("CUDA device {index}"))
+}
+
+/// `device` after one tiny kernel ran on it: a machine without a driver or without that GPU
+/// gets an error naming `what` here, rather than a panic in the middle of the work.
+pub fn checked_device(device: Device, what: &str) -> Result<Device> {
+    let probe = device.clone();
+    match quietly(move || Tensor::<1>::ones([4], &probe).sum().into_data()) {
+        Ok(_) => Ok(device),
+        Err(why) => Err(ModelError::Device(format!("{what} is not usable: {why}"))),
+    }
+}
+
+/// Runs `work`, turning a panic into its message without printing it.
+fn quietly<T>(work: impl FnOnce() -> T) -> std::result::Result<T, String> {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work));
+    std::panic::set_hook(hook);
+    outcome.map_err(|payload| {
+        payload
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "its runtime failed to start".to_string())
+    })
+}
+
+/// Reads a tensor back as row-major `f32`s, whatever its float dtype.
+pub fn to_f32<const D: usize>(tensor: Tensor<D>) -> Vec<f32> {
+    tensor
+        .into_data_dtype(DType::F32)
+        .try_into_vec::<f32>()
+        .expect("a float tensor converts to f32")
+}
+
+/// Reads a tensor back as `f64`s, whatever its float dtype.
+pub fn to_f64<const D: usize>(tensor: Tensor<D>) -> Vec<f64> {
+    tensor
+        .into_data_dtype(DType::F64)
+        .try_to_vec::<f64>()
+        .expect("a float tensor converts to f64")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_usable_device_passes_the_check_and_a_failing_one_is_an_error() {
+        assert!(checked_device(cpu(), "the CPU").is_ok());
+        let failed = quietly(|| -> u32 { panic!("no driver") }).unwrap_err();
+        assert_eq!(failed, "no driver");
+        assert_eq!(quietly(|| 7).unwrap(), 7);
+    }
+}

@@ -1,0 +1,164 @@
+//! Tests that need several rooms at once: the host path against the tensor path (log-probs
+//! and, in f64, gradients), and a model's round trip through the tensor path and a checkpoint.
+
+use crate::arch::{MistralConfig, weight_specs};
+use crate::bench::{BenchShape, bench_config};
+use crate::device::{to_f32, to_f64};
+use crate::host::HostMistral;
+use crate::rng::SplitMix64;
+use crate::scoring::{Scorer, Sequence, score};
+use crate::tensor::mistral::Mistral;
+use burn::prelude::*;
+use burn::tensor::{DType, TensorData};
+
+/// A small model with grouped heads and a sliding window of `window` tokens; every weight
+/// (norms included) random.
+fn model(tied: bool, window: usize) -> Mistral {
+    let mut config = bench_config(&BenchShape {
+        hidden: 32,
+        intermediate: 48,
+        layers: 2,
+        heads: 4,
+        kv_heads: 2,
+        vocab: 61,
+        pairs: 0,
+        seq: 0,
+        repeats: 0,
+    });
+    config.sliding_window = Some(window);
+    config.tie_word_embeddings = tied;
+    let mut rng = SplitMix64::new(7);
+    Mistral::from_fn(&config, |spec| {
+        let norm = spec.name.ends_with("norm.weight");
+        let values: Vec<f32> = (0..spec.shape[0] * spec.shape[1])
+            .map(|_| {
+                let noise = rng.next_normal() as f32;
+                if norm { 1.0 + 0.2 * noise } else { 0.3 * noise }
+            })
+            .collect();
+        Ok(Tensor::from_data(
+            TensorData::new(values, spec.shape),
+            &crate::cpu(),
+        ))
+    })
+    .unwrap()
+}
+
+/// Sequences of different lengths (so a padded batch has padding; two longer than one
+/// attention block) and prompt lengths.
+fn batch() -> Vec<Sequence> {
+    let mut rng = SplitMix64::new(3);
+    [(9, 3), (150, 20), (12, 1), (7, 5), (70, 69)]
+        .into_iter()
+        .map(|(len, completion_start)| Sequence {
+            ids: (0..len).map(|_| rng.below(61) as u32).collect(),
+            completion_start,
+        })
+        .collect()
+}
+
+fn host_weights(model: &Mistral) -> Vec<Vec<f32>> {
+    model
+        .weights()
+        .into_iter()
+        .map(|(_, w)| to_f32(w))
+        .collect()
+}
+
+#[test]
+fn forward_log_probs_equal_the_scorers() {
+    for (tied, window) in [(false, 5), (true, 100), (false, 4096)] {
+        let model = model(tied, window);
+        let weights = host_weights(&model);
+        let host = HostMistral::new(&model.config, weights.iter().map(Vec::as_slice).collect());
+        let forward = host.forward(&batch());
+        let scored = Scorer::new(model).score(&batch(), &crate::cpu());
+        assert_eq!(forward.token_logps.len(), scored.token_logps.len());
+        for (a, b) in forward.token_logps.iter().zip(&scored.token_logps) {
+            assert!((f64::from(*a) - b).abs() < 1e-5, "{a} vs {b}");
+        }
+    }
+}
+
+/// The host backward pass against burn's autodiff in f64 (itself checked against finite
+/// differences in tests/gradients.rs), for `Σ gᵢ · logpᵢ` with random `g`.
+#[test]
+fn gradients_equal_autodiff_in_f64() {
+    for (tied, window) in [(false, 5), (true, 100), (false, 4096)] {
+        let model = model(tied, window);
+        let weights = host_weights(&model);
+        let host = HostMistral::new(&model.config, weights.iter().map(Vec::as_slice).collect());
+        let forward = host.forward(&batch());
+        let mut rng = SplitMix64::new(11);
+        let g: Vec<f32> = (0..forward.token_logps.len())
+            .map(|_| rng.next_normal() as f32)
+            .collect();
+        let mut grads: Vec<Vec<f32>> = weights.iter().map(|w| vec![0.0; w.len()]).collect();
+        host.backward(forward, &g, &mut grads);
+
+        let mut leaves = Vec::new();
+        let tracked = model.map_weights(|_, w| {
+            let leaf = w.cast(DType::F64).autodiff().require_grad();
+            leaves.push(leaf.clone());
+            leaf
+        });
+        let device = crate::cpu();
+        let logps = score(&tracked, &batch(), &device).token_logps;
+        let g64: Vec<f64> = g.iter().map(|&x| f64::from(x)).collect();
+        let n = g64.len();
+        let weights_g = Tensor::<1>::from_data(TensorData::new(g64, [n]), (&device, DType::F64));
+        let gradients = (logps * weights_g).sum().backward();
+        for ((name, _), (leaf, host_grad)) in model.weights().iter().zip(leaves.iter().zip(&grads))
+        {
+            let exact = to_f64(leaf.grad(&gradients).unwrap().flatten::<1>(0, 1));
+            let norm = exact.iter().map(|x| x * x).sum::<f64>().sqrt();
+            let error = exact
+                .iter()
+                .zip(host_grad)
+                .map(|(e, h)| (e - f64::from(*h)).powi(2))
+                .sum::<f64>()
+                .sqrt();
+            assert!(
+                error <= 1e-5 * norm.max(1e-3),
+                "{name} (tied {tied}, window {window}): error {error:e}, norm {norm:e}"
+            );
+        }
+    }
+}
+
+#[test]
+fn tied_embeddings_have_no_lm_head_and_round_trip() {
+    let device = crate::cpu();
+    let config = crate::bench::bench_config(&crate::bench::BenchShape {
+        hidden: 32,
+        intermediate: 64,
+        layers: 1,
+        heads: 4,
+        kv_heads: 2,
+        vocab: 50,
+        pairs: 1,
+        seq: 8,
+        repeats: 1,
+    });
+    let config = MistralConfig {
+        tie_word_embeddings: true,
+        ..config
+    };
+    let model = Mistral::random(&config, 3, 0.02, &device);
+    assert!(
+        weight_specs(&config)
+            .iter()
+            .all(|s| s.name != "lm_head.weight")
+    );
+    let dir = tempfile::tempdir().unwrap();
+    model
+        .save(dir.path(), crate::checkpoint::safetensors::SaveDtype::F32)
+        .unwrap();
+    let again = Mistral::load(dir.path(), &device).unwrap();
+    assert!(again.config.tie_word_embeddings && again.lm_head.is_none());
+    let (a, b) = (
+        to_f64(model.lm_head_weight().flatten::<1>(0, 1)),
+        to_f64(again.embed_tokens.clone().flatten::<1>(0, 1)),
+    );
+    assert_eq!(a, b);
+}

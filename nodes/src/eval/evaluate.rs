@@ -1,0 +1,359 @@
+//! `evaluate`: a trained policy against its reference on held-out preference pairs and on
+//! multiple-choice tasks, written as `eval.json` and a self-contained report.
+//!
+//! Preference metrics follow TRL's definitions, with `s(x) = Σ log π(completion token)`:
+//!
+//! | metric | definition |
+//! |---|---|
+//! | `rewards/chosen`, `rewards/rejected` | `β (s_policy − s_reference)` of the chosen / rejected completion, averaged |
+//! | `rewards/accuracies` | share of pairs whose chosen reward exceeds the rejected reward |
+//! | `rewards/margins` | mean of chosen − rejected reward |
+//! | `win_rate` (per model) | share of pairs the model prefers correctly as a classifier: `s(chosen) > s(rejected)` (sums, as DPO compares them) |
+//! | `win_rate_per_token` (per model) | the same with mean per-token log-probs (length-normalised) |
+//! | `logps/chosen`, `logps/rejected` (per model) | mean per-token log-prob of the completions |
+//! | `perplexity` (per model) | `exp(−Σ log p / Σ tokens)` over all chosen completions |
+//!
+//! Multiple-choice tasks are scored as lm-evaluation-harness does: the log-likelihood of
+//! `" " + choice` after the question; `acc` takes the most likely choice, `acc_norm` the most
+//! likely per byte of the choice.
+
+use super::judge::{self, JudgeParams};
+use super::report;
+use super::results::{Answers, EvalReport, ModelScores, PreferenceScores, Sample};
+use super::tasks::load_tasks;
+use crate::compute::{DeviceSpec, check_cancelled, model_error, run_blocking};
+use crate::preference::read_pairs;
+use flow_engine::node::{Node, NodeContext, NodeError, OutputSpec, ParamError};
+use flow_model::generate::{Sampling, generate};
+use flow_model::scoring::{Scorer, Sequence};
+use flow_model::tokenize::{PreferenceTokenizer, TokenizedPair, Truncation};
+use flow_model::{Device, Mistral};
+use schemars::JsonSchema;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use tokio_util::sync::CancellationToken;
+
+/// The node type.
+pub struct Evaluate;
+
+fn default_beta() -> f64 {
+    0.1
+}
+
+fn default_batch_size() -> usize {
+    8
+}
+
+/// Params of `evaluate`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EvaluateParams {
+    /// The policy: a model directory or a PEFT adapter (applied to `reference`).
+    pub model: PathBuf,
+    /// The reference (base) model directory.
+    pub reference: PathBuf,
+    /// Held-out preference pairs.
+    pub dataset: PathBuf,
+    /// β of the implicit rewards (use the training β).
+    #[serde(default = "default_beta")]
+    pub beta: f64,
+    /// Multiple-choice task files (JSONL: `question`, `choices`, `answer` index).
+    #[serde(default)]
+    pub tasks: Vec<PathBuf>,
+    /// `metrics` output of the training node, for the report's training curves.
+    #[serde(default)]
+    pub metrics: Option<PathBuf>,
+    /// Longest prompt + completion in tokens (pairs are cut as in training; pairs whose prompt fills it are skipped).
+    #[serde(default)]
+    pub max_length: Option<usize>,
+    /// Sequences per batch.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// Prompts that policy and reference answer side by side (greedy and sampled).
+    #[serde(default)]
+    pub prompts: Vec<String>,
+    /// Longest generated answer, in tokens.
+    #[serde(default = "default_max_new_tokens")]
+    pub max_new_tokens: usize,
+    /// Temperature of the sampled answers.
+    #[serde(default = "default_temperature")]
+    pub temperature: f64,
+    /// Nucleus (top-p) of the sampled answers.
+    #[serde(default = "default_top_p")]
+    pub top_p: f64,
+    /// Seed of the sampled answers and of the judge's answer order.
+    #[serde(default)]
+    pub seed: u64,
+    /// An LLM judge (OpenAI-compatible endpoint) that compares the greedy answers pairwise.
+    #[serde(default)]
+    pub judge: Option<JudgeParams>,
+    /// Device.
+    #[serde(default)]
+    pub device: DeviceSpec,
+}
+
+fn default_max_new_tokens() -> usize {
+    64
+}
+
+fn default_temperature() -> f64 {
+    0.7
+}
+
+fn default_top_p() -> f64 {
+    0.9
+}
+
+impl Node for Evaluate {
+    type Params = EvaluateParams;
+    const TYPE: &'static str = "evaluate";
+    const VERSION: &'static str = "1";
+    const DESCRIPTION: &'static str = "Evaluates a policy (model or PEFT adapter) against its reference: TRL's implicit-reward accuracy and margins on held-out pairs, each model's win rate as a preference classifier, mean completion log-probs and perplexity of chosen completions, and lm-evaluation-harness-style multiple-choice tasks (acc, acc_norm) from local JSONL files. Writes eval.json and a self-contained report.html / report.md with SVG plots (eval bars policy vs reference, reward-margin histogram, training curves).";
+    const OUTPUTS: &'static [OutputSpec] = &[OutputSpec {
+        name: "report",
+        description: "eval.json, report.html, report.md and the SVG plots",
+    }];
+
+    fn check(params: &EvaluateParams) -> Result<(), ParamError> {
+        if !params.beta.is_finite() || params.beta <= 0.0 {
+            return Err(ParamError::at("beta", "must be a positive number"));
+        }
+        if params.batch_size == 0 {
+            return Err(ParamError::at("batch_size", "must be at least 1"));
+        }
+        if params.max_length.is_some_and(|m| m < 2) {
+            return Err(ParamError::at("max_length", "must be at least 2"));
+        }
+        if !(0.0..=10.0).contains(&params.temperature) {
+            return Err(ParamError::at("temperature", "must be in [0, 10]"));
+        }
+        if !(params.top_p > 0.0 && params.top_p <= 1.0) {
+            return Err(ParamError::at("top_p", "must be in (0, 1]"));
+        }
+        if params.judge.is_some() && params.prompts.is_empty() {
+            return Err(ParamError::at("judge", "needs `prompts` to judge"));
+        }
+        Ok(())
+    }
+
+    fn external_files(params: &EvaluateParams) -> Vec<PathBuf> {
+        params.tasks.clone()
+    }
+
+    async fn run(&self, ctx: NodeContext, params: EvaluateParams) -> Result<(), NodeError> {
+        let device = params.device.resolve()?;
+        let out = ctx.output_dir("report")?.to_path_buf();
+        let log = ctx.log().clone();
+        let params = std::sync::Arc::new(params);
+        let shared = params.clone();
+        let mut report =
+            run_blocking(&ctx, move |token| evaluate(&shared, &device, &token)).await?;
+        log.line(&format!(
+            "reward accuracy {:.3}, margin {:.4}; win rate policy {:.3} vs reference {:.3}",
+            report.preference.reward_accuracy,
+            report.preference.reward_margin,
+            report.policy.win_rate,
+            report.reference.win_rate
+        ));
+        if let Some(judge) = &params.judge {
+            let verdicts = judge::judge(judge, &report.samples, params.seed).await?;
+            log.line(&format!(
+                "judge: policy wins {:.3} of valid verdicts",
+                verdicts.win_rate
+            ));
+            report.judge = Some(verdicts);
+        }
+        report::write(&out, &report, params.metrics.as_deref())
+    }
+}
+
+/// Completion log-prob sum and token count of each sequence.
+type SeqScores = Vec<(f64, usize)>;
+
+fn evaluate(
+    params: &EvaluateParams,
+    device: &Device,
+    token: &CancellationToken,
+) -> Result<EvalReport, NodeError> {
+    let tokenizer_dir = if params.model.join("tokenizer.json").is_file() {
+        &params.model
+    } else {
+        &params.reference
+    };
+    let tokenizer = PreferenceTokenizer::load(tokenizer_dir).map_err(model_error)?;
+    let pairs = read_pairs(&params.dataset)?;
+    if pairs.is_empty() {
+        return Err(NodeError::new("the evaluation dataset has no pairs"));
+    }
+    let tokenized: Vec<TokenizedPair> = pairs
+        .iter()
+        .filter_map(|p| {
+            tokenizer
+                .tokenize_pair(&p.prompt, &p.chosen, &p.rejected)
+                .truncate(params.max_length, Truncation::KeepStart)
+        })
+        .collect();
+    let sequences: Vec<Sequence> = tokenized
+        .iter()
+        .flat_map(TokenizedPair::sequences)
+        .collect();
+    let tasks = load_tasks(&params.tasks, &tokenizer)?;
+
+    let reference = Mistral::load(&params.reference, device).map_err(model_error)?;
+    let policy = load_policy(&params.model, &reference, device)?;
+    let mut pair_scores = Vec::new();
+    let mut per_model = Vec::new();
+    for model in [policy, reference] {
+        let scorer = Scorer::new(model);
+        let seq_scores = score_all(&scorer, &sequences, params.batch_size, device, token)?;
+        let mut scores = model_scores(&seq_scores);
+        for task in &tasks {
+            let results = score_all(&scorer, &task.sequences, params.batch_size, device, token)?;
+            scores.tasks.insert(task.name.clone(), task.grade(&results));
+        }
+        let mut answers = Vec::new();
+        for prompt in &params.prompts {
+            check_cancelled(token)?;
+            answers.push(answer(&scorer, &tokenizer, prompt, params));
+        }
+        pair_scores.push(seq_scores);
+        per_model.push((scores, answers));
+    }
+    let (reference, reference_answers) = per_model.pop().expect("two models");
+    let (policy, policy_answers) = per_model.pop().expect("two models");
+    let samples = params
+        .prompts
+        .iter()
+        .zip(policy_answers.into_iter().zip(reference_answers))
+        .map(|(prompt, (policy, reference))| Sample {
+            prompt: prompt.clone(),
+            policy,
+            reference,
+        })
+        .collect();
+    let mut report = EvalReport {
+        policy,
+        reference,
+        samples,
+        ..EvalReport::default()
+    };
+    report.preference = preference_scores(&pair_scores[0], &pair_scores[1], params.beta);
+    report.preference.skipped = pairs.len() - tokenized.len();
+    Ok(report)
+}
+
+/// A model's greedy and sampled answer to `prompt`.
+fn answer(
+    scorer: &Scorer,
+    tokenizer: &PreferenceTokenizer,
+    prompt: &str,
+    params: &EvaluateParams,
+) -> Answers {
+    let ids = tokenizer.encode(prompt);
+    let run = |sampling: Sampling| {
+        let new = generate(
+            scorer.model(),
+            scorer.head(),
+            &ids,
+            tokenizer.eos_id,
+            params.max_new_tokens,
+            sampling,
+        );
+        tokenizer.decode(&new)
+    };
+    Answers {
+        greedy: run(Sampling::GREEDY),
+        sampled: run(Sampling {
+            temperature: params.temperature,
+            top_p: params.top_p,
+            seed: params.seed,
+        }),
+    }
+}
+
+/// A full model directory, or a PEFT adapter applied to (a copy of) the reference and merged.
+fn load_policy(dir: &Path, reference: &Mistral, device: &Device) -> Result<Mistral, NodeError> {
+    if dir.join("adapter_config.json").is_file() {
+        let mut model = reference.clone();
+        flow_model::tensor::lora::load_peft(&mut model, dir).map_err(model_error)?;
+        Ok(flow_model::tensor::lora::merged(&model))
+    } else {
+        Mistral::load(dir, device).map_err(model_error)
+    }
+}
+
+fn score_all(
+    scorer: &Scorer,
+    sequences: &[Sequence],
+    batch_size: usize,
+    device: &Device,
+    token: &CancellationToken,
+) -> Result<SeqScores, NodeError> {
+    let mut scores = Vec::with_capacity(sequences.len());
+    for batch in sequences.chunks(batch_size) {
+        check_cancelled(token)?;
+        let sums = scorer.score(batch, device).sums;
+        scores.extend(
+            sums.into_iter()
+                .zip(batch.iter().map(Sequence::completion_len)),
+        );
+    }
+    Ok(scores)
+}
+
+fn mean(values: impl Iterator<Item = f64>) -> f64 {
+    let (sum, n) = values.fold((0.0, 0usize), |(s, n), v| (s + v, n + 1));
+    if n == 0 { f64::NAN } else { sum / n as f64 }
+}
+
+/// A model's own scores from its (chosen, rejected, chosen, rejected, …) sequence scores.
+fn model_scores(scores: &[(f64, usize)]) -> ModelScores {
+    let per_token = |(sum, n): (f64, usize)| sum / n.max(1) as f64;
+    let chosen: Vec<(f64, usize)> = scores.iter().step_by(2).copied().collect();
+    let rejected: Vec<(f64, usize)> = scores.iter().skip(1).step_by(2).copied().collect();
+    let total_logp: f64 = chosen.iter().map(|c| c.0).sum();
+    let total_tokens: usize = chosen.iter().map(|c| c.1).sum();
+    let share = |prefers: &dyn Fn((f64, usize), (f64, usize)) -> bool| {
+        mean(
+            chosen
+                .iter()
+                .zip(&rejected)
+                .map(|(&c, &r)| f64::from(u8::from(prefers(c, r)))),
+        )
+    };
+    ModelScores {
+        win_rate: share(&|c, r| c.0 > r.0),
+        win_rate_per_token: share(&|c, r| per_token(c) > per_token(r)),
+        logps_chosen: mean(chosen.iter().map(|&c| per_token(c))),
+        logps_rejected: mean(rejected.iter().map(|&r| per_token(r))),
+        perplexity: (-total_logp / total_tokens.max(1) as f64).exp(),
+        tasks: BTreeMap::new(),
+    }
+}
+
+/// TRL's implicit-reward metrics from policy and reference sequence scores.
+fn preference_scores(
+    policy: &[(f64, usize)],
+    reference: &[(f64, usize)],
+    beta: f64,
+) -> PreferenceScores {
+    let rewards: Vec<f64> = policy
+        .iter()
+        .zip(reference)
+        .map(|(p, r)| beta * (p.0 - r.0))
+        .collect();
+    let chosen: Vec<f64> = rewards.iter().step_by(2).copied().collect();
+    let rejected: Vec<f64> = rewards.iter().skip(1).step_by(2).copied().collect();
+    let margins: Vec<f64> = chosen.iter().zip(&rejected).map(|(c, r)| c - r).collect();
+    PreferenceScores {
+        pairs: chosen.len(),
+        skipped: 0,
+        beta,
+        reward_accuracy: mean(margins.iter().map(|&m| f64::from(u8::from(m > 0.0)))),
+        reward_margin: mean(margins.iter().copied()),
+        reward_chosen: mean(chosen.iter().copied()),
+        reward_rejected: mean(rejected.iter().copied()),
+        margins,
+    }
+}

@@ -1,0 +1,124 @@
+//! What `evaluate` measured, as `eval.json` holds it: the types the evaluation, the judge and
+//! the report share. Plain data: nothing here computes or writes anything.
+
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// What one model scored.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ModelScores {
+    /// Share of pairs where the summed log-prob of chosen exceeds rejected's.
+    pub win_rate: f64,
+    /// Share of pairs where the mean per-token log-prob of chosen exceeds rejected's.
+    pub win_rate_per_token: f64,
+    /// Mean per-token log-prob of chosen completions.
+    pub logps_chosen: f64,
+    /// Mean per-token log-prob of rejected completions.
+    pub logps_rejected: f64,
+    /// `exp(−Σ log p / Σ tokens)` over chosen completions.
+    pub perplexity: f64,
+    /// Multiple-choice results by task name.
+    pub tasks: BTreeMap<String, TaskScores>,
+}
+
+/// Multiple-choice results of one task.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct TaskScores {
+    /// Questions.
+    pub questions: usize,
+    /// Share answered right by raw log-likelihood.
+    pub acc: f64,
+    /// Share answered right by log-likelihood per byte.
+    pub acc_norm: f64,
+}
+
+/// Implicit-reward metrics (TRL's names in `eval.json`).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct PreferenceScores {
+    /// Pairs evaluated.
+    pub pairs: usize,
+    /// Pairs skipped because the prompt alone reached `max_length`.
+    pub skipped: usize,
+    /// β used.
+    pub beta: f64,
+    /// `rewards/accuracies`.
+    #[serde(rename = "rewards/accuracies")]
+    pub reward_accuracy: f64,
+    /// `rewards/margins`.
+    #[serde(rename = "rewards/margins")]
+    pub reward_margin: f64,
+    /// `rewards/chosen`.
+    #[serde(rename = "rewards/chosen")]
+    pub reward_chosen: f64,
+    /// `rewards/rejected`.
+    #[serde(rename = "rewards/rejected")]
+    pub reward_rejected: f64,
+    /// Every pair's margin, for the histogram.
+    pub margins: Vec<f64>,
+}
+
+/// Everything `evaluate` measured.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct EvalReport {
+    /// Held-out preference metrics.
+    pub preference: PreferenceScores,
+    /// The policy's own scores.
+    pub policy: ModelScores,
+    /// The reference's own scores.
+    pub reference: ModelScores,
+    /// Answers of both models to the `prompts`.
+    pub samples: Vec<Sample>,
+    /// The LLM judge's pairwise verdicts, when a judge was given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub judge: Option<JudgeScores>,
+}
+
+/// One prompt's answers from both models.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Sample {
+    /// The prompt.
+    pub prompt: String,
+    /// The policy's answers.
+    pub policy: Answers,
+    /// The reference's answers.
+    pub reference: Answers,
+}
+
+/// A model's greedy and sampled answer to one prompt.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Answers {
+    /// Greedy decoding.
+    pub greedy: String,
+    /// Temperature + top-p sampling.
+    pub sampled: String,
+}
+
+/// The judge's results.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct JudgeScores {
+    /// The judge model.
+    pub model: String,
+    /// Share of valid verdicts that prefer the policy.
+    pub win_rate: f64,
+    /// Verdicts for the policy.
+    pub wins: usize,
+    /// Verdicts for the reference.
+    pub losses: usize,
+    /// Answers that named neither A nor B.
+    pub invalid: usize,
+    /// One verdict per prompt.
+    pub verdicts: Vec<Verdict>,
+}
+
+/// The judge's verdict on one prompt.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Verdict {
+    /// The prompt.
+    pub prompt: String,
+    /// Where the policy's answer was shown: `A` or `B`.
+    pub policy_position: String,
+    /// The judge's raw answer.
+    pub answer: String,
+    /// `policy`, `reference` or `invalid`.
+    pub winner: String,
+}

@@ -258,6 +258,9 @@ pub struct FilterBenchArgs {
 /// Model and batch shape of a benchmark.
 #[derive(Debug, Args)]
 pub struct BenchShapeArgs {
+    /// Model family: `mistral`, `llama`, `qwen2`, `qwen3` or `gemma2` (with its usual numerics).
+    #[arg(long, default_value = "mistral")]
+    pub architecture: String,
     /// Model width.
     #[arg(long, default_value_t = 512)]
     pub hidden: usize,

@@ -148,7 +148,7 @@ fn preference_metrics_equal_hand_computed_values_from_the_golden_log_probs() {
     // Multiple choice: the argmax of the choices' log-likelihoods, scored here independently.
     let tokenizer = flow_model::tokenize::PreferenceTokenizer::load(&base).unwrap();
     let device = flow_model::cpu();
-    let scorer = Scorer::new(flow_model::Mistral::load(&policy, &device).unwrap());
+    let scorer = Scorer::new(flow_model::Model::load(&policy, &device).unwrap());
     let questions = [
         (
             "Was ist die Hauptstadt von Deutschland?",
@@ -173,6 +173,7 @@ fn preference_metrics_equal_hand_computed_values_from_the_golden_log_probs() {
                         }],
                         &device,
                     )
+                    .unwrap()
                     .sums[0];
                 (ll, ll / (c.len() + 1) as f64)
             })

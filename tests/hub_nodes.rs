@@ -108,7 +108,7 @@ fn fetch_fills_the_standard_cache_then_serves_offline_and_reruns_only_when_the_b
             .join(hub_server::git_sha1(&expected["config.json"]))
             .is_file()
     );
-    let model = flow_model::Mistral::load(&cache.join("snapshots").join(&sha), &flow_model::cpu());
+    let model = flow_model::Model::load(&cache.join("snapshots").join(&sha), &flow_model::cpu());
     assert!(model.is_ok(), "the model core loads the snapshot");
 
     // Unchanged branch: cached, one cheap revision lookup and no download.

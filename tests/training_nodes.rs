@@ -5,7 +5,7 @@
 
 mod support;
 
-use flow_model::Mistral;
+use flow_model::Model;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -48,7 +48,7 @@ fn dpo_train_writes_a_model_trl_metrics_and_curves_and_uses_precomputed_referenc
     let common = ["max_steps=3", "batch_size=4", "learning_rate=0.001"];
     exec_training(&p, "dpo.train", &data, "fly", &common).expect_code(0);
 
-    let model = Mistral::load(&p.path().join("fly/model"), &flow_model::cpu()).unwrap();
+    let model = Model::load(&p.path().join("fly/model"), &flow_model::cpu()).unwrap();
     assert_eq!(model.config.vocab_size, 400);
     for file in ["tokenizer.json", "config.json", "model.safetensors"] {
         assert!(p.path().join("fly/model").join(file).is_file(), "{file}");
@@ -126,7 +126,7 @@ fn lora_training_saves_a_peft_adapter_or_a_merged_model() {
     let mut merged = with.to_vec();
     merged.push("save=merged");
     exec_training(&p, "dpo.train", &data, "merged", &merged).expect_code(0);
-    Mistral::load(&p.path().join("merged/model"), &flow_model::cpu()).unwrap();
+    Model::load(&p.path().join("merged/model"), &flow_model::cpu()).unwrap();
 }
 
 fn resume_workflow(data: &Path) -> String {
@@ -287,7 +287,7 @@ fn sft_train_lowers_the_completion_loss() {
     assert_eq!(losses.len(), 8);
     assert!(losses[7] < 0.8 * losses[0], "{losses:?}");
     assert!(records.last().unwrap().get("eval_loss").is_some());
-    Mistral::load(&p.path().join("out/model"), &flow_model::cpu()).unwrap();
+    Model::load(&p.path().join("out/model"), &flow_model::cpu()).unwrap();
 }
 
 #[test]

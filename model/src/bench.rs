@@ -3,10 +3,10 @@
 use serde::Serialize;
 use std::time::Instant;
 
-use crate::arch::MistralConfig;
+use crate::arch::{Family, ModelConfig};
 use crate::rng::SplitMix64;
 use crate::scoring::{ReferenceScorer, Sequence};
-use crate::tensor::mistral::Mistral;
+use crate::tensor::model::Model;
 use crate::tokenize::TokenizedPair;
 use crate::train::dpo::{LossConfig, LossType};
 use crate::train::schedule::{BetaSchedule, LrScheduler};
@@ -15,6 +15,8 @@ use crate::train::{Example, Objective, TrainConfig, Trainer};
 /// The model and batch shape to measure.
 #[derive(Clone, Debug)]
 pub struct BenchShape {
+    /// Model family.
+    pub family: Family,
     /// Model width.
     pub hidden: usize,
     /// MLP width.
@@ -72,16 +74,17 @@ pub struct BenchResult {
     pub threads: usize,
 }
 
-/// A Mistral config with the bench shape.
-pub fn bench_config(shape: &BenchShape) -> MistralConfig {
-    MistralConfig::with_shape(
+/// A config of the bench's family and shape.
+pub fn bench_config(shape: &BenchShape) -> ModelConfig {
+    let base = ModelConfig::with_shape(
         shape.vocab,
         shape.hidden,
         shape.intermediate,
         shape.layers,
         shape.heads,
         shape.kv_heads,
-    )
+    );
+    ModelConfig::for_family(shape.family, base)
 }
 
 /// `2 × pairs` random sequences of `seq` tokens with the prompt the first quarter.
@@ -108,24 +111,24 @@ pub fn peak_rss_mib() -> f64 {
 }
 
 /// Scores random batches with a random model: reference scoring as `model.ref_logprobs` does it.
-pub fn bench_logprobs(shape: &BenchShape, run: &BenchRun) -> BenchResult {
+pub fn bench_logprobs(shape: &BenchShape, run: &BenchRun) -> crate::Result<BenchResult> {
     let device = run.device.clone();
-    let model = Mistral::random(&bench_config(shape), 0, 0.02, &device).cast(run.dtype);
+    let model = Model::random(&bench_config(shape), 0, 0.02, &device).cast(run.dtype);
     let scorer = ReferenceScorer::new(model);
     let batch = bench_batch(shape, 1);
-    let run = || scorer.score(&batch, &device).sums;
-    run();
+    let run = || scorer.score(&batch, &device).map(|s| s.sums);
+    run()?;
     let start = Instant::now();
     for _ in 0..shape.repeats.max(1) {
-        run();
+        run()?;
     }
     let batch_s = start.elapsed().as_secs_f64() / shape.repeats.max(1) as f64;
-    BenchResult {
+    Ok(BenchResult {
         tokens_per_s: (2 * shape.pairs * shape.seq) as f64 / batch_s,
         batch_s,
         peak_rss_mib: peak_rss_mib(),
         threads: rayon::current_num_threads(),
-    }
+    })
 }
 
 /// What the DPO step benchmark measured.
@@ -145,7 +148,7 @@ pub struct StepBenchResult {
 /// policy forward and backward, clipping and AdamW, on `pairs` fresh random pairs per step.
 pub fn bench_dpo_step(shape: &BenchShape, run: &BenchRun) -> crate::Result<StepBenchResult> {
     let device = run.device.clone();
-    let model = Mistral::random(&bench_config(shape), 0, 0.02, &device);
+    let model = Model::random(&bench_config(shape), 0, 0.02, &device);
     let steps = shape.repeats.max(1) + 1;
     let prompt = (shape.seq / 4).max(1);
     let mut rng = SplitMix64::new(1);

@@ -5,7 +5,7 @@ use crate::device::to_f32;
 use crate::host::vector::softmax_in_place;
 use crate::rng::SplitMix64;
 use crate::scoring::HostHead;
-use crate::tensor::mistral::{KvCache, Mistral};
+use crate::tensor::model::{KvCache, Model};
 
 /// How to pick each next token.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -28,21 +28,21 @@ impl Sampling {
 }
 
 /// Generates up to `max_new_tokens` after `prompt`, stopping after `eos`; returns the new ids
-/// (`eos` included when it was generated).
+/// (`eos` included when it was generated). An error names a prompt id outside the vocabulary.
 pub fn generate(
-    model: &Mistral,
+    model: &Model,
     head: &HostHead,
     prompt: &[u32],
     eos: u32,
     max_new_tokens: usize,
     sampling: Sampling,
-) -> Vec<u32> {
+) -> crate::error::Result<Vec<u32>> {
     let mut rng = SplitMix64::new(sampling.seed);
     let mut cache = KvCache::default();
     let mut generated = Vec::new();
     let mut next: Vec<u32> = prompt.to_vec();
     while generated.len() < max_new_tokens && !next.is_empty() {
-        let hidden = to_f32(model.hidden_states_cached(&next, &mut cache));
+        let hidden = to_f32(model.hidden_states_cached(&next, &mut cache)?);
         let last = &hidden[hidden.len() - model.config.hidden_size..];
         let token = pick(head.logits(last), sampling, &mut rng);
         generated.push(token);
@@ -51,7 +51,7 @@ pub fn generate(
         }
         next = vec![token];
     }
-    generated
+    Ok(generated)
 }
 
 /// The next token from `logits`.

@@ -37,11 +37,11 @@ pub mod train;
 #[cfg(test)]
 mod tests;
 
-pub use arch::MistralConfig;
+pub use arch::ModelConfig;
 pub use burn::prelude::{Device, Int, Tensor};
 pub use burn::tensor::DType;
 #[cfg(feature = "cuda")]
 pub use device::cuda;
 pub use device::{CUDA_BUILT, checked_device, cpu};
 pub use error::{ModelError, Result};
-pub use tensor::mistral::Mistral;
+pub use tensor::model::Model;

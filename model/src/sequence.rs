@@ -16,3 +16,26 @@ impl Sequence {
         self.ids.len() - self.completion_start
     }
 }
+
+impl Sequence {
+    /// Checks that the sequence can be scored by a model of `vocab` tokens: a prompt token, a
+    /// completion token, every id in the vocabulary. `n` names the sequence in the error.
+    pub fn check(&self, n: usize, vocab: usize) -> crate::error::Result<()> {
+        let problem = if self.completion_start == 0 {
+            Some("no prompt token (a first token has no prediction to score)".to_string())
+        } else if self.completion_start >= self.ids.len() {
+            Some("no completion token".to_string())
+        } else {
+            self.ids
+                .iter()
+                .find(|&&id| id as usize >= vocab)
+                .map(|id| format!("token id {id} is outside the model's vocabulary of {vocab}"))
+        };
+        match problem {
+            Some(why) => Err(crate::error::ModelError::Argument(format!(
+                "sequence {n} cannot be scored: {why}"
+            ))),
+            None => Ok(()),
+        }
+    }
+}

@@ -1,20 +1,21 @@
 //! Tests that need several rooms at once: the host path against the tensor path (log-probs
 //! and, in f64, gradients), and a model's round trip through the tensor path and a checkpoint.
 
-use crate::arch::{MistralConfig, weight_specs};
+use crate::arch::{ModelConfig, weight_specs};
 use crate::bench::{BenchShape, bench_config};
 use crate::device::{to_f32, to_f64};
-use crate::host::HostMistral;
+use crate::host::HostModel;
 use crate::rng::SplitMix64;
 use crate::scoring::{Scorer, Sequence, score};
-use crate::tensor::mistral::Mistral;
+use crate::tensor::model::Model;
 use burn::prelude::*;
 use burn::tensor::{DType, TensorData};
 
 /// A small model with grouped heads and a sliding window of `window` tokens; every weight
 /// (norms included) random.
-fn model(tied: bool, window: usize) -> Mistral {
+fn model(tied: bool, window: usize) -> Model {
     let mut config = bench_config(&BenchShape {
+        family: crate::arch::Family::Mistral,
         hidden: 32,
         intermediate: 48,
         layers: 2,
@@ -28,7 +29,7 @@ fn model(tied: bool, window: usize) -> Mistral {
     config.sliding_window = Some(window);
     config.tie_word_embeddings = tied;
     let mut rng = SplitMix64::new(7);
-    Mistral::from_fn(&config, |spec| {
+    Model::from_fn(&config, |spec| {
         let norm = spec.name.ends_with("norm.weight");
         let values: Vec<f32> = (0..spec.shape[0] * spec.shape[1])
             .map(|_| {
@@ -57,7 +58,7 @@ fn batch() -> Vec<Sequence> {
         .collect()
 }
 
-fn host_weights(model: &Mistral) -> Vec<Vec<f32>> {
+fn host_weights(model: &Model) -> Vec<Vec<f32>> {
     model
         .weights()
         .into_iter()
@@ -70,9 +71,10 @@ fn forward_log_probs_equal_the_scorers() {
     for (tied, window) in [(false, 5), (true, 100), (false, 4096)] {
         let model = model(tied, window);
         let weights = host_weights(&model);
-        let host = HostMistral::new(&model.config, weights.iter().map(Vec::as_slice).collect());
-        let forward = host.forward(&batch());
-        let scored = Scorer::new(model).score(&batch(), &crate::cpu());
+        let host =
+            HostModel::new(&model.config, weights.iter().map(Vec::as_slice).collect()).unwrap();
+        let forward = host.forward(&batch()).unwrap();
+        let scored = Scorer::new(model).score(&batch(), &crate::cpu()).unwrap();
         assert_eq!(forward.token_logps.len(), scored.token_logps.len());
         for (a, b) in forward.token_logps.iter().zip(&scored.token_logps) {
             assert!((f64::from(*a) - b).abs() < 1e-5, "{a} vs {b}");
@@ -87,8 +89,9 @@ fn gradients_equal_autodiff_in_f64() {
     for (tied, window) in [(false, 5), (true, 100), (false, 4096)] {
         let model = model(tied, window);
         let weights = host_weights(&model);
-        let host = HostMistral::new(&model.config, weights.iter().map(Vec::as_slice).collect());
-        let forward = host.forward(&batch());
+        let host =
+            HostModel::new(&model.config, weights.iter().map(Vec::as_slice).collect()).unwrap();
+        let forward = host.forward(&batch()).unwrap();
         let mut rng = SplitMix64::new(11);
         let g: Vec<f32> = (0..forward.token_logps.len())
             .map(|_| rng.next_normal() as f32)
@@ -103,7 +106,7 @@ fn gradients_equal_autodiff_in_f64() {
             leaf
         });
         let device = crate::cpu();
-        let logps = score(&tracked, &batch(), &device).token_logps;
+        let logps = score(&tracked, &batch(), &device).unwrap().token_logps;
         let g64: Vec<f64> = g.iter().map(|&x| f64::from(x)).collect();
         let n = g64.len();
         let weights_g = Tensor::<1>::from_data(TensorData::new(g64, [n]), (&device, DType::F64));
@@ -130,6 +133,7 @@ fn gradients_equal_autodiff_in_f64() {
 fn tied_embeddings_have_no_lm_head_and_round_trip() {
     let device = crate::cpu();
     let config = crate::bench::bench_config(&crate::bench::BenchShape {
+        family: crate::arch::Family::Mistral,
         hidden: 32,
         intermediate: 64,
         layers: 1,
@@ -140,11 +144,11 @@ fn tied_embeddings_have_no_lm_head_and_round_trip() {
         seq: 8,
         repeats: 1,
     });
-    let config = MistralConfig {
+    let config = ModelConfig {
         tie_word_embeddings: true,
         ..config
     };
-    let model = Mistral::random(&config, 3, 0.02, &device);
+    let model = Model::random(&config, 3, 0.02, &device);
     assert!(
         weight_specs(&config)
             .iter()
@@ -154,7 +158,7 @@ fn tied_embeddings_have_no_lm_head_and_round_trip() {
     model
         .save(dir.path(), crate::checkpoint::safetensors::SaveDtype::F32)
         .unwrap();
-    let again = Mistral::load(dir.path(), &device).unwrap();
+    let again = Model::load(dir.path(), &device).unwrap();
     assert!(again.config.tie_word_embeddings && again.lm_head.is_none());
     let (a, b) = (
         to_f64(model.lm_head_weight().flatten::<1>(0, 1)),

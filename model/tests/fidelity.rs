@@ -3,29 +3,13 @@
 //! and the policy, batched against unbatched, sharded against single-file loading.
 
 use flow_model::device::to_f64;
-use flow_model::scoring::{Scorer, Sequence, score};
+use flow_model::scoring::{HostScorer, Scorer, Sequence, score};
 use flow_model::tokenize::PreferenceTokenizer;
-use flow_model::{Mistral, MistralConfig, cpu};
+use flow_model::{Model, ModelConfig, cpu};
 use serde_json::Value;
 
 mod common;
-use common::{assert_close, fixtures, floats, golden, ids};
-
-/// The chosen and rejected sequences of every golden pair, in order.
-fn golden_sequences(g: &Value) -> Vec<Sequence> {
-    g["pairs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|p| {
-            let prompt = ids(&p["prompt_ids"]);
-            ["chosen_ids", "rejected_ids"].map(|key| Sequence {
-                ids: prompt.iter().copied().chain(ids(&p[key])).collect(),
-                completion_start: prompt.len(),
-            })
-        })
-        .collect()
-}
+use common::{FAMILIES, assert_close, fixtures, floats, golden, golden_of, ids};
 
 #[test]
 fn tiny_tokenizer_splits_pairs_as_trl() {
@@ -79,10 +63,10 @@ fn mistral_7b_tokenizer_ids_are_identical_to_transformers() {
 
 #[test]
 fn both_config_styles_parse() {
-    let v5 = MistralConfig::load(&fixtures().join("mistral-tiny/base")).unwrap();
+    let v5 = ModelConfig::load(&fixtures().join("mistral-tiny/base")).unwrap();
     assert_eq!(
         (
-            v5.rope_theta,
+            v5.rope.theta,
             v5.num_key_value_heads,
             v5.head_dim,
             v5.tie_word_embeddings
@@ -93,10 +77,10 @@ fn both_config_styles_parse() {
         fixtures().join("mistral-7b-tokenizer/mistral-7b-v0.1.config.json"),
     )
     .unwrap();
-    let v4 = MistralConfig::parse(&text).unwrap();
+    let v4 = ModelConfig::parse(&text).unwrap();
     assert_eq!(
         (
-            v4.rope_theta,
+            v4.rope.theta,
             v4.head_dim,
             v4.sliding_window,
             v4.dtype.as_str()
@@ -106,83 +90,134 @@ fn both_config_styles_parse() {
     assert_eq!(v4.parameter_count(), 7_241_732_096);
 }
 
-/// Scores every golden sequence with the model in `dir`, batched or one by one, and compares
-/// per-token log-probs and sums with the golden values under `prefix` (`ref` or `policy`).
-fn check_logps(dir: &str, prefix: &str, batched: bool) {
-    let g = golden();
-    let device = cpu();
-    let model = Mistral::load(&fixtures().join(dir), &device).unwrap();
-    let sequences = golden_sequences(&g);
-    let (tokens, sums): (Vec<f64>, Vec<f64>) = if batched {
-        let s = score(&model, &sequences, &device);
-        (to_f64(s.token_logps), to_f64(s.sums))
-    } else {
-        let mut tokens = Vec::new();
-        let mut sums = Vec::new();
-        for seq in &sequences {
-            let s = score(&model, std::slice::from_ref(seq), &device);
-            tokens.extend(to_f64(s.token_logps));
-            sums.extend(to_f64(s.sums));
-        }
-        (tokens, sums)
-    };
-    let mut expected_tokens = Vec::new();
-    let mut expected_sums = Vec::new();
-    for p in g["pairs"].as_array().unwrap() {
+/// The sequences of golden pairs (`pairs` or `conversational`) with their expected per-token
+/// log-probs and sums under `prefix` (`ref` or `policy`).
+fn expected(pairs: &Value, prefix: &str) -> (Vec<Sequence>, Vec<f64>, Vec<f64>) {
+    let (mut sequences, mut tokens, mut sums) = (Vec::new(), Vec::new(), Vec::new());
+    for p in pairs.as_array().unwrap() {
+        let prompt = ids(&p["prompt_ids"]);
         for side in ["chosen", "rejected"] {
-            expected_tokens.extend(floats(&p[format!("{prefix}_{side}_token_logps")]));
-            expected_sums.push(p[format!("{prefix}_{side}_logps")].as_f64().unwrap());
+            sequences.push(Sequence {
+                ids: prompt
+                    .iter()
+                    .copied()
+                    .chain(ids(&p[format!("{side}_ids")]))
+                    .collect(),
+                completion_start: prompt.len(),
+            });
+            tokens.extend(floats(&p[format!("{prefix}_{side}_token_logps")]));
+            sums.push(p[format!("{prefix}_{side}_logps")].as_f64().unwrap());
         }
     }
+    (sequences, tokens, sums)
+}
+
+/// Scores the golden sequences of `pairs` with the model in `family/dir` on every path flow
+/// has — the tensor path batched and one by one, the tensor trunk with the host head, and the
+/// host path — and compares each with transformers' per-token log-probs under `prefix`.
+fn check_logps(family: &str, dir: &str, pairs: &str, prefix: &str) {
+    let g = golden_of(family);
+    let device = cpu();
+    let model = Model::load(&fixtures().join(family).join(dir), &device).unwrap();
+    let (sequences, expected_tokens, expected_sums) = expected(&g[pairs], prefix);
+    let what = |path: &str| format!("{family} {dir} {pairs} {prefix} {path}");
+    let batched = score(&model, &sequences, &device).unwrap();
     assert_close(
-        &tokens,
+        &to_f64(batched.token_logps),
         &expected_tokens,
         1e-4,
-        &format!("{prefix} token log-probs"),
+        &what("batched"),
     );
-    assert_close(&sums, &expected_sums, 1e-4, &format!("{prefix} sums"));
-}
-
-#[test]
-fn reference_logps_match_transformers_batched_and_unbatched() {
-    check_logps("mistral-tiny/base", "ref", true);
-    check_logps("mistral-tiny/base", "ref", false);
-}
-
-#[test]
-fn policy_logps_match_transformers() {
-    check_logps("mistral-tiny/policy", "policy", true);
-}
-
-#[test]
-fn host_scorer_equals_differentiable_scoring() {
-    let device = cpu();
-    let model = Mistral::load(&fixtures().join("mistral-tiny/base"), &device).unwrap();
-    let sequences = golden_sequences(&golden());
-    let graph = score(&model, &sequences, &device);
-    let host = Scorer::new(model).score(&sequences, &device);
-    for (a, b) in host.token_logps.iter().zip(to_f64(graph.token_logps)) {
-        assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+    assert_close(
+        &to_f64(batched.sums),
+        &expected_sums,
+        1e-4,
+        &what("batched sums"),
+    );
+    let mut one_by_one = Vec::new();
+    for seq in &sequences {
+        one_by_one.extend(to_f64(
+            score(&model, std::slice::from_ref(seq), &device)
+                .unwrap()
+                .token_logps,
+        ));
     }
-    let expected: Vec<f64> = golden()["pairs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|p| {
-            [
-                p["ref_chosen_logps"].as_f64().unwrap(),
-                p["ref_rejected_logps"].as_f64().unwrap(),
-            ]
-        })
-        .collect();
-    assert_close(&host.sums, &expected, 1e-4, "host sums");
+    assert_close(&one_by_one, &expected_tokens, 1e-4, &what("unbatched"));
+    let head = Scorer::new(model.clone())
+        .score(&sequences, &device)
+        .unwrap();
+    assert_close(
+        &head.token_logps,
+        &expected_tokens,
+        1e-4,
+        &what("host head"),
+    );
+    let host = HostScorer::new(model).score(&sequences).unwrap();
+    assert_close(
+        &host.token_logps,
+        &expected_tokens,
+        1e-4,
+        &what("host path"),
+    );
+    assert_close(&host.sums, &expected_sums, 1e-4, &what("host path sums"));
+}
+
+#[test]
+fn reference_logps_match_transformers_on_every_path() {
+    for family in FAMILIES {
+        check_logps(family, "base", "pairs", "ref");
+    }
+}
+
+#[test]
+fn policy_logps_match_transformers_on_every_path() {
+    for family in FAMILIES {
+        check_logps(family, "policy", "pairs", "policy");
+    }
+}
+
+#[test]
+fn conversational_pairs_score_as_transformers() {
+    for family in FAMILIES.into_iter().filter(|f| *f != "mistral-tiny") {
+        check_logps(family, "base", "conversational", "ref");
+    }
+}
+
+#[test]
+fn hub_style_configs_read_as_the_new_style() {
+    for family in ["llama-tiny", "qwen2-tiny", "gemma2-tiny"] {
+        let dir = fixtures().join(family);
+        let new = ModelConfig::load(&dir.join("base")).unwrap();
+        let text = std::fs::read_to_string(dir.join("config.hub-style.json")).unwrap();
+        let old = ModelConfig::parse(&text).unwrap();
+        assert_eq!(old, new, "{family}");
+    }
+}
+
+#[test]
+fn plain_pairs_tokenize_as_trl_for_every_family() {
+    for family in FAMILIES {
+        let g = golden_of(family);
+        let tok = PreferenceTokenizer::load(&fixtures().join(family).join("base")).unwrap();
+        for p in g["pairs"].as_array().unwrap() {
+            let pair = tok.tokenize_pair(
+                p["prompt"].as_str().unwrap(),
+                p["chosen"].as_str().unwrap(),
+                p["rejected"].as_str().unwrap(),
+            );
+            let what = format!("{family} {}", p["prompt"]);
+            assert_eq!(pair.prompt_ids, ids(&p["prompt_ids"]), "{what}");
+            assert_eq!(pair.chosen_ids, ids(&p["chosen_ids"]), "{what}");
+            assert_eq!(pair.rejected_ids, ids(&p["rejected_ids"]), "{what}");
+        }
+    }
 }
 
 #[test]
 fn sharded_checkpoint_loads_the_same_weights() {
     let device = cpu();
-    let single = Mistral::load(&fixtures().join("mistral-tiny/base"), &device).unwrap();
-    let sharded = Mistral::load(&fixtures().join("mistral-tiny/base-sharded"), &device).unwrap();
+    let single = Model::load(&fixtures().join("mistral-tiny/base"), &device).unwrap();
+    let sharded = Model::load(&fixtures().join("mistral-tiny/base-sharded"), &device).unwrap();
     for ((name, a), (_, b)) in single.weights().into_iter().zip(sharded.weights()) {
         assert_eq!(
             to_f64(a.flatten::<1>(0, 1)),

@@ -5,12 +5,12 @@
 use burn::tensor::{DType, TensorData};
 use flow_model::device::to_f64;
 use flow_model::scoring::{Sequence, score};
-use flow_model::{Device, Mistral, Tensor, cpu};
+use flow_model::{Device, Model, Tensor, cpu};
 use std::path::Path;
 
-fn model_f64(device: &Device, track: bool) -> Mistral {
+fn model_f64(device: &Device, track: bool) -> Model {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/mistral-tiny/policy");
-    let loaded = Mistral::load(&dir, &cpu()).unwrap();
+    let loaded = Model::load(&dir, &cpu()).unwrap();
     loaded.map_weights(|_, t| {
         let t = Tensor::<2>::from_data(t.into_data_dtype(DType::F64), (device, DType::F64));
         if track { t.require_grad() } else { t }
@@ -31,9 +31,9 @@ fn batch() -> Vec<Sequence> {
     ]
 }
 
-fn loss(model: &Mistral, device: &Device) -> Tensor<1> {
+fn loss(model: &Model, device: &Device) -> Tensor<1> {
     // A mix of both sequences, so the two get different weights.
-    let sums = score(model, &batch(), device).sums;
+    let sums = score(model, &batch(), device).unwrap().sums;
     let weights = Tensor::<1>::from_data(
         TensorData::new(vec![1.0f64, -0.5], [2]),
         (device, sums.dtype()),
@@ -42,7 +42,7 @@ fn loss(model: &Mistral, device: &Device) -> Tensor<1> {
 }
 
 /// Sets one weight entry to `value`.
-fn with_entry(model: &Mistral, name: &str, index: usize, value: f64, device: &Device) -> Mistral {
+fn with_entry(model: &Model, name: &str, index: usize, value: f64, device: &Device) -> Model {
     model.map_weights(|n, t| {
         if n != name {
             return t;
@@ -113,7 +113,7 @@ fn f32_surrogate_lm_head_gradients_equal_the_log_softmax_ones() {
     let plain = cpu();
     let tracked_device = plain.clone().autodiff();
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/mistral-tiny/policy");
-    let f32_model = Mistral::load(&dir, &plain)
+    let f32_model = Model::load(&dir, &plain)
         .unwrap()
         .map_weights(|_, t| t.autodiff().require_grad());
     let f64_model = model_f64(&tracked_device, true);

@@ -3,7 +3,7 @@
 
 use flow_model::checkpoint::safetensors::{Checkpoint, NamedTensor, SaveDtype, save_safetensors};
 use flow_model::device::to_f64;
-use flow_model::{Mistral, ModelError, cpu};
+use flow_model::{Model, ModelError, cpu};
 use std::path::{Path, PathBuf};
 
 fn base() -> PathBuf {
@@ -22,7 +22,7 @@ fn copy_of_base() -> tempfile::TempDir {
 /// The base checkpoint's tensors, as files hold them.
 fn base_tensors() -> Vec<NamedTensor> {
     let checkpoint = Checkpoint::open(&base()).unwrap();
-    let model = Mistral::load(&base(), &cpu()).unwrap();
+    let model = Model::load(&base(), &cpu()).unwrap();
     flow_model::arch::weight_specs(&model.config)
         .into_iter()
         .map(|s| NamedTensor {
@@ -34,7 +34,7 @@ fn base_tensors() -> Vec<NamedTensor> {
 }
 
 fn load_error(dir: &Path) -> String {
-    match Mistral::load(dir, &cpu()) {
+    match Model::load(dir, &cpu()) {
         Ok(_) => panic!("expected an error loading {}", dir.display()),
         Err(e) => e.to_string(),
     }
@@ -94,7 +94,7 @@ fn missing_and_misshaped_tensors_are_named_with_shapes() {
     assert!(load_error(dir.path()).contains("not a safetensors file"));
 }
 
-fn weights_f64(model: &Mistral) -> Vec<(String, Vec<f64>)> {
+fn weights_f64(model: &Model) -> Vec<(String, Vec<f64>)> {
     model
         .weights()
         .into_iter()
@@ -105,10 +105,10 @@ fn weights_f64(model: &Mistral) -> Vec<(String, Vec<f64>)> {
 #[test]
 fn saved_models_load_back_unchanged_single_sharded_and_bf16() {
     let device = cpu();
-    let model = Mistral::load(&base(), &device).unwrap();
+    let model = Model::load(&base(), &device).unwrap();
     let out = tempfile::tempdir().unwrap();
     model.save(out.path(), SaveDtype::F32).unwrap();
-    let again = Mistral::load(out.path(), &device).unwrap();
+    let again = Model::load(out.path(), &device).unwrap();
     assert_eq!(again.config, model.config);
     assert_eq!(weights_f64(&again), weights_f64(&model));
 
@@ -132,13 +132,13 @@ fn saved_models_load_back_unchanged_single_sharded_and_bf16() {
             .is_file()
     );
     assert_eq!(
-        weights_f64(&Mistral::load(sharded.path(), &device).unwrap()),
+        weights_f64(&Model::load(sharded.path(), &device).unwrap()),
         weights_f64(&model)
     );
 
     let bf16 = tempfile::tempdir().unwrap();
     model.save(bf16.path(), SaveDtype::BF16).unwrap();
-    let halved = Mistral::load(bf16.path(), &device).unwrap();
+    let halved = Model::load(bf16.path(), &device).unwrap();
     assert_eq!(halved.config.dtype, "bfloat16");
     for ((name, a), (_, b)) in weights_f64(&halved).into_iter().zip(weights_f64(&model)) {
         for (x, y) in a.iter().zip(&b) {
@@ -154,7 +154,7 @@ fn saved_models_load_back_unchanged_single_sharded_and_bf16() {
 fn errors_are_typed() {
     let dir = tempfile::tempdir().unwrap();
     assert!(matches!(
-        Mistral::load(dir.path(), &cpu()),
+        Model::load(dir.path(), &cpu()),
         Err(ModelError::MissingFile { .. })
     ));
 }

@@ -11,11 +11,11 @@ use flow_model::train::dpo::{LossConfig, LossType, PairLogps, preference_loss};
 use flow_model::train::optim::AdamWConfig;
 use flow_model::train::schedule::{BetaSchedule, BetaShape, LrScheduler};
 use flow_model::train::{Example, Objective, Record, Schedule, TrainConfig, Trainer};
-use flow_model::{Mistral, Tensor, cpu};
+use flow_model::{Model, Tensor, cpu};
 use serde_json::Value;
 
 mod common;
-use common::{assert_close, assert_relative, fixtures, floats, golden, ids};
+use common::{FAMILIES, assert_close, assert_relative, fixtures, floats, golden, golden_of, ids};
 
 fn pairs(g: &Value) -> &Vec<Value> {
     g["pairs"].as_array().unwrap()
@@ -41,14 +41,23 @@ fn golden_examples(g: &Value) -> Vec<Example> {
         .collect()
 }
 
-fn policy() -> Mistral {
-    Mistral::load(&fixtures().join("mistral-tiny/policy"), &cpu()).unwrap()
+fn policy() -> Model {
+    policy_of("mistral-tiny")
 }
 
-/// A sigmoid-DPO (β 0.1) trainer of the fixture policy on the golden pairs.
+fn policy_of(family: &str) -> Model {
+    Model::load(&fixtures().join(family).join("policy"), &cpu()).unwrap()
+}
+
+/// A sigmoid-DPO (β 0.1) trainer of the Mistral fixture policy on the golden pairs.
 fn golden_trainer(g: &Value, config: TrainConfig) -> Trainer {
+    golden_trainer_of("mistral-tiny", g, config)
+}
+
+/// A sigmoid-DPO (β 0.1) trainer of `family`'s fixture policy on its golden pairs.
+fn golden_trainer_of(family: &str, g: &Value, config: TrainConfig) -> Trainer {
     Trainer::new(
-        policy(),
+        policy_of(family),
         config,
         sigmoid_objective(0.1),
         golden_examples(g),
@@ -106,7 +115,13 @@ impl flow_model::train::Observer for Log {
 
 #[test]
 fn every_loss_and_metric_matches_trl() {
-    let g = golden();
+    for family in FAMILIES {
+        losses_and_metrics_match_trl(&golden_of(family));
+    }
+}
+
+fn losses_and_metrics_match_trl(g: &Value) {
+    let g = g.clone();
     let device = cpu();
     let column = |key: &str| {
         let values: Vec<f64> = pairs(&g).iter().map(|p| p[key].as_f64().unwrap()).collect();
@@ -189,8 +204,28 @@ fn learning_rate_multipliers_are_transformers_exactly() {
 
 #[test]
 fn three_trl_steps_give_trls_losses_gradients_and_weights() {
-    let g = golden();
-    let mut trainer = golden_trainer(&g, trl_config(&g));
+    for family in FAMILIES {
+        three_trl_steps(family, false);
+    }
+}
+
+#[test]
+fn three_trl_steps_through_autodiff_give_trls_weights() {
+    // Gradient checkpointing routes the step through burn's autodiff (the path of LoRA, bf16
+    // and GPUs) instead of the host backward pass.
+    for family in FAMILIES {
+        three_trl_steps(family, true);
+    }
+}
+
+/// TRL's three steps on `family`, on the host path or (`tape`) through burn's autodiff.
+fn three_trl_steps(family: &str, tape: bool) {
+    let g = golden_of(family);
+    let config = TrainConfig {
+        gradient_checkpointing: tape,
+        ..trl_config(&g)
+    };
+    let mut trainer = golden_trainer_of(family, &g, config);
     let mut log = Log::default();
     trainer.run(&Schedule::default(), &mut log).unwrap();
     let trl_log = g["train_3_steps"]["log"].as_array().unwrap();
@@ -210,19 +245,19 @@ fn three_trl_steps_give_trls_losses_gradients_and_weights() {
                 ours.get(name).unwrap(),
                 theirs[name].as_f64().unwrap(),
                 tolerance,
-                &format!("step {step} {name}"),
+                &format!("{family} step {step} {name}"),
             );
         }
         assert_relative(
             ours.get("grad_norm").unwrap(),
             theirs["grad_norm"].as_f64().unwrap(),
             1e-3,
-            &format!("step {step} grad_norm"),
+            &format!("{family} step {step} grad_norm"),
         );
         assert_eq!(
             ours.get("learning_rate").unwrap(),
             theirs["learning_rate"].as_f64().unwrap(),
-            "step {step} learning_rate"
+            "{family} step {step} learning_rate"
         );
     }
     let after = &g["train_3_steps"]["params_after_first8"];
@@ -230,31 +265,41 @@ fn three_trl_steps_give_trls_losses_gradients_and_weights() {
     for (name, expected) in after.as_object().unwrap() {
         let tensor = &trained.iter().find(|(n, _)| n == name).unwrap().1;
         let first8 = &to_f64(tensor.clone().flatten::<1>(0, 1))[..8];
-        assert_close(first8, &floats(expected), 1e-5, name);
+        assert_close(first8, &floats(expected), 1e-5, &format!("{family} {name}"));
     }
 }
 
 #[test]
 fn sigmoid_loss_gradient_matches_trl() {
-    let g = golden();
+    for family in FAMILIES {
+        for tape in [false, true] {
+            sigmoid_gradient(family, tape);
+        }
+    }
+}
+
+/// The gradient of TRL's batch loss on `family`, on the host path or through burn's autodiff.
+fn sigmoid_gradient(family: &str, tape: bool) {
+    let g = golden_of(family);
     let config = TrainConfig {
         max_steps: Some(1),
         learning_rate: 0.0,
+        gradient_checkpointing: tape,
         ..trl_config(&g)
     };
-    let mut trainer = golden_trainer(&g, config);
+    let mut trainer = golden_trainer_of(family, &g, config);
     let (record, grads) = trainer.gradients().unwrap();
     assert_relative(
         record.get("loss").unwrap(),
         g["trl_batch_loss_sigmoid"].as_f64().unwrap(),
         1e-5,
-        "loss",
+        &format!("{family} loss"),
     );
     assert_relative(
         record.get("grad_norm").unwrap(),
         g["grad"]["global_l2_norm"].as_f64().unwrap(),
         1e-3,
-        "global norm",
+        &format!("{family} (autodiff {tape}) global norm"),
     );
     for (name, expected) in g["grad"]["first8"].as_object().unwrap() {
         let (_, grad) = grads.iter().find(|(n, _)| n == name).unwrap();
@@ -262,7 +307,7 @@ fn sigmoid_loss_gradient_matches_trl() {
         for (i, (a, e)) in ours.iter().zip(floats(expected)).enumerate() {
             assert!(
                 (a - e).abs() <= 1e-3 * e.abs().max(1e-3),
-                "{name}[{i}]: {a} vs {e}"
+                "{family} (autodiff {tape}) {name}[{i}]: {a} vs {e}"
             );
         }
     }
@@ -370,8 +415,14 @@ fn lora_with_zero_b_is_the_base_model_and_saves_in_peft_layout() {
     let examples = golden_examples(&g);
     let sequences: Vec<_> = examples.iter().flat_map(|e| e.pair.sequences()).collect();
     let device = cpu();
-    let plain = Scorer::new(base.clone()).score(&sequences, &device).sums;
-    let with_adapters = Scorer::new(adapted.clone()).score(&sequences, &device).sums;
+    let plain = Scorer::new(base.clone())
+        .score(&sequences, &device)
+        .unwrap()
+        .sums;
+    let with_adapters = Scorer::new(adapted.clone())
+        .score(&sequences, &device)
+        .unwrap()
+        .sums;
     assert_eq!(plain, with_adapters, "B = 0: the adapter changes nothing");
 
     // Train the adapters a few steps, save as PEFT, load back: same scores, merged the same too.
@@ -394,7 +445,9 @@ fn lora_with_zero_b_is_the_base_model_and_saves_in_peft_layout() {
         .run(&Schedule::default(), &mut Log::default())
         .unwrap();
     let trained = trainer.policy();
-    let trained_scores = flow_model::scoring::score(&trained, &sequences, &device).sums;
+    let trained_scores = flow_model::scoring::score(&trained, &sequences, &device)
+        .unwrap()
+        .sums;
     let dir = tempfile::tempdir().unwrap();
     lora::save_peft(&trained, &lora_config(), "tiny", dir.path()).unwrap();
     let config: Value = serde_json::from_str(
@@ -421,8 +474,12 @@ fn lora_with_zero_b_is_the_base_model_and_saves_in_peft_layout() {
     );
     let mut loaded = base.clone();
     lora::load_peft(&mut loaded, dir.path()).unwrap();
-    let reloaded = flow_model::scoring::score(&loaded, &sequences, &device).sums;
-    let merged = flow_model::scoring::score(&lora::merged(&trained), &sequences, &device).sums;
+    let reloaded = flow_model::scoring::score(&loaded, &sequences, &device)
+        .unwrap()
+        .sums;
+    let merged = flow_model::scoring::score(&lora::merged(&trained), &sequences, &device)
+        .unwrap()
+        .sums;
     let (t, r, m) = (to_f64(trained_scores), to_f64(reloaded), to_f64(merged));
     assert_close(&r, &t, 1e-9, "reloaded adapter");
     assert_close(&m, &t, 1e-3, "merged adapter");

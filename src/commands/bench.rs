@@ -1,5 +1,6 @@
 //! `flow bench`: throughput and peak memory of tensor work (numbers for notes, never tests).
 
+use flow_model::arch::Family;
 use flow_model::bench::{
     BenchRun, BenchShape, bench_config, bench_dpo_step, bench_logprobs, set_threads,
 };
@@ -14,7 +15,15 @@ fn shape(args: &BenchShapeArgs) -> Result<BenchShape, Failure> {
             "error: --seq must be at least 2, --pairs and --heads at least 1".into(),
         ));
     }
+    let family = Family::from_model_type(&args.architecture).ok_or_else(|| {
+        Failure::Input(format!(
+            "error: unknown --architecture `{}`: flow implements {}",
+            args.architecture,
+            Family::supported()
+        ))
+    })?;
     let shape = BenchShape {
+        family,
         hidden: args.hidden,
         intermediate: args.intermediate,
         layers: args.layers,
@@ -64,7 +73,8 @@ pub fn bench(what: BenchCommand) -> Result<(), Failure> {
                 print_json(&result);
             } else {
                 println!(
-                    "dpo-step: {:.0} tokens/s ({:.3} s per step of {} pairs × 2 × {} tokens), peak RSS {:.0} MiB, {} threads",
+                    "dpo-step ({}): {:.0} tokens/s ({:.3} s per step of {} pairs × 2 × {} tokens), peak RSS {:.0} MiB, {} threads",
+                    args.architecture,
                     result.tokens_per_s,
                     result.step_s,
                     shape.pairs,
@@ -78,12 +88,14 @@ pub fn bench(what: BenchCommand) -> Result<(), Failure> {
         BenchCommand::Logprobs(args) => {
             let shape = shape(&args)?;
             set_threads(args.threads).map_err(|e| Failure::Input(format!("error: {e}")))?;
-            let result = bench_logprobs(&shape, &run_options(&args)?);
+            let result = bench_logprobs(&shape, &run_options(&args)?)
+                .map_err(|e| Failure::Run(format!("error: {e}")))?;
             if args.json {
                 print_json(&result);
             } else {
                 println!(
-                    "logprobs: {:.0} tokens/s ({:.3} s per batch of {} sequences × {} tokens), peak RSS {:.0} MiB, {} threads",
+                    "logprobs ({}): {:.0} tokens/s ({:.3} s per batch of {} sequences × {} tokens), peak RSS {:.0} MiB, {} threads",
+                    args.architecture,
                     result.tokens_per_s,
                     result.batch_s,
                     2 * shape.pairs,

@@ -1,6 +1,6 @@
-//! Grouped-query attention on the host, causal with a sliding window, per sequence and query
-//! head in blocks of query rows over only the keys they see; the backward pass recomputes the
-//! probabilities from the saved log-sum-exps.
+//! Grouped-query attention on the host, causal with a sliding window and optional soft-capping,
+//! per sequence and query head in blocks of query rows over only the keys they see; the
+//! backward pass recomputes the probabilities from the saved log-sum-exps.
 
 use rayon::prelude::*;
 use std::ops::Range;
@@ -51,7 +51,7 @@ pub(super) fn attention_forward(
             for h in 0..d.heads {
                 for (rows, keys) in attention_blocks(len, d.window) {
                     let block = Layout::dense(rows.len(), keys.len());
-                    seq.probabilities(h, (&rows, &keys), &mut probs, |i, row| {
+                    seq.probabilities(h, (&rows, &keys), &mut probs, None, |i, row| {
                         lse[i * d.heads + h] = log_sum_exp(row);
                         lse[i * d.heads + h]
                     });
@@ -98,9 +98,16 @@ pub(super) fn attention_backward(
             let lse = &saved.lse[first * d.heads..(first + len) * d.heads];
             let mut probs = vec![0f32; ATTENTION_ROW_BLOCK * len];
             let mut d_scores = vec![0f32; ATTENTION_ROW_BLOCK * len];
+            let mut slopes = d.softcap.map(|_| vec![0f32; ATTENTION_ROW_BLOCK * len]);
             for h in 0..d.heads {
                 for (rows, keys) in attention_blocks(len, d.window) {
-                    seq.probabilities(h, (&rows, &keys), &mut probs, |i, _| lse[i * d.heads + h]);
+                    seq.probabilities(
+                        h,
+                        (&rows, &keys),
+                        &mut probs,
+                        slopes.as_deref_mut(),
+                        |i, _| lse[i * d.heads + h],
+                    );
                     let block = Layout::dense(rows.len(), keys.len());
                     let (q_rows, kv_rows) = (seq.q_rows(h, &rows), seq.kv_rows(h, &keys));
                     // dV += Pᵀ dO; dP = dO Vᵀ.
@@ -118,16 +125,21 @@ pub(super) fn attention_backward(
                         false,
                         false,
                     );
-                    // dS = P ⊙ (dP − ⟨P, dP⟩ per row) / √d.
+                    // dS = P ⊙ (dP − ⟨P, dP⟩ per row) · scale (· the soft-cap's slope).
                     let width = keys.len();
-                    for (p, ds) in probs
+                    for (r, (p, ds)) in probs
                         .chunks_exact(width)
                         .zip(d_scores.chunks_exact_mut(width))
                         .take(rows.len())
+                        .enumerate()
                     {
                         let dot: f32 = p.iter().zip(ds.iter()).map(|(p, g)| p * g).sum();
                         for (g, &p) in ds.iter_mut().zip(p) {
                             *g = p * (*g - dot) * seq.scale;
+                        }
+                        if let Some(slopes) = &slopes {
+                            let slopes = &slopes[r * width..(r + 1) * width];
+                            ds.iter_mut().zip(slopes).for_each(|(g, s)| *g *= s);
                         }
                     }
                     // dQ = dS K; dK += dSᵀ Q.
@@ -174,7 +186,7 @@ impl<'s> SequenceQkv<'s> {
             q: &q[first * d.q_width()..(first + len) * d.q_width()],
             k: &k[first * d.kv_width()..(first + len) * d.kv_width()],
             v: &v[first * d.kv_width()..(first + len) * d.kv_width()],
-            scale: (d.head_dim as f32).powf(-0.5),
+            scale: d.scale,
             d,
         }
     }
@@ -196,12 +208,14 @@ impl<'s> SequenceQkv<'s> {
 
     /// Fills `probs` (dense `[rows, keys]`) with head `h`'s attention probabilities of the
     /// query rows over the keys given (zero where a key is not visible); `lse(i, scores)` gives
-    /// query `i`'s log-sum-exp of its visible scores.
+    /// query `i`'s log-sum-exp of its visible scores. With soft-capping, `slopes` (same layout)
+    /// receives each visible score's `∂capped/∂raw` for the backward pass.
     fn probabilities(
         &self,
         h: usize,
         (rows, keys): (&Range<usize>, &Range<usize>),
         probs: &mut [f32],
+        mut slopes: Option<&mut [f32]>,
         mut lse: impl FnMut(usize, &[f32]) -> f32,
     ) {
         let width = keys.len();
@@ -212,15 +226,36 @@ impl<'s> SequenceQkv<'s> {
             false,
             false,
         );
-        for (i, row) in rows.clone().zip(probs.chunks_exact_mut(width)) {
+        for (r, (i, row)) in rows.clone().zip(probs.chunks_exact_mut(width)).enumerate() {
             let seen = visible(i, self.d.window);
             let seen = seen.start - keys.start..seen.end - keys.start;
             let scores = &mut row[seen.clone()];
             scores.iter_mut().for_each(|s| *s *= self.scale);
+            if let Some(cap) = self.d.softcap {
+                let slopes = slopes
+                    .as_deref_mut()
+                    .map(|s| &mut s[r * width..(r + 1) * width]);
+                soft_cap(scores, cap, slopes.map(|s| &mut s[seen.clone()]));
+            }
             let shift = lse(i, scores);
             exp_shifted(scores, shift);
             row[..seen.start].fill(0.0);
             row[seen.end..].fill(0.0);
         }
+    }
+}
+
+/// `s ← c · tanh(s / c)` (Gemma 2's soft-capping, in the order transformers divides, takes the
+/// tanh and multiplies); with `slopes`, also `∂capped/∂s = 1 − tanh²`.
+pub(super) fn soft_cap(scores: &mut [f32], cap: f32, slopes: Option<&mut [f32]>) {
+    match slopes {
+        Some(slopes) => {
+            for (s, slope) in scores.iter_mut().zip(slopes) {
+                let t = (*s / cap).tanh();
+                *s = t * cap;
+                *slope = 1.0 - t * t;
+            }
+        }
+        None => scores.iter_mut().for_each(|s| *s = (*s / cap).tanh() * cap),
     }
 }

@@ -1,9 +1,11 @@
-//! The output layer on the host: `log_softmax(h · Wᵀ)[target]` for rows of hidden states, fused
+//! The output layer on the host: `log_softmax(h · Wᵀ)[target]` for rows of hidden states (logits
+//! soft-capped where the family does it), fused
 //! over L2-sized vocabulary tiles (no full logits in memory), and its backward pass (from logits
 //! the forward pass kept, or recomputed block by block).
 
 use rayon::prelude::*;
 
+use super::attention::soft_cap;
 use super::vector::{Layout, exp_shifted_scaled, log_add_exp, log_sum_exp, matmul};
 
 /// Rows of the output layer's logits recomputed at once in the backward pass (256 × 32,000
@@ -24,6 +26,8 @@ pub struct HeadView<'a> {
     pub vocab: usize,
     /// Width of the hidden states.
     pub hidden: usize,
+    /// Logits become `c · tanh(l / c)` (Gemma 2's `final_logit_softcapping`).
+    pub softcap: Option<f32>,
 }
 
 impl HeadView<'_> {
@@ -65,7 +69,10 @@ impl HeadView<'_> {
                 false,
                 false,
             );
-            for (i, row) in tile[..m * width].chunks_exact(width).enumerate() {
+            for (i, row) in tile[..m * width].chunks_exact_mut(width).enumerate() {
+                if let Some(cap) = self.softcap {
+                    soft_cap(row, cap, None);
+                }
                 lse[i] = log_add_exp(lse[i], log_sum_exp(row));
                 if let Some(offset) = (targets[i] as usize).checked_sub(first)
                     && offset < width
@@ -133,6 +140,11 @@ pub(super) fn head_logits(head: HeadView, rows: &[f32]) -> Vec<f32> {
         false,
         true,
     );
+    if let Some(cap) = head.softcap {
+        logits
+            .par_chunks_mut(head.vocab)
+            .for_each(|row| soft_cap(row, cap, None));
+    }
     logits
 }
 
@@ -166,7 +178,7 @@ pub(super) fn head_backward(
         } else {
             &mut kept[first * head.vocab..(first + m) * head.vocab]
         };
-        logits_backward(logits, head.vocab, &h, first);
+        logits_backward(logits, head.vocab, head.softcap, &h, first);
         matmul(
             (
                 &mut d_rows[first * hidden..(first + m) * hidden],
@@ -188,15 +200,30 @@ pub(super) fn head_backward(
 }
 
 /// Turns the logits of rows `first..` (`vocab` per row) into their gradients
-/// `g · (onehot(target) − softmax)`, in place.
-pub(super) fn logits_backward(logits: &mut [f32], vocab: usize, h: &HeadGradients, first: usize) {
+/// `g · (onehot(target) − softmax)`, in place (times `1 − tanh²` of the soft-cap when the logits
+/// are capped: they hold `c · tanh(l / c)`).
+pub(super) fn logits_backward(
+    logits: &mut [f32],
+    vocab: usize,
+    softcap: Option<f32>,
+    h: &HeadGradients,
+    first: usize,
+) {
     logits
         .par_chunks_mut(vocab)
         .enumerate()
         .for_each(|(i, row)| {
             let g = h.grads[first + i];
+            let slopes = softcap.map(|cap| {
+                row.iter()
+                    .map(|l| 1.0 - (l / cap) * (l / cap))
+                    .collect::<Vec<f32>>()
+            });
             exp_shifted_scaled(row, h.lse[first + i], -g);
             row[h.targets[first + i] as usize] += g;
+            if let Some(slopes) = slopes {
+                row.iter_mut().zip(&slopes).for_each(|(d, s)| *d *= s);
+            }
         });
 }
 
@@ -219,6 +246,7 @@ mod tests {
             weight: &weight,
             vocab,
             hidden,
+            softcap: None,
         };
         let (_, lse, logits) = head_forward(head, &rows, &targets, true);
         assert!(logits.is_some());

@@ -31,4 +31,4 @@ pub mod model;
 pub(crate) mod ops;
 pub mod vector;
 
-pub use model::{Forward, HostMistral};
+pub use model::{Forward, HostModel};

@@ -1,33 +1,48 @@
 //! The model over borrowed host slices and its forward pass: what each layer keeps for the
-//! backward pass ([`Forward`]) and the log-probs of the completion tokens.
+//! backward pass ([`Forward`]) and the log-probs of the completion tokens. One forward serves
+//! every family: the config says which biases, norms, activation, window, scale and caps a
+//! layer has ([`crate::arch::family`]).
 
 use super::attention::attention_forward;
 use super::dims::Dims;
 use super::head::{HeadView, head_forward};
 use super::ops::*;
-use crate::arch::{MistralConfig, rope_tables};
+use crate::arch::{LayerRole, ModelConfig, WeightIndex, weight_specs};
+use crate::error::{ModelError, Result};
 use crate::sequence::Sequence;
 
-/// Weights per decoder layer in [`crate::arch::weight_specs`] order.
-pub(super) const PER_LAYER: usize = 9;
-
-/// A Mistral whose weights are borrowed host slices.
-pub struct HostMistral<'a> {
-    pub(super) config: &'a MistralConfig,
+/// A decoder model whose weights are borrowed host slices.
+pub struct HostModel<'a> {
+    pub(super) config: &'a ModelConfig,
     pub(super) weights: Vec<&'a [f32]>,
+    pub(super) index: WeightIndex,
+    /// The weights norms multiply by, where they differ from the stored ones (Gemma 2's `1 + w`),
+    /// by weight position.
+    pub(super) norm_weights: Vec<Option<Vec<f32>>>,
 }
 
 /// One decoder layer's weights.
 pub(super) struct LayerWeights<'a> {
-    pub(super) input_norm: &'a [f32],
+    pub(super) attention_norm: &'a [f32],
     pub(super) q: &'a [f32],
     pub(super) k: &'a [f32],
     pub(super) v: &'a [f32],
     pub(super) o: &'a [f32],
-    pub(super) post_norm: &'a [f32],
+    pub(super) q_bias: Option<&'a [f32]>,
+    pub(super) k_bias: Option<&'a [f32]>,
+    pub(super) v_bias: Option<&'a [f32]>,
+    pub(super) o_bias: Option<&'a [f32]>,
+    pub(super) q_norm: Option<&'a [f32]>,
+    pub(super) k_norm: Option<&'a [f32]>,
+    pub(super) attention_output_norm: Option<&'a [f32]>,
+    pub(super) mlp_norm: &'a [f32],
+    pub(super) mlp_output_norm: Option<&'a [f32]>,
     pub(super) gate: &'a [f32],
     pub(super) up: &'a [f32],
     pub(super) down: &'a [f32],
+    pub(super) gate_bias: Option<&'a [f32]>,
+    pub(super) up_bias: Option<&'a [f32]>,
+    pub(super) down_bias: Option<&'a [f32]>,
 }
 
 /// What the forward pass keeps for the backward pass, and the log-probs it computed.
@@ -49,104 +64,159 @@ pub struct Forward {
     pub(super) targets: Vec<i64>,
     /// Log-sum-exp of each head row's logits.
     pub(super) head_lse: Vec<f32>,
-    /// The head rows' logits, when small enough to keep (see [`KEPT_LOGITS`]).
+    /// The head rows' logits, when small enough to keep.
     pub(super) head_logits: Option<Vec<f32>>,
+}
+
+/// A projection's output before a norm, and that norm's scales (Qwen3's q/k norms, Gemma 2's
+/// output norms): the backward pass of the norm needs both.
+pub(super) struct Normed {
+    pub(super) input: Vec<f32>,
+    pub(super) scale: Vec<f32>,
 }
 
 /// One layer's saved activations, `[tokens, …]` row-major.
 pub(super) struct LayerActivations {
     pub(super) input: Vec<f32>,
     pub(super) input_scale: Vec<f32>,
+    /// Queries and keys before their per-head norms, when the family has them.
+    pub(super) q_normed: Option<Normed>,
+    pub(super) k_normed: Option<Normed>,
+    /// Roped queries and keys, values.
     pub(super) q: Vec<f32>,
     pub(super) k: Vec<f32>,
     pub(super) v: Vec<f32>,
     /// Log-sum-exp of each (token, query head)'s scores, `[tokens, heads]`.
     pub(super) attention_lse: Vec<f32>,
     pub(super) attention: Vec<f32>,
+    /// The attention's projected output before its norm (Gemma 2).
+    pub(super) attention_output: Option<Normed>,
     pub(super) middle: Vec<f32>,
     pub(super) middle_scale: Vec<f32>,
     pub(super) gate: Vec<f32>,
     pub(super) up: Vec<f32>,
+    /// The MLP's output before its norm (Gemma 2).
+    pub(super) mlp_output: Option<Normed>,
 }
 
-impl<'a> HostMistral<'a> {
-    /// The model of `config` over `weights` (one slice per [`crate::arch::weight_specs`] entry).
-    pub fn new(config: &'a MistralConfig, weights: Vec<&'a [f32]>) -> HostMistral<'a> {
-        let specs = crate::arch::weight_specs(config);
-        assert_eq!(weights.len(), specs.len(), "one slice per weight");
-        for (w, spec) in weights.iter().zip(&specs) {
-            assert_eq!(w.len(), spec.shape[0] * spec.shape[1], "{}", spec.name);
+impl<'a> HostModel<'a> {
+    /// The model of `config` over `weights` (one slice per [`crate::arch::weight_specs`]
+    /// entry, in that order); an error names the first weight of the wrong size.
+    pub fn new(config: &'a ModelConfig, weights: Vec<&'a [f32]>) -> Result<HostModel<'a>> {
+        let specs = weight_specs(config);
+        if weights.len() != specs.len() {
+            return Err(ModelError::Argument(format!(
+                "{} weights given for a model of {}",
+                weights.len(),
+                specs.len()
+            )));
         }
-        HostMistral { config, weights }
+        for (w, spec) in weights.iter().zip(&specs) {
+            if w.len() != spec.shape[0] * spec.shape[1] {
+                return Err(ModelError::Argument(format!(
+                    "`{}` has {} values, expected {:?}",
+                    spec.name,
+                    w.len(),
+                    spec.file_shape
+                )));
+            }
+        }
+        let offset = config.traits().norm_unit_offset;
+        let norm_weights = weights
+            .iter()
+            .zip(&specs)
+            .map(|(w, spec)| {
+                (offset && spec.is_norm()).then(|| w.iter().map(|x| 1.0 + x).collect())
+            })
+            .collect();
+        Ok(HostModel {
+            config,
+            weights,
+            index: WeightIndex::of(config),
+            norm_weights,
+        })
     }
 
-    pub(super) fn dims(&self) -> Dims {
-        Dims::of(self.config)
+    /// The shapes of layer `layer`.
+    pub(super) fn dims(&self, layer: usize) -> Dims {
+        Dims::of(self.config, layer)
     }
 
-    pub(super) fn layer(&self, l: usize) -> LayerWeights<'a> {
-        let w = &self.weights[1 + PER_LAYER * l..1 + PER_LAYER * (l + 1)];
+    /// The weight at `position` as a norm multiplies by it.
+    fn norm(&self, position: usize) -> &[f32] {
+        self.norm_weights[position]
+            .as_deref()
+            .unwrap_or(self.weights[position])
+    }
+
+    /// Layer `l`'s weights (norm weights as the norms multiply by them).
+    pub(super) fn layer(&self, l: usize) -> LayerWeights<'_> {
+        let at = |role| self.index.layer(l, role);
+        let weight = |role| self.weights[at(role).expect("every layer has its projections")];
+        let optional = |role| at(role).map(|p| self.weights[p]);
+        let norm = |role| at(role).map(|p| self.norm(p));
+        use LayerRole::*;
         LayerWeights {
-            input_norm: w[0],
-            q: w[1],
-            k: w[2],
-            v: w[3],
-            o: w[4],
-            post_norm: w[5],
-            gate: w[6],
-            up: w[7],
-            down: w[8],
+            attention_norm: norm(AttentionNorm).expect("every layer has its norms"),
+            q: weight(Q),
+            k: weight(K),
+            v: weight(V),
+            o: weight(O),
+            q_bias: optional(QBias),
+            k_bias: optional(KBias),
+            v_bias: optional(VBias),
+            o_bias: optional(OBias),
+            q_norm: norm(QNorm),
+            k_norm: norm(KNorm),
+            attention_output_norm: norm(AttentionOutputNorm),
+            mlp_norm: norm(MlpNorm).expect("every layer has its norms"),
+            mlp_output_norm: norm(MlpOutputNorm),
+            gate: weight(Gate),
+            up: weight(Up),
+            down: weight(Down),
+            gate_bias: optional(GateBias),
+            up_bias: optional(UpBias),
+            down_bias: optional(DownBias),
         }
     }
 
     pub(super) fn embed(&self) -> &'a [f32] {
-        self.weights[0]
+        self.weights[self.index.embedding()]
     }
 
-    pub(super) fn final_norm(&self) -> &'a [f32] {
-        self.weights[1 + PER_LAYER * self.config.num_hidden_layers]
-    }
-
-    /// Index of the output layer's weight (the embeddings when tied).
-    pub(super) fn head_index(&self) -> usize {
-        if self.config.tie_word_embeddings {
-            0
-        } else {
-            self.weights.len() - 1
-        }
+    pub(super) fn final_norm(&self) -> &[f32] {
+        self.norm(self.index.final_norm())
     }
 
     pub(super) fn head(&self) -> HeadView<'a> {
         HeadView {
-            weight: self.weights[self.head_index()],
+            weight: self.weights[self.index.lm_head()],
             vocab: self.config.vocab_size,
             hidden: self.config.hidden_size,
+            softcap: self.config.final_logit_softcapping.map(|c| c as f32),
         }
     }
 
-    /// Runs the batch forward, keeping what [`HostMistral::backward`] needs.
-    pub fn forward(&self, batch: &[Sequence]) -> Forward {
+    /// Runs the batch forward, keeping what [`HostModel::backward`] needs.
+    pub fn forward(&self, batch: &[Sequence]) -> Result<Forward> {
         self.run(batch, true)
     }
 
     /// The log-prob of every completion token of the batch, sequences one after another
     /// (the forward pass keeping nothing: reference scoring).
-    pub fn token_logps(&self, batch: &[Sequence]) -> Vec<f32> {
-        self.run(batch, false).token_logps
+    pub fn token_logps(&self, batch: &[Sequence]) -> Result<Vec<f32>> {
+        Ok(self.run(batch, false)?.token_logps)
     }
 
     /// The forward pass; with `keep`, the activations and logits the backward pass needs are
     /// kept, otherwise each layer's are dropped as soon as the next layer has its input.
-    pub(super) fn run(&self, batch: &[Sequence], keep: bool) -> Forward {
-        let d = self.dims();
+    pub(super) fn run(&self, batch: &[Sequence], keep: bool) -> Result<Forward> {
+        let hidden = self.config.hidden_size;
         let mut spans = Vec::with_capacity(batch.len());
         let mut ids = Vec::new();
         let (mut head_rows, mut targets) = (Vec::new(), Vec::new());
-        for seq in batch {
-            assert!(
-                seq.completion_start >= 1 && seq.completion_start < seq.ids.len(),
-                "a scored sequence needs a prompt token and a completion token"
-            );
+        for (n, seq) in batch.iter().enumerate() {
+            seq.check(n, self.config.vocab_size)?;
             spans.push((ids.len(), seq.ids.len()));
             for t in seq.completion_start..seq.ids.len() {
                 head_rows.push(ids.len() + t - 1);
@@ -155,24 +225,25 @@ impl<'a> HostMistral<'a> {
             ids.extend_from_slice(&seq.ids);
         }
         let longest = spans.iter().map(|s| s.1).max().unwrap_or(0);
-        let rope = rope_tables(longest, d.head_dim, self.config.rope_theta);
-        let mut x = Vec::with_capacity(ids.len() * d.hidden);
+        let rope = self.config.rope.tables(longest, self.config.head_dim);
+        let scale = self.config.embedding_scale();
+        let mut x = Vec::with_capacity(ids.len() * hidden);
         for &id in &ids {
-            let id = id as usize;
-            x.extend_from_slice(&self.embed()[id * d.hidden..(id + 1) * d.hidden]);
+            let row = &self.embed()[id as usize * hidden..(id as usize + 1) * hidden];
+            x.extend(row.iter().map(|v| v * scale));
         }
         let mut layers = Vec::with_capacity(self.config.num_hidden_layers);
         for l in 0..self.config.num_hidden_layers {
-            let (activations, output) = self.layer_forward(&self.layer(l), x, &spans, &rope);
+            let (activations, output) = self.layer_forward(l, x, &spans, &rope);
             if keep {
                 layers.push(activations);
             }
             x = output;
         }
-        let (normed, last_scale) = rms_norm_rows(&x, self.final_norm(), d.eps);
-        let rows = gather_rows(&normed, &head_rows, d.hidden);
+        let (normed, last_scale) = rms_norm_rows(&x, self.final_norm(), self.dims(0).eps);
+        let rows = gather_rows(&normed, &head_rows, hidden);
         let (token_logps, head_lse, logits) = head_forward(self.head(), &rows, &targets, keep);
-        Forward {
+        Ok(Forward {
             token_logps,
             ids,
             spans,
@@ -184,47 +255,77 @@ impl<'a> HostMistral<'a> {
             targets,
             head_lse,
             head_logits: logits,
-        }
+        })
     }
 
-    /// One decoder layer forward: its saved activations and its output.
+    /// Layer `l` forward: its saved activations and its output.
     pub(super) fn layer_forward(
         &self,
-        w: &LayerWeights,
+        l: usize,
         input: Vec<f32>,
         spans: &[(usize, usize)],
         rope: &(Vec<f32>, Vec<f32>),
     ) -> (LayerActivations, Vec<f32>) {
-        let d = self.dims();
-        let (normed, input_scale) = rms_norm_rows(&input, w.input_norm, d.eps);
-        let mut q = linear(&normed, w.q, d.q_width());
-        let mut k = linear(&normed, w.k, d.kv_width());
-        let v = linear(&normed, w.v, d.kv_width());
+        let (w, d) = (self.layer(l), self.dims(l));
+        let (normed, input_scale) = rms_norm_rows(&input, w.attention_norm, d.eps);
+        let mut q = affine(&normed, w.q, w.q_bias, d.q_width());
+        let mut k = affine(&normed, w.k, w.k_bias, d.kv_width());
+        let v = affine(&normed, w.v, w.v_bias, d.kv_width());
         drop(normed);
+        let q_normed = w.q_norm.map(|norm| head_norm(&mut q, norm, d.eps));
+        let k_normed = w.k_norm.map(|norm| head_norm(&mut k, norm, d.eps));
         apply_rope(&mut q, spans, d.head_dim, (&rope.0, &rope.1));
         apply_rope(&mut k, spans, d.head_dim, (&rope.0, &rope.1));
         let (attention, attention_lse) = attention_forward(&q, &k, &v, spans, d);
-        let mut middle = linear(&attention, w.o, d.hidden);
+        let mut middle = affine(&attention, w.o, w.o_bias, d.hidden);
+        let attention_output = w
+            .attention_output_norm
+            .map(|norm| output_norm(&mut middle, norm, d.eps));
         add_in_place(&mut middle, &input);
-        let (normed, middle_scale) = rms_norm_rows(&middle, w.post_norm, d.eps);
-        let gate = linear(&normed, w.gate, d.intermediate);
-        let up = linear(&normed, w.up, d.intermediate);
+        let (normed, middle_scale) = rms_norm_rows(&middle, w.mlp_norm, d.eps);
+        let gate = affine(&normed, w.gate, w.gate_bias, d.intermediate);
+        let up = affine(&normed, w.up, w.up_bias, d.intermediate);
         drop(normed);
-        let mut output = linear(&swiglu(&gate, &up), w.down, d.hidden);
+        let activated = glu(&gate, &up, self.config.hidden_act);
+        let mut output = affine(&activated, w.down, w.down_bias, d.hidden);
+        drop(activated);
+        let mlp_output = w
+            .mlp_output_norm
+            .map(|norm| output_norm(&mut output, norm, d.eps));
         add_in_place(&mut output, &middle);
         let saved = LayerActivations {
             input,
             input_scale,
+            q_normed,
+            k_normed,
             q,
             k,
             v,
             attention_lse,
             attention,
+            attention_output,
             middle,
             middle_scale,
             gate,
             up,
+            mlp_output,
         };
         (saved, output)
     }
+}
+
+/// RMSNorm of every head of `x` (`[tokens, heads · head_dim]`) with the `[head_dim]` weight, in
+/// place (Qwen3's q/k norms); returns what its backward pass needs.
+fn head_norm(x: &mut [f32], weight: &[f32], eps: f32) -> Normed {
+    let input = x.to_vec();
+    let scale = rms_norm_rows_in_place(x, weight, eps);
+    Normed { input, scale }
+}
+
+/// RMSNorm of a sub-block's output in place (Gemma 2's sandwich norms); returns what its
+/// backward pass needs.
+fn output_norm(x: &mut Vec<f32>, weight: &[f32], eps: f32) -> Normed {
+    let (normed, scale) = rms_norm_rows(x, weight, eps);
+    let input = std::mem::replace(x, normed);
+    Normed { input, scale }
 }

@@ -1,13 +1,16 @@
 //! Whole-activation operations of the host path, each with its backward pass: linear layers
-//! through the strided GEMM, RMSNorm, SwiGLU and RoPE over every row in parallel. The tensor
+//! through the strided GEMM (with biases), RMSNorm, the gated MLP activations (SwiGLU, GeGLU) and
+//! RoPE over every row in parallel. The tensor
 //! path's host loops (reference scoring without gradients) call the same functions.
 
 use rayon::prelude::*;
 
 use super::vector::{
-    Layout, matmul, rms_norm_backward, rms_norm_in_place, rms_norm_with_scale,
-    rotate_half_in_place, swiglu_in_place, written_zeros,
+    Layout, gelu_tanh_glu_backward_in_place, gelu_tanh_glu_in_place, matmul, rms_norm_backward,
+    rms_norm_in_place, rms_norm_with_scale, rotate_half_in_place, swiglu_backward_in_place,
+    swiglu_in_place, written_zeros,
 };
+use crate::arch::Activation;
 
 /// Elements per parallel task of the elementwise loops.
 pub(super) const ELEMENTWISE_CHUNK: usize = 16 * 1024;
@@ -74,19 +77,60 @@ pub(super) fn add_in_place(a: &mut [f32], b: &[f32]) {
         .for_each(|(a, b)| a.iter_mut().zip(b).for_each(|(a, b)| *a += b));
 }
 
-/// `silu(gate) · up`.
-pub(super) fn swiglu(gate: &[f32], up: &[f32]) -> Vec<f32> {
+/// The MLP's gating `act(gate) · up` as a new buffer.
+pub(super) fn glu(gate: &[f32], up: &[f32], act: Activation) -> Vec<f32> {
     let mut out = gate.to_vec();
-    swiglu_rows_in_place(&mut out, up);
+    glu_rows_in_place(&mut out, up, act);
     out
 }
 
-/// `gate ← silu(gate) · up` over whole activations, in parallel (also the host path of
-/// the tensor path's MLP).
-pub(crate) fn swiglu_rows_in_place(gate: &mut [f32], up: &[f32]) {
+/// `gate ← act(gate) · up` over whole activations, in parallel (SwiGLU for `silu`, GeGLU for
+/// `gelu_pytorch_tanh`; also the host path of the tensor path's MLP).
+pub(crate) fn glu_rows_in_place(gate: &mut [f32], up: &[f32], act: Activation) {
     gate.par_chunks_mut(ELEMENTWISE_CHUNK)
         .zip(up.par_chunks(ELEMENTWISE_CHUNK))
-        .for_each(|(g, u)| swiglu_in_place(g, u));
+        .for_each(|(g, u)| match act {
+            Activation::Silu => swiglu_in_place(g, u),
+            Activation::GeluTanh => gelu_tanh_glu_in_place(g, u),
+        });
+}
+
+/// The backward pass of [`glu`]: `gate ← ∂L/∂gate`, `up ← ∂L/∂up` from `d_out`.
+pub(super) fn glu_backward_in_place(
+    gate: &mut [f32],
+    up: &mut [f32],
+    d_out: &[f32],
+    act: Activation,
+) {
+    gate.par_chunks_mut(ELEMENTWISE_CHUNK)
+        .zip(up.par_chunks_mut(ELEMENTWISE_CHUNK))
+        .zip(d_out.par_chunks(ELEMENTWISE_CHUNK))
+        .for_each(|((g, u), d)| match act {
+            Activation::Silu => swiglu_backward_in_place(g, u, d),
+            Activation::GeluTanh => gelu_tanh_glu_backward_in_place(g, u, d),
+        });
+}
+
+/// `y += bias` on every row of `y` (a linear layer's bias).
+pub(super) fn add_bias(y: &mut [f32], bias: &[f32]) {
+    y.par_chunks_mut(bias.len())
+        .for_each(|row| row.iter_mut().zip(bias).for_each(|(y, b)| *y += b));
+}
+
+/// The bias's gradient: adds the column sums of `dy` (`[rows, bias.len()]`) to `d_bias`.
+pub(super) fn bias_backward(dy: &[f32], d_bias: &mut [f32]) {
+    for row in dy.chunks_exact(d_bias.len()) {
+        d_bias.iter_mut().zip(row).for_each(|(d, g)| *d += g);
+    }
+}
+
+/// `x · Wᵀ + b` for `x` `[n, in]`, `W` `[out, in]` and an optional bias `[out]`.
+pub(super) fn affine(x: &[f32], weight: &[f32], bias: Option<&[f32]>, out: usize) -> Vec<f32> {
+    let mut y = linear(x, weight, out);
+    if let Some(bias) = bias {
+        add_bias(&mut y, bias);
+    }
+    y
 }
 
 /// RMSNorm of every row: the normed rows and each row's scale.

@@ -1,5 +1,5 @@
 //! Vectorised host math for the CPU paths: a branch-free `exp` that compilers turn into SIMD
-//! code, and the log-sum-exp, softmax, RMSNorm and SwiGLU loops built on it. Each public function
+//! code, and the log-sum-exp, softmax, RMSNorm, SwiGLU and GeGLU loops built on it. Each public function
 //! runs an AVX-512 or AVX2 + FMA build of the same loop when the CPU has those features.
 
 /// Runs `$body` compiled for AVX-512 or AVX2 + FMA, whichever the CPU has, else as plain code.
@@ -209,6 +209,36 @@ pub fn swiglu_in_place(gate: &mut [f32], up: &[f32]) {
             *g *= sigmoid(*g) * u;
         }
     })
+}
+
+/// `√(2/π)`, the tanh approximation's inner factor (torch's `kBeta`).
+const GELU_BETA: f32 = 0.797_884_6;
+/// The cubic term's coefficient of the tanh approximation (torch's `kKappa`).
+const GELU_KAPPA: f32 = 0.044_715;
+
+/// `gate ← gelu_tanh(gate) · up` elementwise (GeGLU's gating), with torch's
+/// `gelu(x, approximate="tanh") = 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`.
+pub fn gelu_tanh_glu_in_place(gate: &mut [f32], up: &[f32]) {
+    for (g, &u) in gate.iter_mut().zip(up) {
+        let x = *g;
+        let inner = GELU_BETA * (x + GELU_KAPPA * x * x * x);
+        *g = 0.5 * x * (1.0 + inner.tanh()) * u;
+    }
+}
+
+/// The backward pass of [`gelu_tanh_glu_in_place`]: `gate ← d_out·up·gelu'(g)` with
+/// `gelu'(x) = 0.5(1 + t) + 0.5·x·(1 − t²)·√(2/π)·(1 + 3·0.044715·x²)`, `t` the tanh above,
+/// and `up ← d_out·gelu(g)`.
+pub fn gelu_tanh_glu_backward_in_place(gate: &mut [f32], up: &mut [f32], d_out: &[f32]) {
+    for ((g, u), &d) in gate.iter_mut().zip(up.iter_mut()).zip(d_out) {
+        let x = *g;
+        let t = (GELU_BETA * (x + GELU_KAPPA * x * x * x)).tanh();
+        let slope = 0.5 * (1.0 + t)
+            + 0.5 * x * (1.0 - t * t) * GELU_BETA * (1.0 + 3.0 * GELU_KAPPA * x * x);
+        let d_gate = d * *u * slope;
+        *u = d * 0.5 * x * (1.0 + t);
+        *g = d_gate;
+    }
 }
 
 /// `n` zeros whose pages are already written. `vec![0.0; n]` of a large `n` gets fresh pages

@@ -5,22 +5,23 @@
 use rayon::prelude::*;
 
 use super::ScoreValues;
-use crate::arch::MistralConfig;
+use crate::arch::ModelConfig;
 use crate::device::to_f32;
-use crate::host::HostMistral;
+use crate::error::Result;
+use crate::host::HostModel;
 use crate::host::head::HeadView;
 use crate::sequence::Sequence;
-use crate::tensor::mistral::Mistral;
+use crate::tensor::model::Model;
 
-/// Scores without gradients entirely on the host, in f32 ([`HostMistral::token_logps`]).
+/// Scores without gradients entirely on the host, in f32 ([`HostModel::token_logps`]).
 pub struct HostScorer {
-    config: MistralConfig,
+    config: ModelConfig,
     weights: Vec<Vec<f32>>,
 }
 
 impl HostScorer {
     /// Copies the model's weights to the host (the model itself is dropped).
-    pub fn new(model: Mistral) -> HostScorer {
+    pub fn new(model: Model) -> HostScorer {
         let config = model.config.clone();
         let weights = model
             .weights()
@@ -31,11 +32,11 @@ impl HostScorer {
     }
 
     /// Scores one batch (the sequences need no padding).
-    pub fn score(&self, batch: &[Sequence]) -> ScoreValues {
+    pub fn score(&self, batch: &[Sequence]) -> Result<ScoreValues> {
         let weights = self.weights.iter().map(Vec::as_slice).collect();
-        let logps = HostMistral::new(&self.config, weights).token_logps(batch);
+        let logps = HostModel::new(&self.config, weights)?.token_logps(batch)?;
         let counts: Vec<usize> = batch.iter().map(Sequence::completion_len).collect();
-        ScoreValues::of_tokens(logps, &counts)
+        Ok(ScoreValues::of_tokens(logps, &counts))
     }
 }
 
@@ -45,11 +46,12 @@ pub struct HostHead {
     weight: Vec<f32>,
     vocab: usize,
     hidden: usize,
+    softcap: Option<f32>,
 }
 
 impl HostHead {
     /// Copies the model's lm_head.
-    pub fn new(model: &Mistral) -> HostHead {
+    pub fn new(model: &Model) -> HostHead {
         let weight = model.lm_head_weight();
         let [vocab, hidden] = weight.dims();
         let weight = to_f32(weight);
@@ -57,14 +59,21 @@ impl HostHead {
             weight,
             vocab,
             hidden,
+            softcap: model.config.final_logit_softcapping.map(|c| c as f32),
         }
     }
 
-    /// The logits `W·h` of one hidden state.
+    /// The logits `W·h` of one hidden state (soft-capped where the family does it).
     pub fn logits(&self, hidden: &[f32]) -> Vec<f32> {
         self.weight
             .par_chunks(self.hidden)
-            .map(|w| w.iter().zip(hidden).map(|(a, b)| a * b).sum())
+            .map(|w| {
+                let logit: f32 = w.iter().zip(hidden).map(|(a, b)| a * b).sum();
+                match self.softcap {
+                    Some(cap) => (logit / cap).tanh() * cap,
+                    None => logit,
+                }
+            })
             .collect()
     }
 
@@ -80,6 +89,7 @@ impl HostHead {
             weight: &self.weight,
             vocab: self.vocab,
             hidden: self.hidden,
+            softcap: self.softcap,
         }
     }
 }

@@ -13,7 +13,7 @@ pub use host::{HostHead, HostScorer};
 pub use tensor::{CHUNK_LOGIT_ELEMENTS, Scorer, Scores, score};
 
 use crate::Device;
-use crate::tensor::mistral::Mistral;
+use crate::tensor::model::Model;
 
 /// Log-probs as plain numbers (no gradients).
 #[derive(Clone, Debug, PartialEq)]
@@ -45,26 +45,26 @@ impl ScoreValues {
 /// the CPU without LoRA adapters, else the model's own device and dtype ([`Scorer`]).
 pub enum ReferenceScorer {
     /// Every layer on the host.
-    Host(HostScorer),
+    Host(Box<HostScorer>),
     /// The trunk through the tensor library.
     Tensor(Box<Scorer>),
 }
 
 impl ReferenceScorer {
     /// The fastest scorer `model` allows.
-    pub fn new(model: Mistral) -> ReferenceScorer {
+    pub fn new(model: Model) -> ReferenceScorer {
         let host = model.embed_tokens.dtype() == DType::F32
             && model.embed_tokens.device() == crate::device::cpu()
             && crate::tensor::lora::adapter_tensors(&model).is_empty();
         if host {
-            ReferenceScorer::Host(HostScorer::new(model))
+            ReferenceScorer::Host(Box::new(HostScorer::new(model)))
         } else {
             ReferenceScorer::Tensor(Box::new(Scorer::new(model)))
         }
     }
 
-    /// Scores one batch.
-    pub fn score(&self, batch: &[Sequence], device: &Device) -> ScoreValues {
+    /// Scores one batch; an error names a sequence that cannot be scored.
+    pub fn score(&self, batch: &[Sequence], device: &Device) -> crate::error::Result<ScoreValues> {
         match self {
             ReferenceScorer::Host(scorer) => scorer.score(batch),
             ReferenceScorer::Tensor(scorer) => scorer.score(batch, device),

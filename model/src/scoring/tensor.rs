@@ -10,9 +10,10 @@ use rayon::prelude::*;
 use super::ScoreValues;
 use super::host::HostHead;
 use crate::device::{to_f32, to_f64};
+use crate::error::Result;
 use crate::host::vector::softmax_in_place;
 use crate::sequence::Sequence;
-use crate::tensor::mistral::{Mistral, attention_mask};
+use crate::tensor::model::Model;
 
 /// Scores of a batch; tensors stay on the autodiff graph when the model's weights are tracked.
 pub struct Scores {
@@ -50,21 +51,21 @@ struct Prepared {
     counts: Vec<usize>,
 }
 
-/// Runs the trunk once for the whole batch and selects the rows that predict completion tokens.
-fn prepare(model: &Mistral, batch: &[Sequence], device: &Device) -> Prepared {
+/// Runs the trunk once for the whole batch and selects the rows that predict completion tokens;
+/// an error names the first sequence that cannot be scored.
+fn prepare(model: &Model, batch: &[Sequence], device: &Device) -> Result<Prepared> {
+    for (n, seq) in batch.iter().enumerate() {
+        seq.check(n, model.config.vocab_size)?;
+    }
     let len = batch.iter().map(|s| s.ids.len()).max().unwrap_or(1);
     let pad = model
         .config
         .pad_token_id
-        .unwrap_or(model.config.eos_token_id);
+        .unwrap_or(model.config.eos_token_id());
     let mut ids = Vec::with_capacity(batch.len() * len);
     let mut rows = Vec::new();
     let mut targets = Vec::new();
     for (b, seq) in batch.iter().enumerate() {
-        assert!(
-            seq.completion_start >= 1 && seq.completion_start < seq.ids.len(),
-            "a scored sequence needs a prompt token and a completion token"
-        );
         ids.extend(seq.ids.iter().map(|&i| i as i64));
         ids.extend(std::iter::repeat_n(pad as i64, len - seq.ids.len()));
         for t in seq.completion_start..seq.ids.len() {
@@ -74,62 +75,56 @@ fn prepare(model: &Mistral, batch: &[Sequence], device: &Device) -> Prepared {
     }
     let lengths: Vec<usize> = batch.iter().map(|s| s.ids.len()).collect();
     let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [batch.len(), len]), device);
-    let mask = attention_mask(
-        &lengths,
-        len,
-        model.config.sliding_window,
-        device,
-        model.embed_tokens.dtype(),
-    );
     let hidden = model
-        .hidden_states(ids, &mask)
+        .hidden_states(ids, &lengths)
         .reshape([batch.len() * len, model.config.hidden_size]);
     let n = rows.len();
     let rows = hidden.select(
         0,
         Tensor::<1, Int>::from_data(TensorData::new(rows, [n]), device),
     );
-    Prepared {
+    Ok(Prepared {
         rows,
         targets,
         counts: batch.iter().map(Sequence::completion_len).collect(),
-    }
+    })
 }
 
 /// Scores sequences in one right-padded batch, differentiably (for training).
-pub fn score(model: &Mistral, batch: &[Sequence], device: &Device) -> Scores {
-    let prepared = prepare(model, batch, device);
+pub fn score(model: &Model, batch: &[Sequence], device: &Device) -> Result<Scores> {
+    let prepared = prepare(model, batch, device)?;
     let token_logps = chunked_token_logps(
         prepared.rows,
         &model.lm_head_weight(),
+        model.config.final_logit_softcapping,
         &prepared.targets,
         device,
     );
     let dtype = token_logps.dtype();
     let sums = segment_sums(token_logps.clone(), &prepared.counts, device, dtype);
-    Scores {
+    Ok(Scores {
         token_logps,
         sums,
         counts: prepared.counts,
-    }
+    })
 }
 
 /// Scores without gradients: the trunk on the model's device, then the lm_head, log-sum-exp and
 /// gather on the host, fused tile by tile (see [`HostHead::token_logps`]).
 pub struct Scorer {
-    model: Mistral,
+    model: Model,
     head: HostHead,
 }
 
 impl Scorer {
     /// A scorer for `model` (copies the lm_head to the host once).
-    pub fn new(model: Mistral) -> Scorer {
+    pub fn new(model: Model) -> Scorer {
         let head = HostHead::new(&model);
         Scorer { model, head }
     }
 
     /// The model.
-    pub fn model(&self) -> &Mistral {
+    pub fn model(&self) -> &Model {
         &self.model
     }
 
@@ -139,11 +134,11 @@ impl Scorer {
     }
 
     /// Scores one right-padded batch.
-    pub fn score(&self, batch: &[Sequence], device: &Device) -> ScoreValues {
-        let prepared = prepare(&self.model, batch, device);
+    pub fn score(&self, batch: &[Sequence], device: &Device) -> Result<ScoreValues> {
+        let prepared = prepare(&self.model, batch, device)?;
         let rows = to_f32(prepared.rows);
         let token_logps = self.head.token_logps(&rows, &prepared.targets);
-        ScoreValues::of_tokens(token_logps, &prepared.counts)
+        Ok(ScoreValues::of_tokens(token_logps, &prepared.counts))
     }
 }
 
@@ -154,10 +149,12 @@ impl Scorer {
 /// `rows · (W[targets] − P W)` per row, whose gradients are exactly those of
 /// `log_softmax(rows Wᵀ)[targets]` (`onehot − P` for the logits), plus a constant that makes its
 /// value the log-prob. That saves the dozen whole-logits passes of a generic log-softmax and its
-/// backward. Other dtypes (f64 in gradient checks) take the plain composition of tensor ops.
+/// backward. Other dtypes (f64 in gradient checks) and soft-capped logits (Gemma 2:
+/// `c · tanh(l / c)`) take the plain composition of tensor ops.
 fn chunked_token_logps(
     rows: Tensor<2>,
     lm_head: &Tensor<2>,
+    softcap: Option<f64>,
     targets: &[i64],
     device: &Device,
 ) -> Tensor<1> {
@@ -172,7 +169,7 @@ fn chunked_token_logps(
     let lm_head = &lm_head;
     let vocab = lm_head.dims()[0];
     let rows_per_chunk = (CHUNK_LOGIT_ELEMENTS / vocab).max(1);
-    let fast = lm_head.dtype() == DType::F32;
+    let fast = lm_head.dtype() == DType::F32 && softcap.is_none();
     let head_t = if fast {
         lm_head.clone().inner().transpose()
     } else {
@@ -186,23 +183,28 @@ fn chunked_token_logps(
             if fast {
                 surrogate_token_logps(chunk, lm_head, &head_t, targets, device)
             } else {
-                composed_token_logps(chunk, &head_t, targets, device)
+                composed_token_logps(chunk, &head_t, softcap, targets, device)
             }
         })
         .collect();
     Tensor::cat(pieces, 0)
 }
 
-/// `log_softmax(rows · head_t)[targets]` as tensor ops.
+/// `log_softmax(cap(rows · head_t))[targets]` as tensor ops.
 fn composed_token_logps(
     rows: Tensor<2>,
     head_t: &Tensor<2>,
+    softcap: Option<f64>,
     targets: &[i64],
     device: &Device,
 ) -> Tensor<1> {
     let n = targets.len();
     let target = Tensor::<2, Int>::from_data(TensorData::new(targets.to_vec(), [n, 1]), device);
-    activation::log_softmax(rows.matmul(head_t.clone()), 1)
+    let mut logits = rows.matmul(head_t.clone());
+    if let Some(cap) = softcap {
+        logits = logits.div_scalar(cap).tanh().mul_scalar(cap);
+    }
+    activation::log_softmax(logits, 1)
         .gather(1, target)
         .reshape([n])
 }

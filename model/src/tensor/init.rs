@@ -5,18 +5,26 @@
 use burn::prelude::*;
 use burn::tensor::TensorData;
 
-use super::mistral::Mistral;
-use crate::arch::MistralConfig;
+use super::model::Model;
+use crate::arch::ModelConfig;
 use crate::rng::SplitMix64;
 
-impl Mistral {
-    /// A freshly initialised model: norms one, everything else normal(0, `std`), seeded.
-    pub fn random(config: &MistralConfig, seed: u64, std: f64, device: &Device) -> Mistral {
+impl Model {
+    /// A freshly initialised model: norms the identity (weight one, or zero where the family
+    /// scales by `1 + w`), biases zero, everything else normal(0, `std`), seeded.
+    pub fn random(config: &ModelConfig, seed: u64, std: f64, device: &Device) -> Model {
         let mut rng = SplitMix64::new(seed);
-        Mistral::from_fn(config, |spec| {
+        let norm_init = if config.traits().norm_unit_offset {
+            0.0
+        } else {
+            1.0
+        };
+        Model::from_fn(config, |spec| {
             let count = spec.shape[0] * spec.shape[1];
-            let values: Vec<f32> = if spec.name.ends_with("norm.weight") {
-                vec![1.0; count]
+            let values: Vec<f32> = if spec.is_norm() {
+                vec![norm_init; count]
+            } else if spec.name.ends_with(".bias") {
+                vec![0.0; count]
             } else {
                 (0..count)
                     .map(|_| (rng.next_normal() * std) as f32)

@@ -12,7 +12,7 @@ use std::path::Path;
 use crate::checkpoint::safetensors::{Checkpoint, NamedTensor, SaveDtype};
 use crate::error::{ModelError, Result, io_at};
 use crate::rng::SplitMix64;
-use crate::tensor::mistral::Mistral;
+use crate::tensor::model::Model;
 
 pub use super::adapter::LoraAdapter;
 
@@ -71,7 +71,7 @@ impl LoraConfig {
 }
 
 /// Attaches fresh adapters (A Kaiming-uniform as PEFT draws it, B zero) to the targeted layers.
-pub fn attach(model: &mut Mistral, config: &LoraConfig, seed: u64) {
+pub fn attach(model: &mut Model, config: &LoraConfig, seed: u64) {
     let mut rng = SplitMix64::new(seed);
     let dtype = model.embed_tokens.dtype();
     for (module, linear) in model.linears_mut() {
@@ -96,7 +96,7 @@ pub fn attach(model: &mut Mistral, config: &LoraConfig, seed: u64) {
 }
 
 /// Every adapter tensor with its PEFT name, A before B, layers in checkpoint order.
-pub fn adapter_tensors(model: &Mistral) -> Vec<(String, Tensor<2>)> {
+pub fn adapter_tensors(model: &Model) -> Vec<(String, Tensor<2>)> {
     let mut model = model.clone();
     let mut all = Vec::new();
     for (module, linear) in model.linears_mut() {
@@ -113,7 +113,7 @@ fn peft_name(module: &str, matrix: &str) -> String {
 }
 
 /// Replaces the adapter tensors, in [`adapter_tensors`] order.
-pub fn set_adapter_tensors(model: &mut Mistral, mut tensors: impl Iterator<Item = Tensor<2>>) {
+pub fn set_adapter_tensors(model: &mut Model, mut tensors: impl Iterator<Item = Tensor<2>>) {
     for (_, linear) in model.linears_mut() {
         if let Some(lora) = &mut linear.lora {
             lora.a = tensors.next().expect("an A per adapter");
@@ -123,7 +123,7 @@ pub fn set_adapter_tensors(model: &mut Mistral, mut tensors: impl Iterator<Item 
 }
 
 /// Sets (or clears) the dropout key of every adapter: adapter `i` gets `key + i`.
-pub fn set_dropout_key(model: &mut Mistral, key: Option<u64>) {
+pub fn set_dropout_key(model: &mut Model, key: Option<u64>) {
     for (i, (_, linear)) in model.linears_mut().into_iter().enumerate() {
         if let Some(lora) = &mut linear.lora {
             lora.dropout_key = key.map(|k| k.wrapping_add(i as u64));
@@ -132,7 +132,7 @@ pub fn set_dropout_key(model: &mut Mistral, key: Option<u64>) {
 }
 
 /// The base model alone (adapters off): the DPO reference of a LoRA run.
-pub fn without_adapters(model: &Mistral) -> Mistral {
+pub fn without_adapters(model: &Model) -> Model {
     let mut base = model.clone();
     for (_, linear) in base.linears_mut() {
         linear.lora = None;
@@ -141,7 +141,7 @@ pub fn without_adapters(model: &Mistral) -> Mistral {
 }
 
 /// The model with every adapter merged into its weight (`W + (α/r) B A`) and removed.
-pub fn merged(model: &Mistral) -> Mistral {
+pub fn merged(model: &Model) -> Model {
     let mut merged = model.clone();
     for (_, linear) in merged.linears_mut() {
         if let Some(lora) = linear.lora.take() {
@@ -152,7 +152,7 @@ pub fn merged(model: &Mistral) -> Mistral {
 }
 
 /// Writes `adapter_config.json` and `adapter_model.safetensors` as PEFT does.
-pub fn save_peft(model: &Mistral, config: &LoraConfig, base_model: &str, dir: &Path) -> Result<()> {
+pub fn save_peft(model: &Model, config: &LoraConfig, base_model: &str, dir: &Path) -> Result<()> {
     let adapter_config = serde_json::json!({
         "peft_type": "LORA",
         "task_type": "CAUSAL_LM",
@@ -189,7 +189,7 @@ pub fn save_peft(model: &Mistral, config: &LoraConfig, base_model: &str, dir: &P
 }
 
 /// Loads a PEFT adapter directory onto `model` (replacing any adapters); returns its config.
-pub fn load_peft(model: &mut Mistral, dir: &Path) -> Result<LoraConfig> {
+pub fn load_peft(model: &mut Model, dir: &Path) -> Result<LoraConfig> {
     let path = dir.join("adapter_config.json");
     let text = std::fs::read_to_string(&path).map_err(io_at(&path))?;
     let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| ModelError::Invalid {

@@ -7,4 +7,4 @@
 pub mod adapter;
 pub mod init;
 pub mod lora;
-pub mod mistral;
+pub mod model;

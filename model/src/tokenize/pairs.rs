@@ -13,6 +13,8 @@ pub struct PreferenceTokenizer {
     inner: tokenizers::Tokenizer,
     /// End-of-sequence id, appended to completions.
     pub eos_id: u32,
+    /// The beginning-of-sequence token `tokenizer_config.json` names, if any.
+    pub bos_token: Option<String>,
     warned_not_prefix: AtomicBool,
 }
 
@@ -68,8 +70,13 @@ impl PreferenceTokenizer {
         let read = |name: &str| -> Option<serde_json::Value> {
             serde_json::from_str(&std::fs::read_to_string(dir.join(name)).ok()?).ok()
         };
-        let eos_id = read("tokenizer_config.json")
-            .and_then(|c| special_token(&c, "eos_token"))
+        let tokenizer_config = read("tokenizer_config.json");
+        let bos_token = tokenizer_config
+            .as_ref()
+            .and_then(|c| special_token(c, "bos_token"));
+        let eos_id = tokenizer_config
+            .as_ref()
+            .and_then(|c| special_token(c, "eos_token"))
             .and_then(|t| inner.token_to_id(&t))
             .or_else(|| {
                 read("config.json")
@@ -84,6 +91,7 @@ impl PreferenceTokenizer {
         Ok(PreferenceTokenizer {
             inner,
             eos_id,
+            bos_token,
             warned_not_prefix: AtomicBool::new(false),
         })
     }

@@ -5,14 +5,15 @@ use super::batching::dpo_loss;
 use super::dpo::PreferenceMetrics;
 use super::{Example, Objective, Record, Trainer};
 use crate::device::to_f64;
+use crate::error::Result;
 use crate::scoring::{Sequence, score};
 
 impl Trainer {
     /// Scores the reference log-probs the batch's examples lack and keeps them with the
     /// examples; once every example has them, the reference model is dropped.
-    pub(super) fn fill_reference(&mut self, batch: &[usize], eval: bool) {
+    pub(super) fn fill_reference(&mut self, batch: &[usize], eval: bool) -> Result<()> {
         let Some(scorer) = &self.reference else {
-            return;
+            return Ok(());
         };
         let examples = if eval {
             &mut self.eval
@@ -25,13 +26,13 @@ impl Trainer {
             .filter(|&i| examples[i].reference.is_none())
             .collect();
         if missing.is_empty() {
-            return;
+            return Ok(());
         }
         let sequences: Vec<Sequence> = missing
             .iter()
             .flat_map(|&i| examples[i].pair.sequences())
             .collect();
-        let sums = scorer.score(&sequences, &self.device).sums;
+        let sums = scorer.score(&sequences, &self.device)?.sums;
         for (&i, pair) in missing.iter().zip(sums.chunks(2)) {
             examples[i].reference = Some([pair[0], pair[1]]);
         }
@@ -43,14 +44,15 @@ impl Trainer {
         {
             self.reference = None;
         }
+        Ok(())
     }
 
     /// Metrics on the eval set, without gradients or dropout, prefixed `eval_`.
-    pub fn evaluate(&mut self) -> Record {
+    pub fn evaluate(&mut self) -> Result<Record> {
         let mut record = Record::default();
         record.push("step", self.step as f64);
         if self.eval.is_empty() {
-            return record;
+            return Ok(record);
         }
         let policy = self.policy();
         let batches: Vec<Vec<usize>> = (0..self.eval.len())
@@ -64,11 +66,11 @@ impl Trainer {
                 let beta = beta.at(self.step.saturating_sub(1), total);
                 let mut parts = Vec::new();
                 for batch in &batches {
-                    self.fill_reference(batch, true);
+                    self.fill_reference(batch, true)?;
                     let examples: Vec<&Example> = batch.iter().map(|&i| &self.eval[i]).collect();
                     let sequences: Vec<Sequence> =
                         examples.iter().flat_map(|e| e.pair.sequences()).collect();
-                    let sums = score(&policy, &sequences, &self.device).sums;
+                    let sums = score(&policy, &sequences, &self.device)?.sums;
                     let (_, metrics) = dpo_loss(sums, &examples, &loss, beta);
                     parts.push((metrics, batch.len()));
                 }
@@ -79,13 +81,13 @@ impl Trainer {
                     self.eval.iter().map(|e| e.pair.chosen_sequence()).collect();
                 let (mut nll, mut count) = (0.0, 0);
                 for chunk in sequences.chunks(self.config.batch_size) {
-                    let logps = to_f64(score(&policy, chunk, &self.device).token_logps);
+                    let logps = to_f64(score(&policy, chunk, &self.device)?.token_logps);
                     nll -= logps.iter().sum::<f64>();
                     count += logps.len();
                 }
                 record.push("eval_loss", nll / count.max(1) as f64);
             }
         }
-        record
+        Ok(record)
     }
 }

@@ -11,14 +11,14 @@ use super::dpo::PreferenceMetrics;
 use super::optim::{HostGrad, clip_coefficient, global_norm};
 use super::trainer::{Base, with_trainable};
 use super::{Objective, Record, Trainer};
-use crate::arch::MistralConfig;
+use crate::arch::ModelConfig;
 use crate::device::to_f32;
 use crate::error::{ModelError, Result};
-use crate::host::HostMistral;
+use crate::host::HostModel;
 use crate::host::vector::written_zeros;
 use crate::scoring::{Scores, score};
 use crate::tensor::lora;
-use crate::tensor::mistral::Mistral;
+use crate::tensor::model::Model;
 
 impl Trainer {
     /// β of the next step (0 for SFT).
@@ -114,7 +114,7 @@ impl Trainer {
             .map(|&i| self.train[i].pair.chosen_ids.len())
             .sum();
         for (m, batch) in batches.iter().enumerate() {
-            self.fill_reference(batch, false);
+            self.fill_reference(batch, false)?;
             let micro = MicroBatch {
                 examples: batch.iter().map(|&i| &self.train[i]).collect(),
                 of: batches.len(),
@@ -122,23 +122,28 @@ impl Trainer {
                 beta,
             };
             match &self.base {
-                Base::Host(config) => self.host_backward(config, &micro, &mut acc),
+                Base::Host(config) => self.host_backward(config, &micro, &mut acc)?,
                 Base::Tensors(model) => {
                     let key = self.config.seed ^ ((step as u64) << 32) ^ ((m as u64) << 16);
-                    self.tape_backward(model, &micro, key, &mut acc);
+                    self.tape_backward(model, &micro, key, &mut acc)?;
                 }
             }
         }
         Ok(acc)
     }
 
-    /// One micro-batch through [`HostMistral`]: its loss from the host log-probs, the
+    /// One micro-batch through [`HostModel`]: its loss from the host log-probs, the
     /// log-probs' gradients from that loss, the weights' gradients from the host backward pass.
-    fn host_backward(&self, config: &MistralConfig, micro: &MicroBatch, acc: &mut Accumulated) {
+    fn host_backward(
+        &self,
+        config: &ModelConfig,
+        micro: &MicroBatch,
+        acc: &mut Accumulated,
+    ) -> Result<()> {
         let weights = self.params.iter().map(|p| p.value.as_slice()).collect();
-        let model = HostMistral::new(config, weights);
+        let model = HostModel::new(config, weights)?;
         let sequences = micro.sequences(&self.objective);
-        let forward = model.forward(&sequences);
+        let forward = model.forward(&sequences)?;
         let n = forward.token_logps.len();
         let token_logps = Tensor::<1>::from_data(
             TensorData::new(forward.token_logps.clone(), [n]),
@@ -159,16 +164,17 @@ impl Trainer {
                 .collect();
         }
         model.backward(forward, &token_grads, &mut acc.grads);
+        Ok(())
     }
 
     /// One micro-batch through burn's autodiff (with LoRA dropout keyed by `dropout_key`).
     fn tape_backward(
         &self,
-        base: &Mistral,
+        base: &Model,
         micro: &MicroBatch,
         dropout_key: u64,
         acc: &mut Accumulated,
-    ) {
+    ) -> Result<()> {
         let tracked: Vec<Tensor<2>> = self
             .params
             .iter()
@@ -182,7 +188,7 @@ impl Trainer {
         let mut policy = with_trainable(base, self.config.lora.is_some(), computed.collect());
         lora::set_dropout_key(&mut policy, Some(dropout_key));
         let device = tracked[0].device();
-        let scores = score(&policy, &micro.sequences(&self.objective), &device);
+        let scores = score(&policy, &micro.sequences(&self.objective), &device)?;
         let gradients = micro.loss(&self.objective, scores, acc).backward();
         let grads = tracked.iter().map(|t| {
             let [rows, cols] = t.dims();
@@ -196,6 +202,7 @@ impl Trainer {
                 sum.iter_mut().zip(&g).for_each(|(a, b)| *a += b);
             }
         }
+        Ok(())
     }
 
     /// A trainable tensor as an autodiff leaf.

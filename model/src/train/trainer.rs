@@ -7,13 +7,13 @@ use burn::tensor::DType;
 
 use super::optim::{AdamW, Param};
 use super::{Example, Objective, Observer, Schedule, TrainConfig};
-use crate::arch::MistralConfig;
+use crate::arch::ModelConfig;
 use crate::error::{ModelError, Result};
 use crate::scoring::ReferenceScorer;
 use crate::tensor::lora;
-use crate::tensor::mistral::Mistral;
+use crate::tensor::model::Model;
 
-/// Whether steps run on [`HostMistral`]: full fine-tuning in f32 on the CPU, without
+/// Whether steps run on [`HostModel`]: full fine-tuning in f32 on the CPU, without
 /// gradient checkpointing (LoRA, bf16, CUDA and checkpointing go through burn's autodiff).
 pub(super) fn trains_on_host(config: &TrainConfig, device: &Device) -> bool {
     config.lora.is_none()
@@ -24,11 +24,11 @@ pub(super) fn trains_on_host(config: &TrainConfig, device: &Device) -> bool {
 
 /// What the trained tensors are plugged into.
 pub(super) enum Base {
-    /// Host training ([`HostMistral`]): every weight is trained, so the config is all that is
+    /// Host training ([`HostModel`]): every weight is trained, so the config is all that is
     /// kept of the model.
-    Host(MistralConfig),
+    Host(Box<ModelConfig>),
     /// burn's autodiff: the model (with its LoRA adapters) in the compute dtype.
-    Tensors(Box<Mistral>),
+    Tensors(Box<Model>),
 }
 
 /// The state of a training run.
@@ -49,7 +49,7 @@ pub struct Trainer {
 impl Trainer {
     /// A run of `objective` on `model` (LoRA adapters are attached here when configured).
     pub fn new(
-        mut model: Mistral,
+        mut model: Model,
         config: TrainConfig,
         objective: Objective,
         train: Vec<Example>,
@@ -65,6 +65,13 @@ impl Trainer {
             return Err(ModelError::Argument(
                 "batch_size and grad_accum must be at least 1".into(),
             ));
+        }
+        for example in train.iter().chain(&eval) {
+            for sequence in example.pair.sequences() {
+                sequence
+                    .check(0, model.config.vocab_size)
+                    .map_err(|e| ModelError::Argument(format!("example `{}`: {e}", example.id)))?;
+            }
         }
         if let Some(lora) = &config.lora {
             lora::attach(&mut model, lora, config.seed);
@@ -83,7 +90,7 @@ impl Trainer {
         let reference = (needs_reference && missing)
             .then(|| ReferenceScorer::new(lora::without_adapters(&model)));
         let base = if trains_on_host(&config, &device) {
-            Base::Host(model.config.clone())
+            Base::Host(Box::new(model.config.clone()))
         } else {
             Base::Tensors(Box::new(model))
         };
@@ -118,10 +125,10 @@ impl Trainer {
     }
 
     /// The current policy in f32 (with its adapters, when training LoRA).
-    pub fn policy(&self) -> Mistral {
+    pub fn policy(&self) -> Model {
         let mut tensors = self.params.iter().map(|p| p.tensor(&self.device));
         match &self.base {
-            Base::Host(config) => Mistral::from_fn(config, |_| {
+            Base::Host(config) => Model::from_fn(config, |_| {
                 Ok(tensors.next().expect("one trained tensor per weight"))
             })
             .expect("the tensors are the weights"),
@@ -145,7 +152,7 @@ impl Trainer {
             let step = self.step;
             let due = |every: Option<usize>| every.is_some_and(|n| step.is_multiple_of(n));
             if !self.eval.is_empty() && (due(schedule.eval_every) || step == total) {
-                let record = self.evaluate();
+                let record = self.evaluate()?;
                 observer.record(&record)?;
             }
             if let Some(dir) = &schedule.checkpoint_dir
@@ -161,7 +168,7 @@ impl Trainer {
 }
 
 /// The tensors a run trains: every weight, or only the LoRA adapters.
-pub(super) fn trainable(model: &Mistral, lora: bool) -> Vec<(String, Tensor<2>)> {
+pub(super) fn trainable(model: &Model, lora: bool) -> Vec<(String, Tensor<2>)> {
     if lora {
         lora::adapter_tensors(model)
     } else {
@@ -170,7 +177,7 @@ pub(super) fn trainable(model: &Mistral, lora: bool) -> Vec<(String, Tensor<2>)>
 }
 
 /// `model` with its trained tensors replaced by `values` (in [`trainable`] order).
-pub(super) fn with_trainable(model: &Mistral, lora: bool, values: Vec<Tensor<2>>) -> Mistral {
+pub(super) fn with_trainable(model: &Model, lora: bool, values: Vec<Tensor<2>>) -> Model {
     if lora {
         let mut model = model.clone();
         lora::set_adapter_tensors(&mut model, values.into_iter());

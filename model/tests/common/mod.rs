@@ -9,10 +9,24 @@ pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
 }
 
+/// The fixture folder of every family flow implements (made with transformers and TRL).
+pub const FAMILIES: [&str; 5] = [
+    "mistral-tiny",
+    "llama-tiny",
+    "qwen2-tiny",
+    "qwen3-tiny",
+    "gemma2-tiny",
+];
+
 /// `mistral-tiny/golden.json`.
 pub fn golden() -> Value {
+    golden_of("mistral-tiny")
+}
+
+/// `<family>/golden.json`.
+pub fn golden_of(family: &str) -> Value {
     serde_json::from_str(
-        &std::fs::read_to_string(fixtures().join("mistral-tiny/golden.json")).unwrap(),
+        &std::fs::read_to_string(fixtures().join(family).join("golden.json")).unwrap(),
     )
     .unwrap()
 }

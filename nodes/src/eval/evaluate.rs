@@ -27,7 +27,7 @@ use flow_engine::node::{Node, NodeContext, NodeError, OutputSpec, ParamError};
 use flow_model::generate::{Sampling, generate};
 use flow_model::scoring::{Scorer, Sequence};
 use flow_model::tokenize::{PreferenceTokenizer, TokenizedPair, Truncation};
-use flow_model::{Device, Mistral};
+use flow_model::{Device, Model};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -200,7 +200,7 @@ fn evaluate(
         .collect();
     let tasks = load_tasks(&params.tasks, &tokenizer)?;
 
-    let reference = Mistral::load(&params.reference, device).map_err(model_error)?;
+    let reference = Model::load(&params.reference, device).map_err(model_error)?;
     let policy = load_policy(&params.model, &reference, device)?;
     let mut pair_scores = Vec::new();
     let mut per_model = Vec::new();
@@ -215,7 +215,7 @@ fn evaluate(
         let mut answers = Vec::new();
         for prompt in &params.prompts {
             check_cancelled(token)?;
-            answers.push(answer(&scorer, &tokenizer, prompt, params));
+            answers.push(answer(&scorer, &tokenizer, prompt, params)?);
         }
         pair_scores.push(seq_scores);
         per_model.push((scores, answers));
@@ -249,9 +249,9 @@ fn answer(
     tokenizer: &PreferenceTokenizer,
     prompt: &str,
     params: &EvaluateParams,
-) -> Answers {
+) -> Result<Answers, NodeError> {
     let ids = tokenizer.encode(prompt);
-    let run = |sampling: Sampling| {
+    let run = |sampling: Sampling| -> Result<String, NodeError> {
         let new = generate(
             scorer.model(),
             scorer.head(),
@@ -259,27 +259,28 @@ fn answer(
             tokenizer.eos_id,
             params.max_new_tokens,
             sampling,
-        );
-        tokenizer.decode(&new)
+        )
+        .map_err(|e| NodeError::new(format!("prompt {prompt:?}: {e}")))?;
+        Ok(tokenizer.decode(&new))
     };
-    Answers {
-        greedy: run(Sampling::GREEDY),
+    Ok(Answers {
+        greedy: run(Sampling::GREEDY)?,
         sampled: run(Sampling {
             temperature: params.temperature,
             top_p: params.top_p,
             seed: params.seed,
-        }),
-    }
+        })?,
+    })
 }
 
 /// A full model directory, or a PEFT adapter applied to (a copy of) the reference and merged.
-fn load_policy(dir: &Path, reference: &Mistral, device: &Device) -> Result<Mistral, NodeError> {
+fn load_policy(dir: &Path, reference: &Model, device: &Device) -> Result<Model, NodeError> {
     if dir.join("adapter_config.json").is_file() {
         let mut model = reference.clone();
         flow_model::tensor::lora::load_peft(&mut model, dir).map_err(model_error)?;
         Ok(flow_model::tensor::lora::merged(&model))
     } else {
-        Mistral::load(dir, device).map_err(model_error)
+        Model::load(dir, device).map_err(model_error)
     }
 }
 
@@ -293,7 +294,7 @@ fn score_all(
     let mut scores = Vec::with_capacity(sequences.len());
     for batch in sequences.chunks(batch_size) {
         check_cancelled(token)?;
-        let sums = scorer.score(batch, device).sums;
+        let sums = scorer.score(batch, device).map_err(model_error)?.sums;
         scores.extend(
             sums.into_iter()
                 .zip(batch.iter().map(Sequence::completion_len)),

@@ -9,7 +9,7 @@ use flow_model::tokenize::PreferenceTokenizer;
 use flow_model::train::optim::AdamWConfig;
 use flow_model::train::schedule::{LrScheduler, warmup_from_ratio};
 use flow_model::train::{Example, Objective, Observer, Record, Schedule, TrainConfig, Trainer};
-use flow_model::{Mistral, ModelError};
+use flow_model::{Model, ModelError};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::io::Write;
@@ -495,7 +495,7 @@ pub fn training_error(e: ModelError) -> NodeError {
 
 /// Writes the trained policy into `out` as `mode` says, with the base's tokenizer and generation files.
 pub fn save_trained(
-    policy: &Mistral,
+    policy: &Model,
     lora: Option<&LoraConfig>,
     mode: SaveMode,
     base_dir: &Path,
@@ -547,7 +547,7 @@ where
         let objective = objective(&params, &mut train, &mut eval)?;
         let config = common.train_config(train.len())?;
         let lora = config.lora.clone();
-        let model = Mistral::load(common.model, &device).map_err(training_error)?;
+        let model = Model::load(common.model, &device).map_err(training_error)?;
         let mut trainer =
             Trainer::new(model, config, objective, train, eval, device).map_err(training_error)?;
         let checkpoints = worker.resume_dir.join("checkpoints");

@@ -4,7 +4,7 @@
 use flow_engine::node::{LogSink, Node, NodeContext, NodeError, OutputSpec};
 use flow_model::scoring::{ReferenceScorer, Sequence};
 use flow_model::tokenize::{PreferenceTokenizer, TokenizedPair, Truncation};
-use flow_model::{Device, Mistral};
+use flow_model::{Device, Model};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::io::Write;
@@ -187,7 +187,7 @@ fn score_dataset(
     token: &CancellationToken,
 ) -> Result<(), NodeError> {
     let tokenizer = PreferenceTokenizer::load(&params.model).map_err(model_error)?;
-    let model = Mistral::load(&params.model, device).map_err(model_error)?;
+    let model = Model::load(&params.model, device).map_err(model_error)?;
     let scorer = ReferenceScorer::new(model.cast(params.dtype.compute_dtype()));
     let pairs = read_pairs(&params.dataset)?;
     let mut jobs = Vec::new();
@@ -223,7 +223,13 @@ fn score_dataset(
         check_cancelled(token)?;
         let sequences: Vec<Sequence> = batch.iter().flat_map(|j| j.pair.sequences()).collect();
         tokens += sequences.iter().map(|s| s.ids.len()).sum::<usize>();
-        let sums = scorer.score(&sequences, device).sums;
+        let sums = scorer
+            .score(&sequences, device)
+            .map_err(|e| {
+                let ids: Vec<&str> = batch.iter().map(|j| j.id.as_str()).collect();
+                NodeError::new(format!("pairs {}: {e}", ids.join(", ")))
+            })?
+            .sums;
         let mut lines = String::new();
         for (job, logps) in batch.iter().zip(sums.chunks(2)) {
             let row = LogprobRow {

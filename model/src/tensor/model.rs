@@ -1,45 +1,53 @@
-//! Mistral (Jiang et al. 2023), as transformers' `MistralForCausalLM` computes it:
-//! token embeddings → N × [RMSNorm → grouped-query attention with RoPE (rotate-half layout)
-//! and a sliding causal window → residual → RMSNorm → SwiGLU MLP → residual] → RMSNorm → lm_head.
+//! The decoder models of every family on burn, as transformers computes them (eager attention):
 //!
-//! Weights keep the checkpoint's layout (`[out, in]` for linear layers); checkpoint names are
-//! mapped to fields in one place, [`weight_specs`] with [`Mistral::from_fn`] and [`Mistral::weights`].
-//! Every weight is held as a 2-D tensor (norm weights as `[1, hidden]`) so that optimizers and
-//! savers treat all of them alike.
+//! token embeddings (× √hidden in Gemma 2) → N × [RMSNorm → grouped-query attention (q/k/v
+//! biases where the family has them, per-head q/k norms in Qwen3, RoPE in the rotate-half layout
+//! with its scaling, a causal mask with the layer's sliding window, scores scaled and soft-capped
+//! as the family does) → (Gemma 2: RMSNorm) → residual → RMSNorm → gated MLP (SwiGLU or GeGLU)
+//! → (Gemma 2: RMSNorm) → residual] → RMSNorm → lm_head (soft-capped logits in Gemma 2).
+//!
+//! What differs between families is read from the config ([`crate::arch::family`]), never
+//! copied here. Weights keep the checkpoint's layout (`[out, in]` for linear layers) and are
+//! found by their role ([`crate::arch::Role`]): checkpoint names are mapped in one place,
+//! [`crate::arch::weight_specs`]. Every weight is held as a 2-D tensor (norm weights and biases
+//! as `[1, n]`) so that optimizers and savers treat all of them alike.
 
 use burn::prelude::*;
+use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{DType, TensorData, activation, module};
 use rayon::prelude::*;
+use std::collections::HashMap;
 use std::path::Path;
 
 use super::adapter::LoraAdapter;
-use crate::arch::{MistralConfig, WeightSpec, rope_tables, weight_specs};
+use crate::arch::{Activation, LayerRole, ModelConfig, Role, Rope, WeightSpec, weight_specs};
 use crate::checkpoint::safetensors::{Checkpoint, NamedTensor, SaveDtype, save_safetensors};
 use crate::device::to_f32;
-use crate::error::Result;
-use crate::host::ops::{rms_norm_rows_in_place, swiglu_rows_in_place};
+use crate::error::{ModelError, Result};
+use crate::host::ops::{glu_rows_in_place, rms_norm_rows_in_place};
 use crate::host::vector::rotate_half_in_place;
 
-/// `y = x Wᵀ` with `W` in the checkpoint's `[out, in]` layout, plus a LoRA update when an
+/// `y = x Wᵀ (+ b)` with `W` in the checkpoint's `[out, in]` layout, plus a LoRA update when an
 /// adapter is attached (see [`super::adapter`]).
 #[derive(Clone, Debug)]
 pub struct Linear {
     /// `[out, in]`.
     pub weight: Tensor<2>,
+    /// `[1, out]`, when the layer has a bias.
+    pub bias: Option<Tensor<2>>,
     /// Low-rank adapter, if any.
     pub lora: Option<LoraAdapter>,
 }
 
 impl Linear {
-    fn new(weight: Tensor<2>) -> Linear {
-        Linear { weight, lora: None }
-    }
-
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let [b, t, d] = x.dims();
         let out = self.weight.dims()[0];
         let x = x.reshape([b * t, d]);
         let mut y = x.clone().matmul(self.weight.clone().transpose());
+        if let Some(bias) = &self.bias {
+            y = y + bias.clone();
+        }
         if let Some(lora) = &self.lora {
             y = y + lora.forward(x);
         }
@@ -47,27 +55,37 @@ impl Linear {
     }
 }
 
-/// Root-mean-square norm: `x / sqrt(mean(x²) + ε) · w`.
+/// Root-mean-square norm: `x / sqrt(mean(x²) + ε) · w`, or `· (1 + w)` (Gemma 2).
 #[derive(Clone, Debug)]
 pub struct RmsNorm {
-    /// `[1, hidden]`.
+    /// `[1, width]`, as stored in the checkpoint.
     pub weight: Tensor<2>,
     eps: f64,
+    unit_offset: bool,
 }
 
 impl RmsNorm {
+    /// The weight the normed rows are multiplied by.
+    fn multiplier(&self) -> Tensor<2> {
+        if self.unit_offset {
+            self.weight.clone().add_scalar(1.0)
+        } else {
+            self.weight.clone()
+        }
+    }
+
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         if on_host_without_gradients(&[&x]) && on_host_without_gradients(&[&self.weight]) {
             return self.forward_on_host(x);
         }
         let mean_square = x.clone().square().mean_dim(2);
         let normed = x * mean_square.add_scalar(self.eps).sqrt().recip();
-        normed * self.weight.clone().unsqueeze::<3>()
+        normed * self.multiplier().unsqueeze::<3>()
     }
 
     /// [`RmsNorm::forward`] as one parallel pass over the rows on the host.
     fn forward_on_host(&self, x: Tensor<3>) -> Tensor<3> {
-        let weight = to_f32(self.weight.clone());
+        let weight = to_f32(self.multiplier());
         let eps = self.eps as f32;
         map_on_host(x, |values| {
             rms_norm_rows_in_place(values, &weight, eps);
@@ -75,30 +93,30 @@ impl RmsNorm {
     }
 }
 
-/// Rotary position embeddings in the rotate-half layout of Hugging Face checkpoints.
+/// RoPE's cos and sin tables `[1, 1, len, head_dim]` on a device.
 #[derive(Clone, Debug)]
-pub struct Rope {
+pub struct RotaryTables {
     cos: Tensor<4>,
     sin: Tensor<4>,
 }
 
-impl Rope {
-    /// Tables for positions `0..len`, in `dtype`.
-    pub fn new(len: usize, head_dim: usize, theta: f64, device: &Device, dtype: DType) -> Rope {
-        let (cos, sin) = rope_tables(len, head_dim, theta);
+impl RotaryTables {
+    /// Tables of `rope` for positions `0..len`, in `dtype`.
+    pub fn new(rope: &Rope, len: usize, head_dim: usize, device: &Device, dtype: DType) -> Self {
+        let (cos, sin) = rope.tables(len, head_dim);
         let table = |v: Vec<f32>| {
             Tensor::<2>::from_data(TensorData::new(v, [len, head_dim]), (device, dtype))
                 .reshape([1, 1, len, head_dim])
         };
-        Rope {
+        RotaryTables {
             cos: table(cos),
             sin: table(sin),
         }
     }
 
     /// The tables of positions `start..start + len` only (a KV-cached step's new tokens).
-    fn positions(&self, start: usize, len: usize) -> Rope {
-        Rope {
+    fn positions(&self, start: usize, len: usize) -> RotaryTables {
+        RotaryTables {
             cos: self.cos.clone().narrow(2, start, len),
             sin: self.sin.clone().narrow(2, start, len),
         }
@@ -116,8 +134,8 @@ impl Rope {
         x * self.cos.clone() + rotated * self.sin.clone()
     }
 
-    /// [`Rope::apply`] as one parallel pass over the heads on the host (the same products and
-    /// sums, so the same values); the result is contiguous `[batch, heads, len, head_dim]`.
+    /// [`RotaryTables::apply`] as one parallel pass over the heads on the host (the same
+    /// products and sums, so the same values); the result is contiguous.
     fn apply_on_host(&self, x: Tensor<4>) -> Tensor<4> {
         let [_, _, len, d] = x.dims();
         let (cos, sin) = (to_f32(self.cos.clone()), to_f32(self.sin.clone()));
@@ -146,9 +164,15 @@ pub struct Attention {
     pub v_proj: Linear,
     /// Output projection.
     pub o_proj: Linear,
+    /// Per-head RMSNorm of the queries (Qwen3).
+    pub q_norm: Option<RmsNorm>,
+    /// Per-head RMSNorm of the keys (Qwen3).
+    pub k_norm: Option<RmsNorm>,
     heads: usize,
     kv_heads: usize,
     head_dim: usize,
+    scale: f64,
+    softcap: Option<f64>,
 }
 
 impl Attention {
@@ -157,16 +181,31 @@ impl Attention {
     fn forward(
         &self,
         x: Tensor<3>,
-        rope: &Rope,
+        rope: &RotaryTables,
         mask: &Tensor<4>,
         cache: Option<&mut LayerCache>,
     ) -> Tensor<3> {
         let [b, t, _] = x.dims();
-        let split =
-            |y: Tensor<3>, heads: usize| y.reshape([b, t, heads, self.head_dim]).swap_dims(1, 2);
-        let q = rope.apply(split(self.q_proj.forward(x.clone()), self.heads));
-        let mut k = rope.apply(split(self.k_proj.forward(x.clone()), self.kv_heads));
-        let mut v = split(self.v_proj.forward(x), self.kv_heads);
+        let split = |y: Tensor<3>, heads: usize, norm: Option<&RmsNorm>| {
+            let y = match norm {
+                Some(norm) => norm
+                    .forward(y.reshape([b, t * heads, self.head_dim]))
+                    .reshape([b, t, heads * self.head_dim]),
+                None => y,
+            };
+            y.reshape([b, t, heads, self.head_dim]).swap_dims(1, 2)
+        };
+        let q = rope.apply(split(
+            self.q_proj.forward(x.clone()),
+            self.heads,
+            self.q_norm.as_ref(),
+        ));
+        let mut k = rope.apply(split(
+            self.k_proj.forward(x.clone()),
+            self.kv_heads,
+            self.k_norm.as_ref(),
+        ));
+        let mut v = split(self.v_proj.forward(x), self.kv_heads, None);
         if let Some(cache) = cache {
             if let Some((past_k, past_v)) = cache.take() {
                 k = Tensor::cat(vec![past_k, k], 2);
@@ -178,8 +217,13 @@ impl Attention {
             self.attend_differentiably(q, k, v, mask)
         } else {
             // No gradients wanted: the backend's fused kernel (grouped heads without copies, one
-            // scores tile per head in cache).
-            module::attention(q, k, v, None, Some(mask.clone()), Default::default())
+            // scores tile per head in cache), with the family's scale and soft-cap.
+            let options = AttentionModuleOptions {
+                scale: Some(self.scale),
+                softcap: self.softcap,
+                is_causal: false,
+            };
+            module::attention(q, k, v, None, Some(mask.clone()), options)
         };
         self.o_proj.forward(
             out.swap_dims(1, 2)
@@ -187,7 +231,7 @@ impl Attention {
         )
     }
 
-    /// `softmax(q kᵀ / √d + mask) v` as tensor operations autodiff can differentiate.
+    /// `softmax(cap(q kᵀ · scale) + mask) v` as tensor operations autodiff can differentiate.
     fn attend_differentiably(
         &self,
         q: Tensor<4>,
@@ -196,9 +240,11 @@ impl Attention {
         mask: &Tensor<4>,
     ) -> Tensor<4> {
         let (k, v) = (self.repeat_kv(k), self.repeat_kv(v));
-        let scale = (self.head_dim as f64).powf(-0.5);
-        let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(scale) + mask.clone();
-        activation::softmax(scores, 3).matmul(v)
+        let mut scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(self.scale);
+        if let Some(cap) = self.softcap {
+            scores = scores.div_scalar(cap).tanh().mul_scalar(cap);
+        }
+        activation::softmax(scores + mask.clone(), 3).matmul(v)
     }
 
     /// Query head `h` reads key/value head `h / (heads / kv_heads)`.
@@ -214,7 +260,7 @@ impl Attention {
     }
 }
 
-/// SwiGLU feed-forward: `down(silu(gate(x)) · up(x))`.
+/// Gated feed-forward: `down(act(gate(x)) · up(x))`.
 #[derive(Clone, Debug)]
 pub struct Mlp {
     /// Gate projection.
@@ -223,24 +269,35 @@ pub struct Mlp {
     pub up_proj: Linear,
     /// Down projection.
     pub down_proj: Linear,
+    act: Activation,
 }
 
 impl Mlp {
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let gate = self.gate_proj.forward(x.clone());
         self.down_proj
-            .forward(swiglu(gate, self.up_proj.forward(x)))
+            .forward(self.gated(gate, self.up_proj.forward(x)))
+    }
+
+    /// `act(gate) · up`. Without gradients, on the CPU in f32, one vectorised pass on the host;
+    /// otherwise tensor operations.
+    fn gated(&self, gate: Tensor<3>, up: Tensor<3>) -> Tensor<3> {
+        if on_host_without_gradients(&[&gate, &up]) {
+            let up = to_f32(up);
+            return map_on_host(gate, |values| glu_rows_in_place(values, &up, self.act));
+        }
+        match self.act {
+            Activation::Silu => activation::silu(gate) * up,
+            Activation::GeluTanh => gelu_tanh(gate) * up,
+        }
     }
 }
 
-/// `silu(gate) · up`. Without gradients, on the CPU in f32, one vectorised pass on the host
-/// (the backend's sigmoid calls the scalar `expf` once per element); otherwise tensor operations.
-fn swiglu(gate: Tensor<3>, up: Tensor<3>) -> Tensor<3> {
-    if !on_host_without_gradients(&[&gate, &up]) {
-        return activation::silu(gate) * up;
-    }
-    let up = to_f32(up);
-    map_on_host(gate, |values| swiglu_rows_in_place(values, &up))
+/// `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))` as tensor operations.
+fn gelu_tanh(x: Tensor<3>) -> Tensor<3> {
+    let cubic = x.clone().powi_scalar(3).mul_scalar(0.044_715);
+    let inner = (x.clone() + cubic).mul_scalar((2.0 / std::f64::consts::PI).sqrt());
+    x.mul_scalar(0.5) * inner.tanh().add_scalar(1.0)
 }
 
 /// `x` read back to the host as f32 (in logical order, contiguous), changed in place by `f`,
@@ -261,40 +318,59 @@ fn on_host_without_gradients<const D: usize>(tensors: &[&Tensor<D>]) -> bool {
         .all(|t| t.dtype() == DType::F32 && !t.is_autodiff() && t.device() == crate::cpu())
 }
 
-/// One decoder layer (pre-norm residual blocks).
+/// One decoder layer (pre-norm residual blocks; Gemma 2 also norms each block's output).
 #[derive(Clone, Debug)]
 pub struct DecoderLayer {
-    /// Norm before attention.
+    /// Norm before attention (`input_layernorm`).
     pub input_layernorm: RmsNorm,
     /// Attention.
     pub self_attn: Attention,
-    /// Norm before the MLP.
-    pub post_attention_layernorm: RmsNorm,
+    /// Norm on the attention output (Gemma 2 `post_attention_layernorm`).
+    pub attention_output_norm: Option<RmsNorm>,
+    /// Norm before the MLP (`post_attention_layernorm`; Gemma 2 `pre_feedforward_layernorm`).
+    pub mlp_norm: RmsNorm,
+    /// Norm on the MLP output (Gemma 2 `post_feedforward_layernorm`).
+    pub mlp_output_norm: Option<RmsNorm>,
     /// MLP.
     pub mlp: Mlp,
+    /// The sliding window this layer attends within, if any.
+    pub window: Option<usize>,
 }
 
 impl DecoderLayer {
     fn forward(
         &self,
         x: Tensor<3>,
-        rope: &Rope,
-        mask: &Tensor<4>,
+        rope: &RotaryTables,
+        masks: &Masks,
         cache: Option<&mut LayerCache>,
     ) -> Tensor<3> {
-        let x = x.clone()
-            + self
-                .self_attn
-                .forward(self.input_layernorm.forward(x), rope, mask, cache);
-        x.clone() + self.mlp.forward(self.post_attention_layernorm.forward(x))
+        let mask = masks.get(&self.window).expect("a mask per window");
+        let attended =
+            self.self_attn
+                .forward(self.input_layernorm.forward(x.clone()), rope, mask, cache);
+        let x = x + normed(&self.attention_output_norm, attended);
+        let fed = self.mlp.forward(self.mlp_norm.forward(x.clone()));
+        x + normed(&self.mlp_output_norm, fed)
     }
 }
 
+/// `norm(x)`, or `x` when there is no norm.
+fn normed(norm: &Option<RmsNorm>, x: Tensor<3>) -> Tensor<3> {
+    match norm {
+        Some(norm) => norm.forward(x),
+        None => x,
+    }
+}
+
+/// The additive attention mask of each window in use (`None`: full causal attention).
+type Masks = HashMap<Option<usize>, Tensor<4>>;
+
 /// The whole model.
 #[derive(Clone, Debug)]
-pub struct Mistral {
+pub struct Model {
     /// Its config.
-    pub config: MistralConfig,
+    pub config: ModelConfig,
     /// `[vocab, hidden]`.
     pub embed_tokens: Tensor<2>,
     /// Decoder layers.
@@ -305,80 +381,137 @@ pub struct Mistral {
     pub lm_head: Option<Tensor<2>>,
 }
 
-impl Mistral {
+/// The weights of a model being assembled, by role.
+struct Parts(HashMap<Role, Tensor<2>>);
+
+impl Parts {
+    fn take(&mut self, role: Role) -> Tensor<2> {
+        self.0.remove(&role).expect("the specs name every weight")
+    }
+
+    fn layer(&mut self, l: usize, role: LayerRole) -> Option<Tensor<2>> {
+        self.0.remove(&Role::Layer(l, role))
+    }
+
+    fn linear(&mut self, l: usize, weight: LayerRole, bias: LayerRole) -> Linear {
+        Linear {
+            weight: self
+                .layer(l, weight)
+                .expect("every layer has its projections"),
+            bias: self.layer(l, bias),
+            lora: None,
+        }
+    }
+}
+
+impl Model {
     /// Builds the model from a function that yields each weight (by its spec).
     pub fn from_fn(
-        config: &MistralConfig,
+        config: &ModelConfig,
         mut weight: impl FnMut(&WeightSpec) -> Result<Tensor<2>>,
-    ) -> Result<Mistral> {
-        let specs = weight_specs(config);
-        let mut tensors = specs
-            .iter()
-            .map(&mut weight)
-            .collect::<Result<Vec<_>>>()?
-            .into_iter();
-        let mut next = || tensors.next().expect("one tensor per spec");
+    ) -> Result<Model> {
+        let mut parts = Parts(HashMap::new());
+        for spec in weight_specs(config) {
+            let tensor = weight(&spec)?;
+            parts.0.insert(spec.role, tensor);
+        }
+        let unit_offset = config.traits().norm_unit_offset;
         let norm = |weight: Tensor<2>| RmsNorm {
             weight,
             eps: config.rms_norm_eps,
+            unit_offset,
         };
-        let embed_tokens = next();
+        use LayerRole::*;
         let layers = (0..config.num_hidden_layers)
-            .map(|_| DecoderLayer {
-                input_layernorm: norm(next()),
+            .map(|l| DecoderLayer {
+                input_layernorm: norm(parts.layer(l, AttentionNorm).expect("a norm")),
                 self_attn: Attention {
-                    q_proj: Linear::new(next()),
-                    k_proj: Linear::new(next()),
-                    v_proj: Linear::new(next()),
-                    o_proj: Linear::new(next()),
+                    q_proj: parts.linear(l, Q, QBias),
+                    k_proj: parts.linear(l, K, KBias),
+                    v_proj: parts.linear(l, V, VBias),
+                    o_proj: parts.linear(l, O, OBias),
+                    q_norm: parts.layer(l, QNorm).map(norm),
+                    k_norm: parts.layer(l, KNorm).map(norm),
                     heads: config.num_attention_heads,
                     kv_heads: config.num_key_value_heads,
                     head_dim: config.head_dim,
+                    scale: config.attention_scale(),
+                    softcap: config.attn_logit_softcapping,
                 },
-                post_attention_layernorm: norm(next()),
+                attention_output_norm: parts.layer(l, AttentionOutputNorm).map(norm),
+                mlp_norm: norm(parts.layer(l, MlpNorm).expect("a norm")),
+                mlp_output_norm: parts.layer(l, MlpOutputNorm).map(norm),
                 mlp: Mlp {
-                    gate_proj: Linear::new(next()),
-                    up_proj: Linear::new(next()),
-                    down_proj: Linear::new(next()),
+                    gate_proj: parts.linear(l, Gate, GateBias),
+                    up_proj: parts.linear(l, Up, UpBias),
+                    down_proj: parts.linear(l, Down, DownBias),
+                    act: config.hidden_act,
                 },
+                window: config.window(l),
             })
             .collect();
-        let final_norm = norm(next());
-        let lm_head = (!config.tie_word_embeddings).then(&mut next);
-        Ok(Mistral {
+        Ok(Model {
             config: config.clone(),
-            embed_tokens,
+            embed_tokens: parts.take(Role::Embedding),
             layers,
-            norm: final_norm,
-            lm_head,
+            norm: norm(parts.take(Role::FinalNorm)),
+            lm_head: parts.0.remove(&Role::LmHead),
         })
+    }
+
+    /// Every weight by its role.
+    fn by_role(&self) -> HashMap<Role, Tensor<2>> {
+        use LayerRole::*;
+        let mut all = HashMap::new();
+        all.insert(Role::Embedding, self.embed_tokens.clone());
+        all.insert(Role::FinalNorm, self.norm.weight.clone());
+        if let Some(head) = &self.lm_head {
+            all.insert(Role::LmHead, head.clone());
+        }
+        for (l, layer) in self.layers.iter().enumerate() {
+            let a = &layer.self_attn;
+            let m = &layer.mlp;
+            let norms = [
+                (AttentionNorm, Some(&layer.input_layernorm)),
+                (QNorm, a.q_norm.as_ref()),
+                (KNorm, a.k_norm.as_ref()),
+                (AttentionOutputNorm, layer.attention_output_norm.as_ref()),
+                (MlpNorm, Some(&layer.mlp_norm)),
+                (MlpOutputNorm, layer.mlp_output_norm.as_ref()),
+            ];
+            for (role, norm) in norms {
+                if let Some(norm) = norm {
+                    all.insert(Role::Layer(l, role), norm.weight.clone());
+                }
+            }
+            let linears = [
+                (Q, QBias, &a.q_proj),
+                (K, KBias, &a.k_proj),
+                (V, VBias, &a.v_proj),
+                (O, OBias, &a.o_proj),
+                (Gate, GateBias, &m.gate_proj),
+                (Up, UpBias, &m.up_proj),
+                (Down, DownBias, &m.down_proj),
+            ];
+            for (weight, bias, linear) in linears {
+                all.insert(Role::Layer(l, weight), linear.weight.clone());
+                if let Some(b) = &linear.bias {
+                    all.insert(Role::Layer(l, bias), b.clone());
+                }
+            }
+        }
+        all
     }
 
     /// Every weight with its checkpoint name, in [`weight_specs`] order.
     pub fn weights(&self) -> Vec<(String, Tensor<2>)> {
-        let mut all = vec![self.embed_tokens.clone()];
-        for l in &self.layers {
-            let a = &l.self_attn;
-            all.extend([
-                l.input_layernorm.weight.clone(),
-                a.q_proj.weight.clone(),
-                a.k_proj.weight.clone(),
-                a.v_proj.weight.clone(),
-                a.o_proj.weight.clone(),
-            ]);
-            all.extend([
-                l.post_attention_layernorm.weight.clone(),
-                l.mlp.gate_proj.weight.clone(),
-                l.mlp.up_proj.weight.clone(),
-                l.mlp.down_proj.weight.clone(),
-            ]);
-        }
-        all.push(self.norm.weight.clone());
-        all.extend(self.lm_head.clone());
+        let mut all = self.by_role();
         weight_specs(&self.config)
             .into_iter()
-            .map(|s| s.name)
-            .zip(all)
+            .map(|s| {
+                let tensor = all.remove(&s.role).expect("the model has every weight");
+                (s.name, tensor)
+            })
             .collect()
     }
 
@@ -409,7 +542,7 @@ impl Mistral {
 
     /// The same model with its base weights in `dtype` (`BF16` for mixed precision); LoRA
     /// adapters are kept as they are.
-    pub fn cast(&self, dtype: DType) -> Mistral {
+    pub fn cast(&self, dtype: DType) -> Model {
         if self.embed_tokens.dtype() == dtype {
             return self.clone();
         }
@@ -418,9 +551,9 @@ impl Mistral {
 
     /// The same model with every base weight passed through `f` (to track gradients, move
     /// devices…); LoRA adapters are kept as they are.
-    pub fn map_weights(&self, mut f: impl FnMut(&str, Tensor<2>) -> Tensor<2>) -> Mistral {
+    pub fn map_weights(&self, mut f: impl FnMut(&str, Tensor<2>) -> Tensor<2>) -> Model {
         let mut weights = self.weights().into_iter();
-        let mut mapped = Mistral::from_fn(&self.config, |spec| {
+        let mut mapped = Model::from_fn(&self.config, |spec| {
             let (name, tensor) = weights.next().expect("one tensor per spec");
             debug_assert_eq!(name, spec.name);
             Ok(f(&name, tensor))
@@ -434,10 +567,10 @@ impl Mistral {
     }
 
     /// Loads `config.json` and the safetensors checkpoint of a model directory.
-    pub fn load(dir: &Path, device: &Device) -> Result<Mistral> {
-        let config = MistralConfig::load(dir)?;
+    pub fn load(dir: &Path, device: &Device) -> Result<Model> {
+        let config = ModelConfig::load(dir)?;
         let checkpoint = Checkpoint::open(dir)?;
-        Mistral::from_fn(&config, |spec| {
+        Model::from_fn(&config, |spec| {
             let values = checkpoint.read_f32(&spec.name, &spec.file_shape)?;
             Ok(Tensor::<2>::from_data(
                 TensorData::new(values, spec.shape),
@@ -478,59 +611,81 @@ impl Mistral {
             .unwrap_or_else(|| self.embed_tokens.clone())
     }
 
-    /// Final-normed hidden states `[batch, len, hidden]` for token ids `[batch, len]`,
-    /// with `mask` the additive attention mask from [`attention_mask`].
-    pub fn hidden_states(&self, ids: Tensor<2, Int>, mask: &Tensor<4>) -> Tensor<3> {
+    /// The embeddings of `ids` (`[n]`) as `[batch, len, hidden]`, scaled as the family does.
+    fn embed(&self, ids: Tensor<1, Int>, batch: usize, len: usize) -> Tensor<3> {
+        let x =
+            self.embed_tokens
+                .clone()
+                .select(0, ids)
+                .reshape([batch, len, self.config.hidden_size]);
+        match self.config.embedding_scale() {
+            1.0 => x,
+            scale => x.mul_scalar(scale),
+        }
+    }
+
+    /// The windows the layers use, each once.
+    fn windows(&self) -> Vec<Option<usize>> {
+        let mut windows: Vec<Option<usize>> = self.layers.iter().map(|l| l.window).collect();
+        windows.sort();
+        windows.dedup();
+        windows
+    }
+
+    /// Final-normed hidden states `[batch, len, hidden]` for right-padded token ids
+    /// `[batch, len]`, each sequence `lengths[i]` tokens long (padding is never attended to).
+    pub fn hidden_states(&self, ids: Tensor<2, Int>, lengths: &[usize]) -> Tensor<3> {
         let [b, t] = ids.dims();
         let device = ids.device();
-        let hidden = self.config.hidden_size;
-        let mut x = self
-            .embed_tokens
-            .clone()
-            .select(0, ids.reshape([b * t]))
-            .reshape([b, t, hidden]);
-        let rope = Rope::new(
-            t,
-            self.config.head_dim,
-            self.config.rope_theta,
-            &device,
-            self.embed_tokens.dtype(),
-        );
+        let dtype = self.embed_tokens.dtype();
+        let mut x = self.embed(ids.reshape([b * t]), b, t);
+        let rope = RotaryTables::new(&self.config.rope, t, self.config.head_dim, &device, dtype);
+        let masks: Masks = self
+            .windows()
+            .into_iter()
+            .map(|w| (w, attention_mask(lengths, t, w, &device, dtype)))
+            .collect();
         for layer in &self.layers {
-            x = layer.forward(x, &rope, mask, None);
+            x = layer.forward(x, &rope, &masks, None);
         }
         self.norm.forward(x)
     }
 
     /// Final-normed hidden states `[1, new, hidden]` of `ids` appended to the sequence whose
     /// keys and values `cache` holds; the cache grows by `ids.len()` positions. With an empty
-    /// cache this is [`Mistral::hidden_states`] of one unpadded sequence.
-    pub fn hidden_states_cached(&self, ids: &[u32], cache: &mut KvCache) -> Tensor<3> {
+    /// cache this is [`Model::hidden_states`] of one unpadded sequence.
+    pub fn hidden_states_cached(&self, ids: &[u32], cache: &mut KvCache) -> Result<Tensor<3>> {
         let device = self.embed_tokens.device();
         let dtype = self.embed_tokens.dtype();
         let (past, t) = (cache.len, ids.len());
+        if let Some(bad) = ids.iter().find(|&&i| i as usize >= self.config.vocab_size) {
+            return Err(ModelError::Argument(format!(
+                "token id {bad} is outside the model's vocabulary of {}",
+                self.config.vocab_size
+            )));
+        }
         let ids: Vec<i64> = ids.iter().map(|&i| i64::from(i)).collect();
         let ids = Tensor::<1, Int>::from_data(TensorData::new(ids, [t]), &device);
-        let mut x =
-            self.embed_tokens
-                .clone()
-                .select(0, ids)
-                .reshape([1, t, self.config.hidden_size]);
-        let rope = Rope::new(
+        let mut x = self.embed(ids, 1, t);
+        let rope = RotaryTables::new(
+            &self.config.rope,
             past + t,
             self.config.head_dim,
-            self.config.rope_theta,
             &device,
             dtype,
         )
         .positions(past, t);
-        let mask = cached_mask(past, t, self.config.sliding_window, &device, dtype);
+        let masks: Masks = self
+            .windows()
+            .into_iter()
+            .map(|w| (w, cached_mask(past, t, w, &device, dtype)))
+            .collect();
         cache.layers.resize(self.layers.len(), None);
         for (layer, layer_cache) in self.layers.iter().zip(&mut cache.layers) {
-            x = layer.forward(x, &rope, &mask, Some(layer_cache));
+            x = layer.forward(x, &rope, &masks, Some(layer_cache));
         }
         cache.len += t;
-        self.norm.forward(x)
+        Ok(self.norm.forward(x))
     }
 }
 

@@ -413,7 +413,11 @@ fn conversational_rows_are_rendered_with_a_chat_template() {
     let mistral = jsonl(&p.path().join("mistral/dataset/data.jsonl"));
     assert_eq!(
         (mistral[0]["prompt"].as_str(), mistral[0]["chosen"].as_str()),
-        (Some("[INST] Hallo? [/INST]"), Some("Guten Tag!</s>"))
+        (Some("<s>[INST] Hallo? [/INST]"), Some("Guten Tag!</s>"))
+    );
+    assert_eq!(
+        mistral[0]["templated"], true,
+        "tokenized without adding BOS again"
     );
     std::fs::create_dir_all(p.path().join("tok")).unwrap();
     p.write(
@@ -423,10 +427,8 @@ fn conversational_rows_are_rendered_with_a_chat_template() {
     let dir = format!("chat_template={}", p.path().join("tok").display());
     load(&p, "chat.jsonl", "model", &[&dir]).expect_code(0);
     let model = jsonl(&p.path().join("model/dataset/data.jsonl"));
-    assert_eq!(
-        model[0]["prompt"].as_str(),
-        Some("USER: Hallo?\nASSISTANT: ")
-    );
+    // transformers renders with `trim_blocks`: the newline after a block tag is dropped.
+    assert_eq!(model[0]["prompt"].as_str(), Some("USER: Hallo?ASSISTANT: "));
     let missing = load(&p, "chat.jsonl", "none", &[]).expect_code(1);
     assert!(
         missing

@@ -270,6 +270,18 @@ impl LogSink {
         })
     }
 
+    /// A log writing to this process's standard error: a duplicate of its file descriptor, so
+    /// the lines share the offset of whatever stderr is (a file that stdout is redirected to
+    /// too, a pipe, a CI log) and none is overwritten.
+    pub fn stderr() -> std::io::Result<LogSink> {
+        use std::os::fd::AsFd;
+        let fd = std::io::stderr().as_fd().try_clone_to_owned()?;
+        Ok(LogSink {
+            file: Arc::new(Mutex::new(std::fs::File::from(fd))),
+            secrets: Arc::new(Vec::new()),
+        })
+    }
+
     /// Replaces every secret value in `text` with `***`.
     pub fn mask(&self, text: &str) -> String {
         mask_secrets(text, &self.secrets)

@@ -161,6 +161,7 @@ pub fn bench_dpo_step(shape: &BenchShape, run: &BenchRun) -> crate::Result<StepB
                 prompt_ids: ids(prompt),
                 chosen_ids: ids(shape.seq - prompt),
                 rejected_ids: ids(shape.seq - prompt),
+                cut: [0, 0],
             },
             reference: None,
         })

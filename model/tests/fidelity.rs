@@ -4,7 +4,7 @@
 
 use flow_model::device::to_f64;
 use flow_model::scoring::{HostScorer, Scorer, Sequence, score};
-use flow_model::tokenize::PreferenceTokenizer;
+use flow_model::tokenize::{Message, PairText, PreferenceTokenizer};
 use flow_model::{Model, ModelConfig, cpu};
 use serde_json::Value;
 
@@ -224,5 +224,57 @@ fn sharded_checkpoint_loads_the_same_weights() {
             to_f64(b.flatten::<1>(0, 1)),
             "{name}"
         );
+    }
+}
+
+/// Message lists of a golden conversational pair.
+fn messages(v: &Value) -> Vec<Message> {
+    serde_json::from_value(v.clone()).unwrap()
+}
+
+#[test]
+fn conversational_pairs_tokenize_as_trl_with_each_familys_template() {
+    for family in FAMILIES.into_iter().filter(|f| *f != "mistral-tiny") {
+        let g = golden_of(family);
+        let tok = PreferenceTokenizer::load(&fixtures().join(family).join("base")).unwrap();
+        let template = tok
+            .template
+            .as_ref()
+            .expect("the fixture tokenizer has a template");
+        for p in g["conversational"].as_array().unwrap() {
+            let (prompt, chosen, rejected) = (
+                messages(&p["prompt"]),
+                messages(&p["chosen"]),
+                messages(&p["rejected"]),
+            );
+            let what = format!("{family} {}", p["prompt"]);
+            assert_eq!(
+                template.render(&prompt, true).unwrap(),
+                p["prompt_rendered"].as_str().unwrap(),
+                "{what}: rendered prompt"
+            );
+            assert_eq!(
+                template
+                    .render(&[prompt.clone(), chosen.clone()].concat(), false)
+                    .unwrap(),
+                p["prompt_chosen_rendered"].as_str().unwrap(),
+                "{what}: rendered prompt + chosen"
+            );
+            let pair = tok.tokenize_messages(&prompt, &chosen, &rejected).unwrap();
+            assert_eq!(pair.prompt_ids, ids(&p["prompt_ids"]), "{what}");
+            assert_eq!(pair.chosen_ids, ids(&p["chosen_ids"]), "{what}");
+            assert_eq!(pair.rejected_ids, ids(&p["rejected_ids"]), "{what}");
+            // The texts `dataset.load` stores for the row tokenize to the same ids.
+            let (prompt_text, chosen_text, rejected_text) =
+                template.render_pair(&prompt, &chosen, &rejected).unwrap();
+            let rendered = tok
+                .tokenize(PairText::Rendered {
+                    prompt: &prompt_text,
+                    chosen: &chosen_text,
+                    rejected: &rejected_text,
+                })
+                .unwrap();
+            assert_eq!(rendered, pair, "{what}: rendered text");
+        }
     }
 }

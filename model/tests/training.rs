@@ -32,6 +32,7 @@ fn golden_examples(g: &Value) -> Vec<Example> {
                 prompt_ids: ids(&p["prompt_ids"]),
                 chosen_ids: ids(&p["chosen_ids"]),
                 rejected_ids: ids(&p["rejected_ids"]),
+                cut: [0, 0],
             },
             reference: Some([
                 p["ref_chosen_logps"].as_f64().unwrap(),

@@ -5,8 +5,9 @@
 //! Rooms, by pipeline stage: [`dataset`] (load, translate, filter, split), [`hub`] (fetch,
 //! push, model card), [`train`] (tokenizer, model init, reference log-probs, SFT, DPO) and
 //! [`eval`] (evaluate, judge, report); the general [`shell`] node. Below them, shared by all:
-//! the preference artifact ([`preference`]), blocking work and devices ([`compute`]) and the
-//! client for paid text APIs ([`chat_client`]). A room may import those and another room's
+//! the preference artifact ([`preference`]), how the model nodes tokenize it
+//! ([`tokenization`]), blocking work and devices ([`compute`]) and the client for paid text APIs
+//! ([`chat_client`]). A room may import those and another room's
 //! public items, never in a circle.
 
 use flow_engine::node::Registry;
@@ -18,6 +19,7 @@ pub mod eval;
 pub mod hub;
 pub mod preference;
 pub mod shell;
+pub mod tokenization;
 pub mod train;
 
 /// Every node type flow ships.

@@ -3,6 +3,7 @@
 //! source has none), and any extra columns kept.
 
 use flow_engine::node::NodeError;
+use flow_model::tokenize::PairText;
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -19,9 +20,14 @@ pub struct PreferencePair {
     pub chosen: String,
     /// The worse completion.
     pub rejected: String,
-    /// System prompt, kept as metadata.
+    /// System text: rendered before the prompt when the pair is tokenized (with the model's
+    /// chat template when it has one, else as `system + "\n\n" + prompt`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub system: Option<String>,
+    /// Whether prompt, chosen and rejected are a chat template's rendering (tokenized without
+    /// adding special tokens and with no EOS appended: the template wrote them).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub templated: bool,
     /// Every other column, kept.
     #[serde(flatten)]
     pub extra: serde_json::Map<String, serde_json::Value>,
@@ -42,6 +48,7 @@ enum PairField {
     Chosen,
     Rejected,
     System,
+    Templated,
     Other(String),
 }
 
@@ -60,6 +67,7 @@ impl<'de> Deserialize<'de> for PairField {
                     "chosen" => PairField::Chosen,
                     "rejected" => PairField::Rejected,
                     "system" => PairField::System,
+                    "templated" => PairField::Templated,
                     other => PairField::Other(other.to_string()),
                 })
             }
@@ -94,8 +102,8 @@ impl<'de> serde::de::Visitor<'de> for PairVisitor {
         mut map: A,
     ) -> Result<PreferencePair, A::Error> {
         use serde::de::Error;
-        let (mut id, mut prompt, mut chosen, mut rejected, mut system) =
-            (None, None, None, None, None);
+        let (mut id, mut prompt, mut chosen, mut rejected, mut system, mut templated) =
+            (None, None, None, None, None, None);
         let mut extra = serde_json::Map::new();
         while let Some(field) = map.next_key::<PairField>()? {
             match field {
@@ -108,6 +116,9 @@ impl<'de> serde::de::Visitor<'de> for PairVisitor {
                 PairField::System => {
                     set_once(&mut system, "system", map.next_value::<Option<String>>()?)?
                 }
+                PairField::Templated => {
+                    set_once(&mut templated, "templated", map.next_value::<bool>()?)?
+                }
                 PairField::Other(key) => {
                     extra.insert(key, map.next_value()?);
                 }
@@ -119,8 +130,28 @@ impl<'de> serde::de::Visitor<'de> for PairVisitor {
             chosen: chosen.ok_or_else(|| A::Error::missing_field("chosen"))?,
             rejected: rejected.ok_or_else(|| A::Error::missing_field("rejected"))?,
             system: system.flatten(),
+            templated: templated.unwrap_or(false),
             extra,
         })
+    }
+}
+
+impl PreferencePair {
+    /// The row's text in the form the tokenizer takes it.
+    pub fn text(&self) -> PairText<'_> {
+        match self.templated {
+            true => PairText::Rendered {
+                prompt: &self.prompt,
+                chosen: &self.chosen,
+                rejected: &self.rejected,
+            },
+            false => PairText::Plain {
+                prompt: &self.prompt,
+                chosen: &self.chosen,
+                rejected: &self.rejected,
+                system: self.system.as_deref(),
+            },
+        }
     }
 }
 
@@ -161,7 +192,9 @@ pub fn stream_pairs(
         .enumerate()
         .filter_map(move |(n, line)| {
             let line = match line {
-                Ok(line) if line.trim().is_empty() => return None,
+                Ok(line) if line.trim_start_matches('\u{feff}').trim().is_empty() => return None,
+                // A UTF-8 byte-order mark (Windows editors, Excel exports) opens the file.
+                Ok(line) if n == 0 => line.trim_start_matches('\u{feff}').to_string(),
                 Ok(line) => line,
                 Err(e) => {
                     return Some(Err(NodeError::new(format!(

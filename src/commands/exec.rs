@@ -149,7 +149,7 @@ fn run_staged(
     let resume = std::path::absolute(staging.join("resume")).map_err(io)?;
     std::fs::create_dir_all(&work).map_err(io)?;
     std::fs::create_dir_all(&resume).map_err(io)?;
-    let log = LogSink::create(Path::new("/dev/stderr"), Vec::new()).map_err(io)?;
+    let log = LogSink::stderr().map_err(io)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

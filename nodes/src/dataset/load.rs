@@ -9,10 +9,12 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
 use crate::compute::run_blocking;
-use crate::dataset::chat_template::{ChatTemplate, ChatTemplateParam, Message};
+use crate::dataset::chat_template::{self, ChatTemplateParam};
 use crate::hub::client::{RepoId, RepoKind};
 use crate::hub::fetch::{materialize, remote_key};
 use crate::preference::{PairSink, PreferencePair, content_id};
+use flow_model::tokenize::chat::implicit_prompt;
+use flow_model::tokenize::{ChatTemplate, Message};
 use std::collections::BTreeMap;
 
 /// Loads a preference dataset.
@@ -225,7 +227,7 @@ impl Node for DatasetLoad {
             let template = params
                 .chat_template
                 .as_ref()
-                .map(ChatTemplate::load)
+                .map(chat_template::load)
                 .transpose()?;
             let mut rows = Vec::new();
             for path in &sources {
@@ -285,11 +287,12 @@ fn read_rows(path: &Path, format: Format) -> Result<Vec<SourceRow>, NodeError> {
         },
         f => f,
     };
-    let file = std::fs::File::open(path).map_err(|e| fail(&e))?;
+    let file =
+        without_bom(std::fs::File::open(path).map_err(|e| fail(&e))?).map_err(|e| fail(&e))?;
     let rows = match format {
         Format::Jsonl => jsonl_rows(path, file)?,
         Format::Json => {
-            let all: Vec<Json> = serde_json::from_reader(BufReader::new(file))
+            let all: Vec<Json> = serde_json::from_reader(file)
                 .map_err(|e| fail(&format!("not a JSON array of objects: {e}")))?;
             all.into_iter()
                 .enumerate()
@@ -300,7 +303,7 @@ fn read_rows(path: &Path, format: Format) -> Result<Vec<SourceRow>, NodeError> {
                 .collect::<Result<_, _>>()?
         }
         Format::Csv => csv_rows(path, file)?,
-        Format::Parquet => parquet_rows(path, file)?,
+        Format::Parquet => parquet_rows(path, std::fs::File::open(path).map_err(|e| fail(&e))?)?,
         Format::Auto => unreachable!("resolved above"),
     };
     if rows.is_empty() {
@@ -309,9 +312,19 @@ fn read_rows(path: &Path, format: Format) -> Result<Vec<SourceRow>, NodeError> {
     Ok(rows)
 }
 
-fn jsonl_rows(path: &Path, file: std::fs::File) -> Result<Vec<SourceRow>, NodeError> {
+/// A text file's reader past its UTF-8 byte-order mark, if it opens with one (Windows editors
+/// and Excel write it): the rows are the same with and without.
+fn without_bom(file: std::fs::File) -> std::io::Result<BufReader<std::fs::File>> {
+    let mut reader = BufReader::new(file);
+    if reader.fill_buf()?.starts_with(b"\xEF\xBB\xBF") {
+        reader.consume(3);
+    }
+    Ok(reader)
+}
+
+fn jsonl_rows(path: &Path, file: BufReader<std::fs::File>) -> Result<Vec<SourceRow>, NodeError> {
     let mut rows = Vec::new();
-    for (n, line) in BufReader::new(file).lines().enumerate() {
+    for (n, line) in file.lines().enumerate() {
         let at = format!("{}:{}", path.display(), n + 1);
         let line = line.map_err(|e| NodeError::new(format!("{at}: {e}")))?;
         if line.trim().is_empty() {
@@ -326,7 +339,7 @@ fn jsonl_rows(path: &Path, file: std::fs::File) -> Result<Vec<SourceRow>, NodeEr
     Ok(rows)
 }
 
-fn csv_rows(path: &Path, file: std::fs::File) -> Result<Vec<SourceRow>, NodeError> {
+fn csv_rows(path: &Path, file: BufReader<std::fs::File>) -> Result<Vec<SourceRow>, NodeError> {
     let mut reader = csv::Reader::from_reader(file);
     let headers = reader
         .headers()
@@ -334,7 +347,10 @@ fn csv_rows(path: &Path, file: std::fs::File) -> Result<Vec<SourceRow>, NodeErro
         .clone();
     let mut rows = Vec::new();
     for record in reader.records() {
-        let record = record.map_err(|e| NodeError::new(format!("{}: {e}", path.display())))?;
+        let record = record.map_err(|e| {
+            let line = e.position().map_or(0, |p| p.line());
+            NodeError::new(format!("{}:{line}: {e}", path.display()))
+        })?;
         let line = record.position().map_or(0, |p| p.line());
         let row = headers
             .iter()
@@ -396,8 +412,10 @@ fn to_pair(
     Ok(finish_pair(row, prompt, chosen, rejected, system))
 }
 
-/// A row whose answers are message lists, rendered with the chat template. The prompt column
-/// may hold messages, a plain user text, or be absent (the shared leading messages are the prompt).
+/// A row whose answers are message lists, rendered with the chat template as TRL does. The
+/// prompt column may hold messages, a plain user text, or be absent (the leading messages chosen
+/// and rejected share are the prompt); a `system` column (a text or a message list) opens the
+/// conversation. Every message reaches the template, which refuses what it cannot render.
 fn conversational_pair(
     mut row: Map<String, Json>,
     [prompt, chosen, rejected]: [&str; 3],
@@ -408,37 +426,42 @@ fn conversational_pair(
         "the answers are message lists; set `chat_template: mistral|chatml|<tokenizer dir>` to render them",
     )?;
     let messages = |value: Json, column: &str| -> Result<Vec<Message>, String> {
-        serde_json::from_value(value)
-            .map_err(|_| format!("column `{column}` must be a list of {{role, content}} messages"))
+        match value {
+            Json::String(text) if column == prompt => Ok(vec![Message::new("user", &text)]),
+            Json::String(text) => Ok(vec![Message::new("system", &text)]),
+            value => serde_json::from_value(value).map_err(|_| {
+                format!("column `{column}` must be a list of {{role, content}} messages")
+            }),
+        }
     };
-    let mut prompt_messages = match row.remove(prompt) {
-        Some(Json::String(text)) => Some(vec![Message {
-            role: "user".into(),
-            content: text,
-        }]),
-        Some(value) => Some(messages(value, prompt)?),
-        None => None,
+    let system = match system.and_then(|column| row.remove(column).map(|v| (column, v))) {
+        None | Some((_, Json::Null)) => Vec::new(),
+        Some((column, value)) => messages(value, column)?,
     };
-    if let Some(column) = system
-        && let Some(Json::String(text)) = row.remove(column)
-        && let Some(list) = prompt_messages.as_mut()
-    {
-        list.insert(
-            0,
-            Message {
-                role: "system".into(),
-                content: text,
-            },
-        );
-    }
-    let chosen_messages = messages(row.remove(chosen).unwrap_or_default(), chosen)?;
+    let chosen_messages = match row.remove(chosen) {
+        Some(value) => messages(value, chosen)?,
+        None => return Err(format!("missing column `{chosen}`")),
+    };
     let rejected_messages = match row.remove(rejected) {
         Some(value) => messages(value, rejected)?,
         None => return Err(format!("missing column `{rejected}`")),
     };
+    let (prompt_messages, chosen_messages, rejected_messages) = match row.remove(prompt) {
+        Some(value) => (
+            [system, messages(value, prompt)?].concat(),
+            chosen_messages,
+            rejected_messages,
+        ),
+        None => implicit_prompt(
+            &[system.clone(), chosen_messages].concat(),
+            &[system, rejected_messages].concat(),
+        ),
+    };
     let (prompt, chosen, rejected) =
-        template.render_pair(prompt_messages, chosen_messages, rejected_messages)?;
-    Ok(finish_pair(row, prompt, chosen, rejected, None))
+        template.render_pair(&prompt_messages, &chosen_messages, &rejected_messages)?;
+    let mut pair = finish_pair(row, prompt, chosen, rejected, None);
+    pair.templated = true;
+    Ok(pair)
 }
 
 /// LLaMA-Factory's ranking rows: `instruction`, optional `input`, `output: [chosen, rejected]`.
@@ -500,6 +523,7 @@ fn finish_pair(
         chosen,
         rejected,
         system,
+        templated: false,
         extra,
     }
 }

@@ -23,10 +23,11 @@ use super::results::{Answers, EvalReport, ModelScores, PreferenceScores, Sample}
 use super::tasks::load_tasks;
 use crate::compute::{DeviceSpec, check_cancelled, model_error, run_blocking};
 use crate::preference::read_pairs;
+use crate::tokenization::{LengthParams, TruncationMode, tokenize_pairs};
 use flow_engine::node::{Node, NodeContext, NodeError, OutputSpec, ParamError};
 use flow_model::generate::{Sampling, generate};
 use flow_model::scoring::{Scorer, Sequence};
-use flow_model::tokenize::{PreferenceTokenizer, TokenizedPair, Truncation};
+use flow_model::tokenize::PreferenceTokenizer;
 use flow_model::{Device, Model};
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -64,9 +65,18 @@ pub struct EvaluateParams {
     /// `metrics` output of the training node, for the report's training curves.
     #[serde(default)]
     pub metrics: Option<PathBuf>,
-    /// Longest prompt + completion in tokens (pairs are cut as in training; pairs whose prompt fills it are skipped).
+    /// Longest prompt + completion in tokens (default: the reference's `max_position_embeddings`); pairs are cut as in training and a pair whose prompt alone fills it is skipped with `keep_start`.
     #[serde(default)]
     pub max_length: Option<usize>,
+    /// Longest prompt in tokens (as in training).
+    #[serde(default)]
+    pub max_prompt_length: Option<usize>,
+    /// Longest completion in tokens (as in training).
+    #[serde(default)]
+    pub max_completion_length: Option<usize>,
+    /// How to cut longer sequences: `keep_start` or `keep_end` (as in training).
+    #[serde(default)]
+    pub truncation: TruncationMode,
     /// Sequences per batch.
     #[serde(default = "default_batch_size")]
     pub batch_size: usize,
@@ -122,9 +132,7 @@ impl Node for Evaluate {
         if params.batch_size == 0 {
             return Err(ParamError::at("batch_size", "must be at least 1"));
         }
-        if params.max_length.is_some_and(|m| m < 2) {
-            return Err(ParamError::at("max_length", "must be at least 2"));
-        }
+        params.lengths().check()?;
         if !(0.0..=10.0).contains(&params.temperature) {
             return Err(ParamError::at("temperature", "must be in [0, 10]"));
         }
@@ -171,6 +179,18 @@ impl Node for Evaluate {
 /// Completion log-prob sum and token count of each sequence.
 type SeqScores = Vec<(f64, usize)>;
 
+impl EvaluateParams {
+    /// The length params.
+    fn lengths(&self) -> LengthParams {
+        LengthParams {
+            max_length: self.max_length,
+            max_prompt_length: self.max_prompt_length,
+            max_completion_length: self.max_completion_length,
+            truncation: self.truncation,
+        }
+    }
+}
+
 fn evaluate(
     params: &EvaluateParams,
     device: &Device,
@@ -182,25 +202,17 @@ fn evaluate(
         &params.reference
     };
     let tokenizer = PreferenceTokenizer::load(tokenizer_dir).map_err(model_error)?;
-    let pairs = read_pairs(&params.dataset)?;
-    if pairs.is_empty() {
-        return Err(NodeError::new("the evaluation dataset has no pairs"));
-    }
-    let tokenized: Vec<TokenizedPair> = pairs
-        .iter()
-        .filter_map(|p| {
-            tokenizer
-                .tokenize_pair(&p.prompt, &p.chosen, &p.rejected)
-                .truncate(params.max_length, Truncation::KeepStart)
-        })
-        .collect();
+    let reference = Model::load(&params.reference, device).map_err(model_error)?;
+    let lengths = params.lengths().resolve(&reference.config)?;
+    let tokenized = tokenize_pairs(&tokenizer, read_pairs(&params.dataset)?, &lengths);
+    tokenized.require_some("dataset")?;
     let sequences: Vec<Sequence> = tokenized
+        .kept
         .iter()
-        .flat_map(TokenizedPair::sequences)
+        .flat_map(|(_, pair)| pair.sequences())
         .collect();
     let tasks = load_tasks(&params.tasks, &tokenizer)?;
 
-    let reference = Model::load(&params.reference, device).map_err(model_error)?;
     let policy = load_policy(&params.model, &reference, device)?;
     let mut pair_scores = Vec::new();
     let mut per_model = Vec::new();
@@ -239,7 +251,8 @@ fn evaluate(
         ..EvalReport::default()
     };
     report.preference = preference_scores(&pair_scores[0], &pair_scores[1], params.beta);
-    report.preference.skipped = pairs.len() - tokenized.len();
+    report.preference.skipped = tokenized.dropped.len();
+    report.preference.dropped = tokenized.dropped;
     Ok(report)
 }
 
@@ -356,5 +369,6 @@ fn preference_scores(
         reward_chosen: mean(chosen.iter().copied()),
         reward_rejected: mean(rejected.iter().copied()),
         margins,
+        dropped: Vec::new(),
     }
 }

@@ -4,6 +4,8 @@
 use serde::Serialize;
 use std::collections::BTreeMap;
 
+use crate::tokenization::Dropped;
+
 /// What one model scored.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct ModelScores {
@@ -37,7 +39,7 @@ pub struct TaskScores {
 pub struct PreferenceScores {
     /// Pairs evaluated.
     pub pairs: usize,
-    /// Pairs skipped because the prompt alone reached `max_length`.
+    /// Pairs not evaluated (see `dropped`).
     pub skipped: usize,
     /// β used.
     pub beta: f64,
@@ -55,6 +57,9 @@ pub struct PreferenceScores {
     pub reward_rejected: f64,
     /// Every pair's margin, for the histogram.
     pub margins: Vec<f64>,
+    /// The pairs not evaluated, with the reason.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub dropped: Vec<Dropped>,
 }
 
 /// Everything `evaluate` measured.

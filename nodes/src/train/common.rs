@@ -9,7 +9,7 @@ use flow_model::tokenize::PreferenceTokenizer;
 use flow_model::train::optim::AdamWConfig;
 use flow_model::train::schedule::{LrScheduler, warmup_from_ratio};
 use flow_model::train::{Example, Objective, Observer, Record, Schedule, TrainConfig, Trainer};
-use flow_model::{Model, ModelError};
+use flow_model::{Model, ModelConfig, ModelError};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::io::Write;
@@ -18,8 +18,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::compute::{DeviceSpec, Precision, run_blocking};
 use crate::preference::read_pairs;
+use crate::tokenization::{LengthParams, Tokenized, tokenize_pairs};
 use crate::train::init::copy_tokenizer_files;
-use crate::train::ref_logprobs::TruncationMode;
 
 /// LoRA settings (PEFT's names where it has one).
 #[derive(Clone, Debug, Deserialize, JsonSchema)]
@@ -123,12 +123,18 @@ macro_rules! training_params {
             /// Seed of data order, adapter init and dropout: same seed, same data, same result.
             #[serde(default = "crate::train::common::default_seed")]
             pub seed: u64,
-            /// Longest prompt + completion in tokens (pairs whose prompt alone fills it are dropped).
+            /// Longest prompt + completion in tokens (default: the model's `max_position_embeddings`; larger is an error). Longer sequences are cut as `truncation` says; a pair whose prompt alone fills it is dropped with `keep_start`.
             #[serde(default)]
             pub max_length: Option<usize>,
-            /// How to cut longer pairs: `keep_start` or `keep_end`.
+            /// Longest prompt in tokens (its start kept with `keep_start`, its end with `keep_end`).
             #[serde(default)]
-            pub truncation: $crate::train::ref_logprobs::TruncationMode,
+            pub max_prompt_length: Option<usize>,
+            /// Longest completion in tokens (its start kept).
+            #[serde(default)]
+            pub max_completion_length: Option<usize>,
+            /// How to cut longer sequences: `keep_start` (cut their end) or `keep_end` (cut their start), as TRL's `truncation_mode`.
+            #[serde(default)]
+            pub truncation: $crate::tokenization::TruncationMode,
             /// Train LoRA adapters instead of all weights.
             #[serde(default)]
             pub lora: Option<$crate::train::common::LoraParams>,
@@ -172,8 +178,12 @@ macro_rules! training_params {
                     adam_betas: self.adam_betas,
                     adam_eps: self.adam_eps,
                     seed: self.seed,
-                    max_length: self.max_length,
-                    truncation: self.truncation,
+                    lengths: $crate::tokenization::LengthParams {
+                        max_length: self.max_length,
+                        max_prompt_length: self.max_prompt_length,
+                        max_completion_length: self.max_completion_length,
+                        truncation: self.truncation,
+                    },
                     lora: self.lora.as_ref(),
                     save: self.save,
                     checkpoint_every: self.checkpoint_every,
@@ -206,8 +216,7 @@ pub struct Common<'a> {
     pub adam_betas: [f64; 2],
     pub adam_eps: f64,
     pub seed: u64,
-    pub max_length: Option<usize>,
-    pub truncation: TruncationMode,
+    pub lengths: LengthParams,
     pub lora: Option<&'a LoraParams>,
     pub save: Option<SaveMode>,
     pub checkpoint_every: Option<usize>,
@@ -323,12 +332,7 @@ impl Common<'_> {
                 "adam_betas must both be in [0, 1)",
             ));
         }
-        if self.max_length.is_some_and(|m| m < 2) {
-            return Err(ParamError::at(
-                "max_length",
-                "max_length must be at least 2",
-            ));
-        }
+        self.lengths.check()?;
         if let Some(lora) = self.lora {
             lora.config()
                 .check()
@@ -379,29 +383,25 @@ impl Common<'_> {
         Ok(config)
     }
 
-    /// Tokenizes a dataset as TRL does; pairs whose prompt alone fills `max_length` are dropped
-    /// (their ids returned).
+    /// Tokenizes a dataset as TRL does and fits it to the length limits (`max_length`
+    /// defaulting to `model`'s context); dropped rows come back with their reasons.
     pub fn examples(
         &self,
         tokenizer: &PreferenceTokenizer,
+        model: &ModelConfig,
         dataset: &Path,
-    ) -> Result<(Vec<Example>, Vec<String>), NodeError> {
-        let mut kept = Vec::new();
-        let mut dropped = Vec::new();
-        for p in read_pairs(dataset)? {
-            match tokenizer
-                .tokenize_pair(&p.prompt, &p.chosen, &p.rejected)
-                .truncate(self.max_length, self.truncation.into())
-            {
-                Some(pair) => kept.push(Example {
-                    id: p.id,
-                    pair,
-                    reference: None,
-                }),
-                None => dropped.push(p.id),
-            }
-        }
-        Ok((kept, dropped))
+    ) -> Result<(Vec<Example>, Tokenized), NodeError> {
+        let lengths = self.lengths.resolve(model)?;
+        let mut tokenized = tokenize_pairs(tokenizer, read_pairs(dataset)?, &lengths);
+        let examples = std::mem::take(&mut tokenized.kept)
+            .into_iter()
+            .map(|(id, pair)| Example {
+                id,
+                pair,
+                reference: None,
+            })
+            .collect();
+        Ok((examples, tokenized))
     }
 
     /// What to save: the explicit `save`, else the adapter for LoRA runs and all weights otherwise.
@@ -532,18 +532,33 @@ where
     run_blocking(&ctx, move |token| {
         let common = params.common();
         let tokenizer = PreferenceTokenizer::load(common.model).map_err(training_error)?;
-        let (mut train, dropped) = common.examples(&tokenizer, common.dataset)?;
-        let mut eval = match common.eval_dataset {
-            Some(path) => common.examples(&tokenizer, path)?.0,
-            None => Vec::new(),
-        };
-        if !dropped.is_empty() {
-            worker.log().line(&format!(
-                "dropped {} pairs whose prompt alone fills max_length: {}",
-                dropped.len(),
-                dropped.join(", ")
-            ));
+        let model_config = ModelConfig::load(common.model).map_err(training_error)?;
+        let (mut train, dropped) = common.examples(&tokenizer, &model_config, common.dataset)?;
+        dropped.report(worker.log(), "dataset");
+        if train.is_empty() {
+            dropped.require_some("dataset")?;
         }
+        let mut eval = match common.eval_dataset {
+            Some(path) => {
+                let (eval, dropped) = common.examples(&tokenizer, &model_config, path)?;
+                dropped.report(worker.log(), "eval_dataset");
+                if eval.is_empty() {
+                    worker.log().line(&format!(
+                        "eval_dataset: no pair is left to evaluate on ({} dropped): no eval_ metrics will be written",
+                        dropped.dropped.len()
+                    ));
+                }
+                eval
+            }
+            None => {
+                if common.eval_every.is_some() {
+                    worker.log().line(
+                        "eval_every is set but there is no eval_dataset: no eval_ metrics will be written",
+                    );
+                }
+                Vec::new()
+            }
+        };
         let objective = objective(&params, &mut train, &mut eval)?;
         let config = common.train_config(train.len())?;
         let lora = config.lora.clone();

@@ -213,9 +213,10 @@ fn attach_reference(
         if row.prompt_ids != p.prompt_ids
             || row.chosen_ids != p.chosen_ids
             || row.rejected_ids != p.rejected_ids
+            || row.cut != p.cut
         {
             return Err(NodeError::new(format!(
-                "{}: pair `{}` was scored with different token ids; model.ref_logprobs must use the same tokenizer, max_length and truncation as dpo.train",
+                "{}: pair `{}` was scored with different token ids; model.ref_logprobs must use the same tokenizer, max_length, max_prompt_length, max_completion_length and truncation as dpo.train",
                 path.display(),
                 example.id
             )));

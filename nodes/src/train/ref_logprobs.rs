@@ -3,7 +3,7 @@
 
 use flow_engine::node::{LogSink, Node, NodeContext, NodeError, OutputSpec};
 use flow_model::scoring::{ReferenceScorer, Sequence};
-use flow_model::tokenize::{PreferenceTokenizer, TokenizedPair, Truncation};
+use flow_model::tokenize::{PreferenceTokenizer, TokenizedPair};
 use flow_model::{Device, Model};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -14,29 +14,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::compute::{DeviceSpec, Precision, check_cancelled, model_error, run_blocking};
 use crate::preference::read_pairs;
+use crate::tokenization::{Dropped, LengthParams, TruncationMode, tokenize_pairs};
 
 /// Scores a preference dataset with a reference model.
 pub struct RefLogprobs;
-
-/// `keep_start` or `keep_end`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum TruncationMode {
-    /// Cut completions at the end.
-    #[default]
-    KeepStart,
-    /// Cut the prompt from its start.
-    KeepEnd,
-}
-
-impl From<TruncationMode> for Truncation {
-    fn from(mode: TruncationMode) -> Truncation {
-        match mode {
-            TruncationMode::KeepStart => Truncation::KeepStart,
-            TruncationMode::KeepEnd => Truncation::KeepEnd,
-        }
-    }
-}
 
 /// Params of `model.ref_logprobs`.
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -52,10 +33,16 @@ pub struct RefLogprobsParams {
     /// Fill each batch with pairs up to this many padded tokens instead of a fixed pair count.
     #[serde(default)]
     pub max_tokens_per_batch: Option<usize>,
-    /// Longest prompt + completion in tokens; longer pairs are truncated, pairs whose prompt alone fills it are dropped.
+    /// Longest prompt + completion in tokens (default: the model's `max_position_embeddings`; larger is an error). Longer sequences are cut as `truncation` says; a pair whose prompt alone fills it is dropped with `keep_start`.
     #[serde(default)]
     pub max_length: Option<usize>,
-    /// How to cut pairs longer than `max_length`.
+    /// Longest prompt in tokens (its start kept with `keep_start`, its end with `keep_end`).
+    #[serde(default)]
+    pub max_prompt_length: Option<usize>,
+    /// Longest completion in tokens (its start kept).
+    #[serde(default)]
+    pub max_completion_length: Option<usize>,
+    /// How to cut longer sequences: `keep_start` (cut their end) or `keep_end` (cut their start), as TRL's `truncation_mode`.
     #[serde(default)]
     pub truncation: TruncationMode,
     /// Precision.
@@ -70,6 +57,10 @@ fn default_batch_size() -> usize {
     4
 }
 
+fn no_cut(cut: &[usize; 2]) -> bool {
+    *cut == [0, 0]
+}
+
 /// One line of `logprobs.jsonl`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LogprobRow {
@@ -81,6 +72,10 @@ pub struct LogprobRow {
     pub chosen_ids: Vec<u32>,
     /// Rejected completion ids.
     pub rejected_ids: Vec<u32>,
+    /// Leading tokens cut from the chosen and the rejected sequence to fit `max_length` with
+    /// `keep_end` (absent: none).
+    #[serde(default, skip_serializing_if = "no_cut")]
+    pub cut: [usize; 2],
     /// Sum of the chosen completion's token log-probs.
     pub chosen_logps: f64,
     /// Sum of the rejected completion's token log-probs.
@@ -94,10 +89,16 @@ pub struct Summary {
     pub pairs_in: usize,
     /// Pairs scored.
     pub pairs_kept: usize,
-    /// Pairs dropped (prompt alone fills `max_length`).
+    /// Pairs dropped.
     pub pairs_dropped: usize,
     /// Ids of the dropped pairs.
     pub dropped_ids: Vec<String>,
+    /// Every dropped pair with the reason.
+    #[serde(default)]
+    pub dropped: Vec<Dropped>,
+    /// Kept pairs cut to fit the length limits.
+    #[serde(default)]
+    pub pairs_truncated: usize,
     /// Pairs taken over from an interrupted earlier attempt.
     pub resumed_pairs: usize,
     /// Tokens scored in this attempt (all positions of all sequences).
@@ -116,15 +117,28 @@ struct Job {
 
 impl RefLogprobsParams {
     fn check(&self) -> Result<(), NodeError> {
-        if self.batch_size == 0
-            || self.max_tokens_per_batch == Some(0)
-            || self.max_length.is_some_and(|m| m < 2)
-        {
+        if self.batch_size == 0 || self.max_tokens_per_batch == Some(0) {
             return Err(NodeError::new(
-                "batch_size and max_tokens_per_batch must be positive, max_length at least 2",
+                "batch_size and max_tokens_per_batch must be positive",
             ));
         }
-        Ok(())
+        self.lengths().check().map_err(|e| {
+            NodeError::new(format!(
+                "`{}`: {}",
+                flow_engine::diagnostic::path_text(&e.path).trim_start_matches('.'),
+                e.message
+            ))
+        })
+    }
+
+    /// The length params.
+    fn lengths(&self) -> LengthParams {
+        LengthParams {
+            max_length: self.max_length,
+            max_prompt_length: self.max_prompt_length,
+            max_completion_length: self.max_completion_length,
+            truncation: self.truncation,
+        }
     }
 
     /// Splits jobs into batches by pair count or by padded tokens.
@@ -188,22 +202,22 @@ fn score_dataset(
 ) -> Result<(), NodeError> {
     let tokenizer = PreferenceTokenizer::load(&params.model).map_err(model_error)?;
     let model = Model::load(&params.model, device).map_err(model_error)?;
+    let scorer_config = model.config.clone();
     let scorer = ReferenceScorer::new(model.cast(params.dtype.compute_dtype()));
     let pairs = read_pairs(&params.dataset)?;
-    let mut jobs = Vec::new();
-    let mut dropped_ids = Vec::new();
-    for p in &pairs {
-        match tokenizer
-            .tokenize_pair(&p.prompt, &p.chosen, &p.rejected)
-            .truncate(params.max_length, params.truncation.into())
-        {
-            Some(pair) => jobs.push(Job {
-                id: p.id.clone(),
-                pair,
-            }),
-            None => dropped_ids.push(p.id.clone()),
-        }
-    }
+    let pairs_in = pairs.len();
+    let lengths = params.lengths().resolve(&scorer_config)?;
+    let tokenized = tokenize_pairs(&tokenizer, pairs, &lengths);
+    tokenized.report(ctx.log(), "dataset");
+    tokenized.require_some("dataset")?;
+    let jobs: Vec<Job> = tokenized
+        .kept
+        .iter()
+        .map(|(id, pair)| Job {
+            id: id.clone(),
+            pair: pair.clone(),
+        })
+        .collect();
     let partial = params_partial_path(ctx);
     let resumed = resume_count(&partial, &jobs)?;
     if resumed > 0 {
@@ -237,6 +251,7 @@ fn score_dataset(
                 prompt_ids: job.pair.prompt_ids.clone(),
                 chosen_ids: job.pair.chosen_ids.clone(),
                 rejected_ids: job.pair.rejected_ids.clone(),
+                cut: job.pair.cut,
                 chosen_logps: logps[0],
                 rejected_logps: logps[1],
             };
@@ -252,10 +267,12 @@ fn score_dataset(
     std::fs::copy(&partial, out.join("logprobs.jsonl"))
         .map_err(|e| NodeError::new(e.to_string()))?;
     let summary = Summary {
-        pairs_in: pairs.len(),
+        pairs_in,
         pairs_kept: jobs.len(),
-        pairs_dropped: dropped_ids.len(),
-        dropped_ids,
+        pairs_dropped: tokenized.dropped.len(),
+        dropped_ids: tokenized.dropped.iter().map(|d| d.id.clone()).collect(),
+        dropped: tokenized.dropped.clone(),
+        pairs_truncated: tokenized.truncated,
         resumed_pairs: resumed,
         tokens,
         seconds,

@@ -321,3 +321,58 @@ fn logs_and_output_redirected_to_one_file_keep_every_line() {
         );
     }
 }
+
+#[test]
+fn training_and_evaluation_take_the_awkward_rows_too() {
+    let p = Project::new();
+    for case in cases() {
+        let name = case["name"].as_str().unwrap();
+        let model = fixtures()
+            .join(case["family"].as_str().unwrap())
+            .join("base");
+        let (_, _) = load_and_score(&p, name, &model, &format!("{}\n", case["row"]), &[]);
+        let data = p.path().join(format!("{name}-data/dataset"));
+        let (model_arg, data_arg) = (
+            format!("model={}", model.display()),
+            format!("dataset={}", data.display()),
+        );
+        p.flow(&[
+            "exec",
+            "dpo.train",
+            "--with",
+            &model_arg,
+            "--with",
+            &data_arg,
+            "--with",
+            "max_steps=1",
+            "--out",
+            &format!("{name}-dpo"),
+        ])
+        .expect_code(0);
+        p.flow(&[
+            "exec",
+            "evaluate",
+            "--with",
+            &format!(
+                "model={}",
+                p.path().join(format!("{name}-dpo/model")).display()
+            ),
+            "--with",
+            &format!("reference={}", model.display()),
+            "--with",
+            &data_arg,
+            "--out",
+            &format!("{name}-eval"),
+        ])
+        .expect_code(0);
+        let report: Value = serde_json::from_slice(
+            &std::fs::read(p.path().join(format!("{name}-eval/report/eval.json"))).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(report["preference"]["pairs"], 1, "{name}: {report}");
+        assert!(
+            report["policy"]["perplexity"].as_f64().unwrap().is_finite(),
+            "{name}"
+        );
+    }
+}

@@ -185,6 +185,7 @@ pub fn bench_dpo_step(shape: &BenchShape, run: &BenchRun) -> crate::Result<StepB
                 .iter()
                 .map(|t| t.to_string())
                 .collect(),
+            use_rslora: false,
         }),
         gradient_checkpointing: run.gradient_checkpointing,
         compute_dtype: run.dtype,

@@ -129,6 +129,105 @@ fn gradients_equal_autodiff_in_f64() {
     }
 }
 
+/// `‖exact − host‖ ≤ 1e-5 · ‖exact‖` (the norm floored at 1e-3).
+fn assert_gradient(exact: &[f64], host: &[f32], what: &str) {
+    let norm = exact.iter().map(|x| x * x).sum::<f64>().sqrt();
+    let error = exact
+        .iter()
+        .zip(host)
+        .map(|(e, h)| (e - f64::from(*h)).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    assert!(
+        error <= 1e-5 * norm.max(1e-3),
+        "{what}: error {error:e}, norm {norm:e}"
+    );
+}
+
+/// LoRA on the host path against burn's autodiff in f64: adapters of rank 3 with random A and B
+/// on every projection, the base frozen; the gradients of every A and B.
+#[test]
+fn adapter_gradients_equal_autodiff_in_f64() {
+    for (tied, window) in [(false, 5), (true, 100), (false, 4096)] {
+        let mut model = model(tied, window);
+        let lora = crate::tensor::lora::LoraConfig {
+            r: 3,
+            alpha: 5.0,
+            dropout: 0.0,
+            targets: crate::tensor::lora::TARGETS.map(String::from).to_vec(),
+            use_rslora: tied,
+        };
+        crate::tensor::lora::attach(&mut model, &lora, 4);
+        let mut rng = SplitMix64::new(9);
+        let adapters: Vec<Vec<f32>> = crate::tensor::lora::adapter_tensors(&model)
+            .iter()
+            .map(|(_, t)| {
+                let [r, c] = t.dims();
+                (0..r * c).map(|_| 0.1 * rng.next_normal() as f32).collect()
+            })
+            .collect();
+        let weights = host_weights(&crate::tensor::lora::without_adapters(&model));
+        let places = crate::tensor::lora::adapter_places(&model);
+        let host_adapters = places
+            .iter()
+            .zip(adapters.chunks(2))
+            .map(|(place, ab)| {
+                let adapter = crate::host::HostAdapter {
+                    a: &ab[0],
+                    b: &ab[1],
+                    rank: place.rank,
+                    scale: place.scale as f32,
+                    dropout: 0.0,
+                    seed: 0,
+                };
+                (place.position, adapter)
+            })
+            .collect();
+        let host = HostModel::new(&model.config, weights.iter().map(Vec::as_slice).collect())
+            .unwrap()
+            .with_adapters(host_adapters);
+        let forward = host.forward(&batch()).unwrap();
+        let g: Vec<f32> = (0..forward.token_logps.len())
+            .map(|_| rng.next_normal() as f32)
+            .collect();
+        let mut grads: Vec<Vec<f32>> = adapters.iter().map(|a| vec![0.0; a.len()]).collect();
+        host.backward(forward, &g, &mut grads);
+
+        let device = crate::cpu();
+        let mut tracked = model.map_weights(|_, w| w.cast(DType::F64));
+        let leaves: Vec<Tensor<2>> = crate::tensor::lora::adapter_tensors(&model)
+            .iter()
+            .zip(&adapters)
+            .map(|((_, t), values)| {
+                Tensor::<2>::from_data(
+                    TensorData::new(values.clone(), t.dims()),
+                    (&device, DType::F64),
+                )
+                .autodiff()
+                .require_grad()
+            })
+            .collect();
+        crate::tensor::lora::set_adapter_tensors(&mut tracked, leaves.clone().into_iter());
+        let logps = score(&tracked, &batch(), &device).unwrap().token_logps;
+        let g64: Vec<f64> = g.iter().map(|&x| f64::from(x)).collect();
+        let n = g64.len();
+        let weights_g = Tensor::<1>::from_data(TensorData::new(g64, [n]), (&device, DType::F64));
+        let gradients = (logps * weights_g).sum().backward();
+        for (((name, _), leaf), host_grad) in crate::tensor::lora::adapter_tensors(&model)
+            .iter()
+            .zip(&leaves)
+            .zip(&grads)
+        {
+            let exact = to_f64(leaf.grad(&gradients).unwrap().flatten::<1>(0, 1));
+            assert_gradient(
+                &exact,
+                host_grad,
+                &format!("{name} (tied {tied}, window {window})"),
+            );
+        }
+    }
+}
+
 #[test]
 fn tied_embeddings_have_no_lm_head_and_round_trip() {
     let device = crate::cpu();

@@ -404,6 +404,7 @@ fn lora_config() -> LoraConfig {
         alpha: 8.0,
         dropout: 0.0,
         targets: vec!["q_proj".into(), "v_proj".into(), "down_proj".into()],
+        use_rslora: false,
     }
 }
 
@@ -566,4 +567,109 @@ fn a_nan_loss_stops_with_the_step_and_batch_ids() {
         message.contains("non-finite loss at step 1") && message.contains("pair-0"),
         "{message}"
     );
+}
+
+/// `mistral-tiny/lora/golden.json`: TRL + PEFT's LoRA DPO from `adapter_init/`.
+fn lora_golden() -> Value {
+    serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("mistral-tiny/lora/golden.json")).unwrap(),
+    )
+    .unwrap()
+}
+
+/// A trainer of the base with the golden's initial PEFT adapter, on the host path or through
+/// autodiff, with TRL's reference log-probs or scoring them itself.
+fn peft_trainer(g: &Value, tape: bool, known_reference: bool) -> Trainer {
+    let mut model = Model::load(&fixtures().join("mistral-tiny/base"), &cpu()).unwrap();
+    let lora = lora::load_peft(
+        &mut model,
+        &fixtures().join("mistral-tiny/lora/adapter_init"),
+    )
+    .unwrap();
+    let config = TrainConfig {
+        lora: Some(lora),
+        gradient_checkpointing: tape,
+        ..trl_config(g)
+    };
+    let mut examples = golden_examples(g);
+    if !known_reference {
+        examples.iter_mut().for_each(|e| e.reference = None);
+    }
+    Trainer::new(
+        model,
+        config,
+        sigmoid_objective(0.1),
+        examples,
+        Vec::new(),
+        cpu(),
+    )
+    .unwrap()
+}
+
+#[test]
+fn lora_dpo_from_a_peft_adapter_matches_trl_and_peft() {
+    let g = lora_golden();
+    for (tape, known_reference) in [(false, false), (false, true), (true, true)] {
+        let what = format!("autodiff {tape}, reference given {known_reference}");
+        let (record, grads) = peft_trainer(&g, tape, known_reference).gradients().unwrap();
+        assert_relative(
+            record.get("loss").unwrap(),
+            g["trl_batch_loss_sigmoid"].as_f64().unwrap(),
+            1e-5,
+            &format!("{what}: loss"),
+        );
+        assert_relative(
+            record.get("grad_norm").unwrap(),
+            g["grad"]["global_l2_norm"].as_f64().unwrap(),
+            1e-5,
+            &format!("{what}: grad norm"),
+        );
+        for (name, expected) in g["grad"]["first8"].as_object().unwrap() {
+            let (_, grad) = grads.iter().find(|(n, _)| n == name).unwrap();
+            for (i, (a, e)) in grad[..8].iter().zip(floats(expected)).enumerate() {
+                let a = f64::from(*a);
+                assert!(
+                    (a - e).abs() <= 1e-3 * e.abs().max(1e-3),
+                    "{what} {name}[{i}]: {a} vs {e}"
+                );
+            }
+        }
+        let mut trainer = peft_trainer(&g, tape, known_reference);
+        let mut log = Log::default();
+        trainer.run(&Schedule::default(), &mut log).unwrap();
+        for (ours, theirs) in log
+            .0
+            .iter()
+            .zip(g["train_3_steps"]["log"].as_array().unwrap())
+        {
+            assert_relative(
+                ours.get("loss").unwrap(),
+                theirs["loss"].as_f64().unwrap(),
+                1e-4,
+                &format!("{what}: step loss"),
+            );
+        }
+        let trained: Vec<(String, Vec<f64>)> = trainer
+            .params()
+            .iter()
+            .map(|p| {
+                (
+                    p.name.clone(),
+                    p.value.iter().map(|&v| f64::from(v)).collect(),
+                )
+            })
+            .collect();
+        for (name, expected) in g["train_3_steps"]["params_after_first8"]
+            .as_object()
+            .unwrap()
+        {
+            let (_, values) = trained.iter().find(|(n, _)| n == name).unwrap();
+            assert_close(
+                &values[..8],
+                &floats(expected),
+                1e-5,
+                &format!("{what} {name}"),
+            );
+        }
+    }
 }

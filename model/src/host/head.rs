@@ -150,14 +150,14 @@ pub(super) fn head_logits(head: HeadView, rows: &[f32]) -> Vec<f32> {
 
 /// The backward pass of `log_softmax(rows · Wᵀ)[targets]`: with `g` the gradient of each row's
 /// log-prob, the logits' gradient is `g · (onehot(target) − softmax)`; adds `dlogitsᵀ · rows`
-/// to `d_weight` and writes `dlogits · W` to `d_rows`. Logits the forward pass did not keep
+/// to `d_weight` (when the weight is trained) and writes `dlogits · W` to `d_rows`. Logits the forward pass did not keep
 /// are computed again [`HEAD_BACKWARD_ROWS`] rows at a time, so the whole `[rows, vocab]`
 /// matrix never exists.
 pub(super) fn head_backward(
     head: HeadView,
     mut h: HeadGradients,
     d_rows: &mut [f32],
-    d_weight: &mut [f32],
+    mut d_weight: Option<&mut [f32]>,
 ) {
     let hidden = head.hidden;
     let n = h.targets.len();
@@ -189,13 +189,15 @@ pub(super) fn head_backward(
             false,
             true,
         );
-        matmul(
-            (d_weight, Layout::dense(head.vocab, hidden)),
-            (logits, Layout::dense(m, head.vocab).t()),
-            (rows, Layout::dense(m, hidden)),
-            true,
-            true,
-        );
+        if let Some(d_weight) = d_weight.as_deref_mut() {
+            matmul(
+                (d_weight, Layout::dense(head.vocab, hidden)),
+                (logits, Layout::dense(m, head.vocab).t()),
+                (rows, Layout::dense(m, hidden)),
+                true,
+                true,
+            );
+        }
     }
 }
 
@@ -259,7 +261,7 @@ mod tests {
                 logits,
                 grads: &grads,
             };
-            head_backward(head, h, &mut d_rows, &mut d_weight);
+            head_backward(head, h, &mut d_rows, Some(&mut d_weight));
             (d_rows, d_weight)
         };
         let (kept, recomputed) = (run(logits), run(None));

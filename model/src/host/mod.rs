@@ -27,8 +27,10 @@ pub mod attention;
 mod backward;
 mod dims;
 pub mod head;
+pub mod lora;
 pub mod model;
 pub(crate) mod ops;
 pub mod vector;
 
+pub use lora::HostAdapter;
 pub use model::{Forward, HostModel};

@@ -3,9 +3,12 @@
 //! every family: the config says which biases, norms, activation, window, scale and caps a
 //! layer has ([`crate::arch::family`]).
 
+use std::collections::HashMap;
+
 use super::attention::attention_forward;
 use super::dims::Dims;
 use super::head::{HeadView, head_forward};
+use super::lora::{AdapterSaved, HostAdapter};
 use super::ops::*;
 use crate::arch::{LayerRole, ModelConfig, WeightIndex, weight_specs};
 use crate::error::{ModelError, Result};
@@ -19,30 +22,21 @@ pub struct HostModel<'a> {
     /// The weights norms multiply by, where they differ from the stored ones (Gemma 2's `1 + w`),
     /// by weight position.
     pub(super) norm_weights: Vec<Option<Vec<f32>>>,
+    /// LoRA adapters, by the position of the projection weight each adapts.
+    pub(super) adapters: HashMap<usize, HostAdapter<'a>>,
+    /// Where each adapter's gradients go: `(2i, 2i + 1)` for A and B, by weight position.
+    pub(super) adapter_slots: HashMap<usize, usize>,
 }
 
-/// One decoder layer's weights.
+/// One decoder layer's norm weights, as the norms multiply by them (projections are found by
+/// role when used, with their biases and adapters).
 pub(super) struct LayerWeights<'a> {
     pub(super) attention_norm: &'a [f32],
-    pub(super) q: &'a [f32],
-    pub(super) k: &'a [f32],
-    pub(super) v: &'a [f32],
-    pub(super) o: &'a [f32],
-    pub(super) q_bias: Option<&'a [f32]>,
-    pub(super) k_bias: Option<&'a [f32]>,
-    pub(super) v_bias: Option<&'a [f32]>,
-    pub(super) o_bias: Option<&'a [f32]>,
     pub(super) q_norm: Option<&'a [f32]>,
     pub(super) k_norm: Option<&'a [f32]>,
     pub(super) attention_output_norm: Option<&'a [f32]>,
     pub(super) mlp_norm: &'a [f32],
     pub(super) mlp_output_norm: Option<&'a [f32]>,
-    pub(super) gate: &'a [f32],
-    pub(super) up: &'a [f32],
-    pub(super) down: &'a [f32],
-    pub(super) gate_bias: Option<&'a [f32]>,
-    pub(super) up_bias: Option<&'a [f32]>,
-    pub(super) down_bias: Option<&'a [f32]>,
 }
 
 /// What the forward pass keeps for the backward pass, and the log-probs it computed.
@@ -97,6 +91,23 @@ pub(super) struct LayerActivations {
     pub(super) up: Vec<f32>,
     /// The MLP's output before its norm (Gemma 2).
     pub(super) mlp_output: Option<Normed>,
+    /// What the LoRA adapters of the layer's projections saved.
+    pub(super) adapters: HashMap<LayerRole, AdapterSaved>,
+}
+
+/// The bias that goes with a projection weight.
+pub(super) fn bias_of(role: LayerRole) -> LayerRole {
+    use LayerRole::*;
+    match role {
+        Q => QBias,
+        K => KBias,
+        V => VBias,
+        O => OBias,
+        Gate => GateBias,
+        Up => UpBias,
+        Down => DownBias,
+        other => other,
+    }
 }
 
 impl<'a> HostModel<'a> {
@@ -134,7 +145,42 @@ impl<'a> HostModel<'a> {
             weights,
             index: WeightIndex::of(config),
             norm_weights,
+            adapters: HashMap::new(),
+            adapter_slots: HashMap::new(),
         })
+    }
+
+    /// The same model with LoRA adapters on the projections at the given weight positions. Its
+    /// base weights are frozen: [`HostModel::backward`] then computes only the adapters'
+    /// gradients, two buffers (A, B) per adapter in the order given here.
+    pub fn with_adapters(mut self, adapters: Vec<(usize, HostAdapter<'a>)>) -> HostModel<'a> {
+        for (slot, (position, adapter)) in adapters.into_iter().enumerate() {
+            self.adapter_slots.insert(position, slot);
+            self.adapters.insert(position, adapter);
+        }
+        self
+    }
+
+    /// `x`'s projection through layer `l`'s `role` (`x Wᵀ + b`, plus its adapter's update); the
+    /// adapter's saved state goes into `saved`.
+    fn project(
+        &self,
+        l: usize,
+        role: LayerRole,
+        x: &[f32],
+        out: usize,
+        saved: &mut HashMap<LayerRole, AdapterSaved>,
+    ) -> Vec<f32> {
+        let position = self
+            .index
+            .layer(l, role)
+            .expect("every layer has its projections");
+        let bias = self.index.layer(l, bias_of(role)).map(|p| self.weights[p]);
+        let mut y = affine(x, self.weights[position], bias, out);
+        if let Some(adapter) = self.adapters.get(&position) {
+            saved.insert(role, adapter.forward(x, &mut y));
+        }
+        y
     }
 
     /// The shapes of layer `layer`.
@@ -149,34 +195,17 @@ impl<'a> HostModel<'a> {
             .unwrap_or(self.weights[position])
     }
 
-    /// Layer `l`'s weights (norm weights as the norms multiply by them).
+    /// Layer `l`'s norm weights (as the norms multiply by them).
     pub(super) fn layer(&self, l: usize) -> LayerWeights<'_> {
-        let at = |role| self.index.layer(l, role);
-        let weight = |role| self.weights[at(role).expect("every layer has its projections")];
-        let optional = |role| at(role).map(|p| self.weights[p]);
-        let norm = |role| at(role).map(|p| self.norm(p));
+        let norm = |role| self.index.layer(l, role).map(|p| self.norm(p));
         use LayerRole::*;
         LayerWeights {
             attention_norm: norm(AttentionNorm).expect("every layer has its norms"),
-            q: weight(Q),
-            k: weight(K),
-            v: weight(V),
-            o: weight(O),
-            q_bias: optional(QBias),
-            k_bias: optional(KBias),
-            v_bias: optional(VBias),
-            o_bias: optional(OBias),
             q_norm: norm(QNorm),
             k_norm: norm(KNorm),
             attention_output_norm: norm(AttentionOutputNorm),
             mlp_norm: norm(MlpNorm).expect("every layer has its norms"),
             mlp_output_norm: norm(MlpOutputNorm),
-            gate: weight(Gate),
-            up: weight(Up),
-            down: weight(Down),
-            gate_bias: optional(GateBias),
-            up_bias: optional(UpBias),
-            down_bias: optional(DownBias),
         }
     }
 
@@ -267,27 +296,28 @@ impl<'a> HostModel<'a> {
         rope: &(Vec<f32>, Vec<f32>),
     ) -> (LayerActivations, Vec<f32>) {
         let (w, d) = (self.layer(l), self.dims(l));
+        let mut adapters = HashMap::new();
         let (normed, input_scale) = rms_norm_rows(&input, w.attention_norm, d.eps);
-        let mut q = affine(&normed, w.q, w.q_bias, d.q_width());
-        let mut k = affine(&normed, w.k, w.k_bias, d.kv_width());
-        let v = affine(&normed, w.v, w.v_bias, d.kv_width());
+        let mut q = self.project(l, LayerRole::Q, &normed, d.q_width(), &mut adapters);
+        let mut k = self.project(l, LayerRole::K, &normed, d.kv_width(), &mut adapters);
+        let v = self.project(l, LayerRole::V, &normed, d.kv_width(), &mut adapters);
         drop(normed);
         let q_normed = w.q_norm.map(|norm| head_norm(&mut q, norm, d.eps));
         let k_normed = w.k_norm.map(|norm| head_norm(&mut k, norm, d.eps));
         apply_rope(&mut q, spans, d.head_dim, (&rope.0, &rope.1));
         apply_rope(&mut k, spans, d.head_dim, (&rope.0, &rope.1));
         let (attention, attention_lse) = attention_forward(&q, &k, &v, spans, d);
-        let mut middle = affine(&attention, w.o, w.o_bias, d.hidden);
+        let mut middle = self.project(l, LayerRole::O, &attention, d.hidden, &mut adapters);
         let attention_output = w
             .attention_output_norm
             .map(|norm| output_norm(&mut middle, norm, d.eps));
         add_in_place(&mut middle, &input);
         let (normed, middle_scale) = rms_norm_rows(&middle, w.mlp_norm, d.eps);
-        let gate = affine(&normed, w.gate, w.gate_bias, d.intermediate);
-        let up = affine(&normed, w.up, w.up_bias, d.intermediate);
+        let gate = self.project(l, LayerRole::Gate, &normed, d.intermediate, &mut adapters);
+        let up = self.project(l, LayerRole::Up, &normed, d.intermediate, &mut adapters);
         drop(normed);
         let activated = glu(&gate, &up, self.config.hidden_act);
-        let mut output = affine(&activated, w.down, w.down_bias, d.hidden);
+        let mut output = self.project(l, LayerRole::Down, &activated, d.hidden, &mut adapters);
         drop(activated);
         let mlp_output = w
             .mlp_output_norm
@@ -309,6 +339,7 @@ impl<'a> HostModel<'a> {
             gate,
             up,
             mlp_output,
+            adapters,
         };
         (saved, output)
     }

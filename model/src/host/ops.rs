@@ -8,7 +8,7 @@ use rayon::prelude::*;
 use super::vector::{
     Layout, gelu_tanh_glu_backward_in_place, gelu_tanh_glu_in_place, matmul, rms_norm_backward,
     rms_norm_in_place, rms_norm_with_scale, rotate_half_in_place, swiglu_backward_in_place,
-    swiglu_in_place, written_zeros,
+    swiglu_in_place,
 };
 use crate::arch::Activation;
 
@@ -30,28 +30,15 @@ pub(super) fn linear(x: &[f32], weight: &[f32], out: usize) -> Vec<f32> {
     y
 }
 
-/// The backward pass of [`linear`] for `x` `[n, input]`: adds `dyᵀ · x` to `d_weight` and
-/// returns `dy · W`.
-pub(super) fn linear_backward(
-    dy: &[f32],
-    x: &[f32],
-    weight: &[f32],
-    input: usize,
-    d_weight: &mut [f32],
-) -> Vec<f32> {
-    let mut dx = written_zeros(x.len());
-    linear_backward_into(dy, x, weight, input, &mut dx, d_weight);
-    dx
-}
-
-/// [`linear_backward`] adding `dy · W` to `dx` instead of returning it.
+/// The backward pass of [`linear`] for `x` `[n, input]`: adds `dy · W` to `dx` and `dyᵀ · x` to
+/// `d_weight` (when the weight is trained).
 pub(super) fn linear_backward_into(
     dy: &[f32],
     x: &[f32],
     weight: &[f32],
     input: usize,
     dx: &mut [f32],
-    d_weight: &mut [f32],
+    d_weight: Option<&mut [f32]>,
 ) {
     let (rows, out) = (x.len() / input, weight.len() / input);
     matmul(
@@ -61,13 +48,15 @@ pub(super) fn linear_backward_into(
         true,
         true,
     );
-    matmul(
-        (d_weight, Layout::dense(out, input)),
-        (dy, Layout::dense(rows, out).t()),
-        (x, Layout::dense(rows, input)),
-        true,
-        true,
-    );
+    if let Some(d_weight) = d_weight {
+        matmul(
+            (d_weight, Layout::dense(out, input)),
+            (dy, Layout::dense(rows, out).t()),
+            (x, Layout::dense(rows, input)),
+            true,
+            true,
+        );
+    }
 }
 
 /// `a += b` elementwise.
@@ -161,14 +150,14 @@ pub(super) fn rms_norm_rows_with(x: &[f32], scales: &[f32], weight: &[f32]) -> V
 }
 
 /// The backward pass of [`rms_norm_rows`]: adds the input's gradient to `dx` and the weight's
-/// to `d_weight`.
+/// to `d_weight` (when the weight is trained).
 pub(super) fn rms_norm_rows_backward(
     dy: &[f32],
     x: &[f32],
     scales: &[f32],
     weight: &[f32],
     dx: &mut [f32],
-    d_weight: &mut [f32],
+    d_weight: Option<&mut [f32]>,
 ) {
     let width = weight.len();
     let rows_per_task = (ELEMENTWISE_CHUNK / width).max(1);
@@ -196,7 +185,9 @@ pub(super) fn rms_norm_rows_backward(
                 a
             },
         );
-    d_weight.iter_mut().zip(&partial).for_each(|(a, b)| *a += b);
+    if let Some(d_weight) = d_weight {
+        d_weight.iter_mut().zip(&partial).for_each(|(a, b)| *a += b);
+    }
 }
 
 /// Rows `rows` of the row-major `[_, width]` matrix `x`, in that order.

@@ -38,6 +38,9 @@ pub struct LoraConfig {
     pub dropout: f64,
     /// Projection names to adapt (see [`TARGETS`]).
     pub targets: Vec<String>,
+    /// rsLoRA (Kalajdzievski 2023): scale by `alpha / √r` instead of `alpha / r`.
+    #[serde(default)]
+    pub use_rslora: bool,
 }
 
 impl LoraConfig {
@@ -61,6 +64,16 @@ impl LoraConfig {
                 TARGETS.join(", ")
             )),
             None => Ok(()),
+        }
+    }
+
+    /// The factor the update is multiplied by: `alpha / r`, or `alpha / √r` with rsLoRA (as
+    /// PEFT's `LoraLayer.update_layer`).
+    pub fn scale(&self) -> f64 {
+        if self.use_rslora {
+            self.alpha / (self.r as f64).sqrt()
+        } else {
+            self.alpha / self.r as f64
         }
     }
 
@@ -88,11 +101,46 @@ pub fn attach(model: &mut Model, config: &LoraConfig, seed: u64) {
         linear.lora = Some(LoraAdapter {
             a: Tensor::<2>::from_data(TensorData::new(a, [config.r, inp]), (&device, dtype)),
             b: Tensor::<2>::zeros([out, config.r], (&device, dtype)),
-            scale: config.alpha / config.r as f64,
+            scale: config.scale(),
             dropout: config.dropout,
             dropout_key: None,
         });
     }
+}
+
+/// Where an attached adapter sits and how it scales: what the host path needs of it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdapterPlace {
+    /// Position of the adapted projection's weight in [`crate::arch::weight_specs`] order.
+    pub position: usize,
+    /// Rank.
+    pub rank: usize,
+    /// The update's factor.
+    pub scale: f64,
+    /// Dropout probability of the adapter's input.
+    pub dropout: f64,
+}
+
+/// Every attached adapter's place, in [`adapter_tensors`] order.
+pub fn adapter_places(model: &Model) -> Vec<AdapterPlace> {
+    let specs = crate::arch::weight_specs(&model.config);
+    let mut model = model.clone();
+    let mut places = Vec::new();
+    for (module, linear) in model.linears_mut() {
+        if let Some(lora) = &linear.lora {
+            let name = format!("{module}.weight");
+            places.push(AdapterPlace {
+                position: specs
+                    .iter()
+                    .position(|s| s.name == name)
+                    .expect("every projection is a weight"),
+                rank: lora.a.dims()[0],
+                scale: lora.scale,
+                dropout: lora.dropout,
+            });
+        }
+    }
+    places
 }
 
 /// Every adapter tensor with its PEFT name, A before B, layers in checkpoint order.
@@ -166,7 +214,7 @@ pub fn save_peft(model: &Model, config: &LoraConfig, base_model: &str, dir: &Pat
         "inference_mode": true,
         "init_lora_weights": true,
         "modules_to_save": null,
-        "use_rslora": false,
+        "use_rslora": config.use_rslora,
         "use_dora": false,
         "layers_to_transform": null,
         "revision": null,
@@ -210,6 +258,7 @@ pub fn load_peft(model: &mut Model, dir: &Path) -> Result<LoraConfig> {
         dropout: json["lora_dropout"].as_f64().unwrap_or(0.0),
         targets: serde_json::from_value(json["target_modules"].clone())
             .map_err(|_| invalid("`target_modules` must be a list of module names"))?,
+        use_rslora: json["use_rslora"].as_bool().unwrap_or(false),
     };
     config.check().map_err(|m| invalid(&m))?;
     attach(model, &config, 0);

@@ -3,16 +3,19 @@
 
 use super::batching::dpo_loss;
 use super::dpo::PreferenceMetrics;
+use super::trainer::{Base, Reference};
 use super::{Example, Objective, Record, Trainer};
 use crate::device::to_f64;
 use crate::error::Result;
+use crate::host::HostModel;
+use crate::scoring::ScoreValues;
 use crate::scoring::{Sequence, score};
 
 impl Trainer {
     /// Scores the reference log-probs the batch's examples lack and keeps them with the
     /// examples; once every example has them, the reference model is dropped.
     pub(super) fn fill_reference(&mut self, batch: &[usize], eval: bool) -> Result<()> {
-        let Some(scorer) = &self.reference else {
+        let Some(reference) = &self.reference else {
             return Ok(());
         };
         let examples = if eval {
@@ -32,7 +35,16 @@ impl Trainer {
             .iter()
             .flat_map(|&i| examples[i].pair.sequences())
             .collect();
-        let sums = scorer.score(&sequences, &self.device)?.sums;
+        let sums = match (reference, &self.base) {
+            (Reference::Scorer(scorer), _) => scorer.score(&sequences, &self.device)?.sums,
+            (Reference::Base, Base::HostLora(base)) => {
+                let weights = base.weights.iter().map(Vec::as_slice).collect();
+                let logps = HostModel::new(&base.config, weights)?.token_logps(&sequences)?;
+                let counts: Vec<usize> = sequences.iter().map(Sequence::completion_len).collect();
+                ScoreValues::of_tokens(logps, &counts).sums
+            }
+            (Reference::Base, _) => unreachable!("only host LoRA runs score on their base"),
+        };
         for (&i, pair) in missing.iter().zip(sums.chunks(2)) {
             examples[i].reference = Some([pair[0], pair[1]]);
         }

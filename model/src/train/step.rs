@@ -11,11 +11,10 @@ use super::dpo::PreferenceMetrics;
 use super::optim::{HostGrad, clip_coefficient, global_norm};
 use super::trainer::{Base, with_trainable};
 use super::{Objective, Record, Trainer};
-use crate::arch::ModelConfig;
 use crate::device::to_f32;
 use crate::error::{ModelError, Result};
-use crate::host::HostModel;
 use crate::host::vector::written_zeros;
+use crate::host::{HostAdapter, HostModel};
 use crate::scoring::{Scores, score};
 use crate::tensor::lora;
 use crate::tensor::model::Model;
@@ -121,27 +120,49 @@ impl Trainer {
                 sft_tokens,
                 beta,
             };
+            let key = self.config.seed ^ ((step as u64) << 32) ^ ((m as u64) << 16);
             match &self.base {
-                Base::Host(config) => self.host_backward(config, &micro, &mut acc)?,
-                Base::Tensors(model) => {
-                    let key = self.config.seed ^ ((step as u64) << 32) ^ ((m as u64) << 16);
-                    self.tape_backward(model, &micro, key, &mut acc)?;
+                Base::Host(config) => {
+                    let weights = self.params.iter().map(|p| p.value.as_slice()).collect();
+                    self.host_backward(HostModel::new(config, weights)?, &micro, &mut acc)?
                 }
+                Base::HostLora(base) => {
+                    let weights = base.weights.iter().map(Vec::as_slice).collect();
+                    let adapters = base
+                        .places
+                        .iter()
+                        .zip(self.params.chunks(2))
+                        .enumerate()
+                        .map(|(i, (place, ab))| {
+                            let adapter = HostAdapter {
+                                a: &ab[0].value,
+                                b: &ab[1].value,
+                                rank: place.rank,
+                                scale: place.scale as f32,
+                                dropout: place.dropout as f32,
+                                seed: key.wrapping_add(i as u64),
+                            };
+                            (place.position, adapter)
+                        })
+                        .collect();
+                    let model = HostModel::new(&base.config, weights)?.with_adapters(adapters);
+                    self.host_backward(model, &micro, &mut acc)?
+                }
+                Base::Tensors(model) => self.tape_backward(model, &micro, key, &mut acc)?,
             }
         }
         Ok(acc)
     }
 
-    /// One micro-batch through [`HostModel`]: its loss from the host log-probs, the
-    /// log-probs' gradients from that loss, the weights' gradients from the host backward pass.
+    /// One micro-batch through `model` on the host: its loss from the host log-probs, the
+    /// log-probs' gradients from that loss, the trained tensors' gradients (every weight, or the
+    /// adapters) from the host backward pass.
     fn host_backward(
         &self,
-        config: &ModelConfig,
+        model: HostModel,
         micro: &MicroBatch,
         acc: &mut Accumulated,
     ) -> Result<()> {
-        let weights = self.params.iter().map(|p| p.value.as_slice()).collect();
-        let model = HostModel::new(config, weights)?;
         let sequences = micro.sequences(&self.objective);
         let forward = model.forward(&sequences)?;
         let n = forward.token_logps.len();

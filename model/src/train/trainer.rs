@@ -7,28 +7,49 @@ use burn::tensor::DType;
 
 use super::optim::{AdamW, Param};
 use super::{Example, Objective, Observer, Schedule, TrainConfig};
+use burn::tensor::TensorData;
+
 use crate::arch::ModelConfig;
+use crate::device::to_f32;
 use crate::error::{ModelError, Result};
 use crate::scoring::ReferenceScorer;
-use crate::tensor::lora;
+use crate::tensor::lora::{self, AdapterPlace};
 use crate::tensor::model::Model;
 
-/// Whether steps run on [`HostModel`]: full fine-tuning in f32 on the CPU, without
-/// gradient checkpointing (LoRA, bf16, CUDA and checkpointing go through burn's autodiff).
+/// Whether steps run on the host path ([`crate::host::HostModel`]): f32 on the CPU, full
+/// fine-tuning or LoRA, without gradient checkpointing (bf16, CUDA and checkpointing go through
+/// burn's autodiff).
 pub(super) fn trains_on_host(config: &TrainConfig, device: &Device) -> bool {
-    config.lora.is_none()
-        && config.compute_dtype == DType::F32
+    config.compute_dtype == DType::F32
         && *device == crate::device::cpu()
         && !config.gradient_checkpointing
 }
 
 /// What the trained tensors are plugged into.
 pub(super) enum Base {
-    /// Host training ([`HostModel`]): every weight is trained, so the config is all that is
-    /// kept of the model.
+    /// Host full fine-tuning: every weight is trained, so the config is all that is kept of the
+    /// model.
     Host(Box<ModelConfig>),
+    /// Host LoRA: the frozen base weights, once (the reference scores with them too), and where
+    /// each trained adapter sits.
+    HostLora(Box<HostLora>),
     /// burn's autodiff: the model (with its LoRA adapters) in the compute dtype.
     Tensors(Box<Model>),
+}
+
+/// The frozen base of a host LoRA run.
+pub(super) struct HostLora {
+    pub(super) config: ModelConfig,
+    pub(super) weights: Vec<Vec<f32>>,
+    pub(super) places: Vec<AdapterPlace>,
+}
+
+/// Where missing reference log-probs come from.
+pub(super) enum Reference {
+    /// A scorer holding the reference model.
+    Scorer(ReferenceScorer),
+    /// The frozen base of a host LoRA run, with its adapters off.
+    Base,
 }
 
 /// The state of a training run.
@@ -38,7 +59,7 @@ pub struct Trainer {
     pub(super) base: Base,
     pub(super) params: Vec<Param>,
     pub(super) optimizer: AdamW,
-    pub(super) reference: Option<ReferenceScorer>,
+    pub(super) reference: Option<Reference>,
     pub(super) train: Vec<Example>,
     pub(super) eval: Vec<Example>,
     pub(super) device: Device,
@@ -47,7 +68,8 @@ pub struct Trainer {
 }
 
 impl Trainer {
-    /// A run of `objective` on `model` (LoRA adapters are attached here when configured).
+    /// A run of `objective` on `model`. With `config.lora`, fresh adapters are attached unless
+    /// `model` already has some (loaded with [`lora::load_peft`]: training continues from them).
     pub fn new(
         mut model: Model,
         config: TrainConfig,
@@ -73,7 +95,10 @@ impl Trainer {
                     .map_err(|e| ModelError::Argument(format!("example `{}`: {e}", example.id)))?;
             }
         }
-        if let Some(lora) = &config.lora {
+        // A model that already carries adapters (a PEFT adapter to continue training) keeps them.
+        if let Some(lora) = &config.lora
+            && lora::adapter_tensors(&model).is_empty()
+        {
             lora::attach(&mut model, lora, config.seed);
         }
         let needs_reference = match &objective {
@@ -87,12 +112,31 @@ impl Trainer {
             .map(|(name, value)| Param::new(name, value))
             .collect();
         let model = model.cast(config.compute_dtype);
-        let reference = (needs_reference && missing)
-            .then(|| ReferenceScorer::new(lora::without_adapters(&model)));
-        let base = if trains_on_host(&config, &device) {
-            Base::Host(Box::new(model.config.clone()))
-        } else {
-            Base::Tensors(Box::new(model))
+        let reference_needed = needs_reference && missing;
+        let (base, reference) = match (trains_on_host(&config, &device), &config.lora) {
+            (true, Some(_)) => {
+                let base = HostLora {
+                    config: model.config.clone(),
+                    places: lora::adapter_places(&model),
+                    weights: lora::without_adapters(&model)
+                        .weights()
+                        .into_iter()
+                        .map(|(_, w)| to_f32(w))
+                        .collect(),
+                };
+                let reference = reference_needed.then_some(Reference::Base);
+                (Base::HostLora(Box::new(base)), reference)
+            }
+            (host, _) => {
+                let reference = reference_needed.then(|| {
+                    Reference::Scorer(ReferenceScorer::new(lora::without_adapters(&model)))
+                });
+                let base = match host {
+                    true => Base::Host(Box::new(model.config.clone())),
+                    false => Base::Tensors(Box::new(model)),
+                };
+                (base, reference)
+            }
         };
         Ok(Trainer {
             optimizer: AdamW::new(config.adam),
@@ -132,6 +176,21 @@ impl Trainer {
                 Ok(tensors.next().expect("one trained tensor per weight"))
             })
             .expect("the tensors are the weights"),
+            Base::HostLora(base) => {
+                let mut weights = base.weights.iter().enumerate();
+                let mut model = Model::from_fn(&base.config, |spec| {
+                    let (_, values) = weights.next().expect("one base weight per spec");
+                    Ok(Tensor::from_data(
+                        TensorData::new(values.clone(), spec.shape),
+                        &self.device,
+                    ))
+                })
+                .expect("the base weights fit their specs");
+                let lora = self.config.lora.as_ref().expect("a LoRA run");
+                lora::attach(&mut model, lora, self.config.seed);
+                lora::set_adapter_tensors(&mut model, tensors);
+                model
+            }
             Base::Tensors(model) => with_trainable(
                 &model.cast(DType::F32),
                 self.config.lora.is_some(),

@@ -36,6 +36,9 @@ pub struct LoraParams {
     /// Projections to adapt: any of q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj.
     #[serde(default = "default_targets")]
     pub targets: Vec<String>,
+    /// rsLoRA: scale the update by `alpha / √r` instead of `alpha / r`.
+    #[serde(default)]
+    pub use_rslora: bool,
 }
 
 fn default_targets() -> Vec<String> {
@@ -52,6 +55,7 @@ impl LoraParams {
             alpha: self.alpha.unwrap_or(2.0 * self.r as f64),
             dropout: self.dropout,
             targets: self.targets.clone(),
+            use_rslora: self.use_rslora,
         }
     }
 }

@@ -341,3 +341,41 @@ nodes:
     }
     assert!(!p.store().join("artifacts").exists() || p.artifact_files().is_empty());
 }
+
+#[test]
+fn dpo_continues_a_peft_adapter_and_refuses_it_with_fresh_lora() {
+    let p = Project::new();
+    let data = golden_dataset(&p, 1);
+    exec_training(&p, "sft.train", &data, "sft", &["max_steps=1", "lora.r=4"]).expect_code(0);
+    let adapter = format!("adapter={}", p.path().join("sft/model").display());
+    exec_training(&p, "dpo.train", &data, "dpo", &["max_steps=2", &adapter]).expect_code(0);
+    let config: Value = serde_json::from_slice(
+        &std::fs::read(p.path().join("dpo/model/adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(config["r"], 4, "the adapter's own rank");
+    let trained = flow_model::checkpoint::safetensors::Checkpoint::open_file(
+        &p.path().join("dpo/model/adapter_model.safetensors"),
+    )
+    .unwrap();
+    let start = flow_model::checkpoint::safetensors::Checkpoint::open_file(
+        &p.path().join("sft/model/adapter_model.safetensors"),
+    )
+    .unwrap();
+    let name = "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight";
+    let shape = [64, 4];
+    assert_ne!(
+        trained.read_f32(name, &shape).unwrap(),
+        start.read_f32(name, &shape).unwrap(),
+        "DPO moved the SFT adapter"
+    );
+    let both = exec_training(
+        &p,
+        "dpo.train",
+        &data,
+        "both",
+        &["max_steps=1", "lora.r=4", &adapter],
+    );
+    assert_eq!(both.code, 2, "{}", both.stderr);
+    assert!(both.stderr.contains("not both"), "{}", both.stderr);
+}

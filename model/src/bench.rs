@@ -189,6 +189,7 @@ pub fn bench_dpo_step(shape: &BenchShape, run: &BenchRun) -> crate::Result<StepB
         }),
         gradient_checkpointing: run.gradient_checkpointing,
         compute_dtype: run.dtype,
+        autodiff: false,
     };
     let objective = Objective::Dpo {
         loss: LossConfig {

@@ -228,6 +228,138 @@ fn adapter_gradients_equal_autodiff_in_f64() {
     }
 }
 
+/// Preference pairs (chosen, rejected) sharing prompts of different lengths; the first pair's
+/// answers also share their first tokens, the last pair's prompt is one token.
+fn pairs() -> Vec<Sequence> {
+    let mut rng = SplitMix64::new(21);
+    let mut ids = |n: usize| -> Vec<u32> { (0..n).map(|_| rng.below(61) as u32).collect() };
+    [(9, 4, 7), (70, 30, 12), (1, 5, 3)]
+        .into_iter()
+        .flat_map(|(prompt, chosen, rejected)| {
+            let prompt = ids(prompt);
+            let (mut c, mut r) = (ids(chosen), ids(rejected));
+            if prompt.len() == 9 {
+                r[..2].copy_from_slice(&c[..2]);
+            }
+            let full =
+                |answer: &mut Vec<u32>| prompt.iter().chain(answer.iter()).copied().collect();
+            [
+                Sequence {
+                    ids: full(&mut c),
+                    completion_start: prompt.len(),
+                },
+                Sequence {
+                    ids: full(&mut r),
+                    completion_start: prompt.len(),
+                },
+            ]
+        })
+        .collect()
+}
+
+/// Log-probs of [`pairs`] on the host path (prompts shared or not, layers checkpointed or not)
+/// and the gradients of `Σ gᵢ · logpᵢ` for a fixed `g`: every weight's, or with `adapters` the
+/// adapters'.
+fn host_pass(
+    model: &Model,
+    (share, checkpointing): (bool, bool),
+    adapters: Option<&[Vec<f32>]>,
+) -> (Vec<f32>, Vec<Vec<f32>>) {
+    let weights = host_weights(&crate::tensor::lora::without_adapters(model));
+    let base = HostModel::new(&model.config, weights.iter().map(Vec::as_slice).collect())
+        .unwrap()
+        .sharing_prefixes(share)
+        .checkpointing(checkpointing);
+    let (host, sizes): (HostModel, Vec<usize>) = match adapters {
+        None => (base, weights.iter().map(Vec::len).collect()),
+        Some(values) => {
+            let places = crate::tensor::lora::adapter_places(model);
+            let list = places
+                .iter()
+                .zip(values.chunks(2))
+                .map(|(place, ab)| {
+                    let adapter = crate::host::HostAdapter {
+                        a: &ab[0],
+                        b: &ab[1],
+                        rank: place.rank,
+                        scale: place.scale as f32,
+                        dropout: 0.0,
+                        seed: 0,
+                    };
+                    (place.position, adapter)
+                })
+                .collect();
+            (
+                base.with_adapters(list),
+                values.iter().map(Vec::len).collect(),
+            )
+        }
+    };
+    let forward = host.forward(&pairs()).unwrap();
+    let logps = forward.token_logps.clone();
+    let g: Vec<f32> = (0..logps.len())
+        .map(|i| ((i * 7) % 5) as f32 - 2.0)
+        .collect();
+    let mut grads: Vec<Vec<f32>> = sizes.iter().map(|&n| vec![0.0; n]).collect();
+    host.backward(forward, &g, &mut grads);
+    (logps, grads)
+}
+
+/// The shared pass equals the unshared one: log-probs within 1e-5, gradients within 1e-5 of
+/// their norm.
+fn assert_same_pass(
+    shared: (Vec<f32>, Vec<Vec<f32>>),
+    alone: (Vec<f32>, Vec<Vec<f32>>),
+    what: &str,
+) {
+    assert_eq!(shared.0.len(), alone.0.len());
+    for (x, y) in shared.0.iter().zip(&alone.0) {
+        assert!((x - y).abs() < 1e-5, "{what}: log-prob {x} vs {y}");
+    }
+    for (x, y) in shared.1.iter().zip(&alone.1) {
+        let exact: Vec<f64> = y.iter().map(|&v| f64::from(v)).collect();
+        assert_gradient(&exact, x, what);
+    }
+}
+
+/// Computing a pair's shared prompt once, and recomputing each layer in the backward pass
+/// (gradient checkpointing), give the log-probs and gradients (every weight, or LoRA adapters)
+/// of computing each sequence alone with everything kept.
+#[test]
+fn shared_prompts_and_checkpointing_give_the_plain_log_probs_and_gradients() {
+    for (tied, window) in [(false, 5), (true, 100), (false, 4096)] {
+        let mut model = model(tied, window);
+        let what = format!("full (tied {tied}, window {window})");
+        let alone = host_pass(&model, (false, false), None);
+        assert_same_pass(host_pass(&model, (true, false), None), alone.clone(), &what);
+        let what = format!("full, checkpointing (tied {tied}, window {window})");
+        assert_same_pass(host_pass(&model, (true, true), None), alone, &what);
+        let lora = crate::tensor::lora::LoraConfig {
+            r: 2,
+            alpha: 4.0,
+            dropout: 0.0,
+            targets: crate::tensor::lora::TARGETS.map(String::from).to_vec(),
+            use_rslora: false,
+        };
+        crate::tensor::lora::attach(&mut model, &lora, 1);
+        let mut rng = SplitMix64::new(2);
+        let adapters: Vec<Vec<f32>> = crate::tensor::lora::adapter_tensors(&model)
+            .iter()
+            .map(|(_, t)| {
+                let [r, c] = t.dims();
+                (0..r * c).map(|_| 0.1 * rng.next_normal() as f32).collect()
+            })
+            .collect();
+        let alone = host_pass(&model, (false, false), Some(&adapters));
+        let what = format!("LoRA (tied {tied}, window {window})");
+        let shared = host_pass(&model, (true, false), Some(&adapters));
+        assert_same_pass(shared, alone.clone(), &what);
+        let what = format!("LoRA, checkpointing (tied {tied}, window {window})");
+        let checkpointed = host_pass(&model, (true, true), Some(&adapters));
+        assert_same_pass(checkpointed, alone, &what);
+    }
+}
+
 #[test]
 fn tied_embeddings_have_no_lm_head_and_round_trip() {
     let device = crate::cpu();

@@ -89,6 +89,7 @@ fn trl_config(g: &Value) -> TrainConfig {
         lora: None,
         gradient_checkpointing: false,
         compute_dtype: burn::tensor::DType::F32,
+        autodiff: false,
     }
 }
 
@@ -212,8 +213,7 @@ fn three_trl_steps_give_trls_losses_gradients_and_weights() {
 
 #[test]
 fn three_trl_steps_through_autodiff_give_trls_weights() {
-    // Gradient checkpointing routes the step through burn's autodiff (the path of LoRA, bf16
-    // and GPUs) instead of the host backward pass.
+    // Through burn's autodiff (the path of bf16 and GPUs) instead of the host backward pass.
     for family in FAMILIES {
         three_trl_steps(family, true);
     }
@@ -223,7 +223,7 @@ fn three_trl_steps_through_autodiff_give_trls_weights() {
 fn three_trl_steps(family: &str, tape: bool) {
     let g = golden_of(family);
     let config = TrainConfig {
-        gradient_checkpointing: tape,
+        autodiff: tape,
         ..trl_config(&g)
     };
     let mut trainer = golden_trainer_of(family, &g, config);
@@ -285,7 +285,7 @@ fn sigmoid_gradient(family: &str, tape: bool) {
     let config = TrainConfig {
         max_steps: Some(1),
         learning_rate: 0.0,
-        gradient_checkpointing: tape,
+        autodiff: tape,
         ..trl_config(&g)
     };
     let mut trainer = golden_trainer_of(family, &g, config);
@@ -588,7 +588,7 @@ fn peft_trainer(g: &Value, tape: bool, known_reference: bool) -> Trainer {
     .unwrap();
     let config = TrainConfig {
         lora: Some(lora),
-        gradient_checkpointing: tape,
+        autodiff: tape,
         ..trl_config(g)
     };
     let mut examples = golden_examples(g);

@@ -8,8 +8,9 @@ use std::collections::HashMap;
 use super::attention::{AttentionSaved, attention_backward};
 use super::head::{HeadGradients, head_backward};
 use super::lora::AdapterSaved;
-use super::model::{Forward, HostModel, LayerActivations, Normed, bias_of};
+use super::model::{Forward, HostModel, LayerActivations, LayerState, Normed, bias_of};
 use super::ops::*;
+use super::packing::Group;
 use super::vector::written_zeros;
 use crate::arch::LayerRole;
 
@@ -61,7 +62,8 @@ impl HostModel<'_> {
         let hidden = self.config.hidden_size;
         let Forward {
             ids,
-            spans,
+            positions,
+            groups,
             rope: (cos, sin),
             mut layers,
             last,
@@ -111,14 +113,28 @@ impl HostModel<'_> {
             &mut dx,
             d_final.map(|g| g.as_mut_slice()),
         );
+        let rope = (cos, sin);
+        let inverse = (rope.0.clone(), inverse_sin);
         for l in (0..self.config.num_hidden_layers).rev() {
-            let saved = layers.pop().expect("one per layer");
+            let saved = match layers.pop().expect("one per layer") {
+                LayerState::Kept(saved) => saved,
+                LayerState::Input(input) => {
+                    self.layer_forward(l, input, (&groups, &positions), &rope).0
+                }
+            };
             let mut layer_grads = LayerGrads {
                 grads,
                 model: self,
                 layer: l,
             };
-            dx = self.layer_backward(l, saved, dx, &spans, (&cos, &inverse_sin), &mut layer_grads);
+            dx = self.layer_backward(
+                l,
+                saved,
+                dx,
+                (&groups, &positions),
+                (&inverse.0, &inverse.1),
+                &mut layer_grads,
+            );
         }
         if frozen {
             return;
@@ -176,7 +192,7 @@ impl HostModel<'_> {
         l: usize,
         saved: LayerActivations,
         d_output: Vec<f32>,
-        spans: &[(usize, usize)],
+        (groups, positions): (&[Group], &[usize]),
         rope_back: (&[f32], &[f32]),
         grads: &mut LayerGrads,
     ) -> Vec<f32> {
@@ -262,10 +278,10 @@ impl HostModel<'_> {
             v: &v,
             lse: &attention_lse,
         };
-        let (mut dq, mut dk, dv) = attention_backward(&attention_saved, &d_attention, spans, d);
+        let (mut dq, mut dk, dv) = attention_backward(&attention_saved, &d_attention, groups, d);
         drop((d_attention, attention_lse));
-        apply_rope(&mut dq, spans, d.head_dim, rope_back);
-        apply_rope(&mut dk, spans, d.head_dim, rope_back);
+        apply_rope(&mut dq, positions, d.head_dim, rope_back);
+        apply_rope(&mut dk, positions, d.head_dim, rope_back);
         if let (Some(normed), Some(norm)) = (&q_normed, w.q_norm) {
             dq = norm_backward(&dq, normed, norm, grads.of(QNorm));
         }

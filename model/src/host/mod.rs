@@ -30,6 +30,7 @@ pub mod head;
 pub mod lora;
 pub mod model;
 pub(crate) mod ops;
+pub mod packing;
 pub mod vector;
 
 pub use lora::HostAdapter;

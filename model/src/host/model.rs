@@ -10,6 +10,7 @@ use super::dims::Dims;
 use super::head::{HeadView, head_forward};
 use super::lora::{AdapterSaved, HostAdapter};
 use super::ops::*;
+use super::packing::{Group, pack};
 use crate::arch::{LayerRole, ModelConfig, WeightIndex, weight_specs};
 use crate::error::{ModelError, Result};
 use crate::sequence::Sequence;
@@ -26,6 +27,10 @@ pub struct HostModel<'a> {
     pub(super) adapters: HashMap<usize, HostAdapter<'a>>,
     /// Where each adapter's gradients go: `(2i, 2i + 1)` for A and B, by weight position.
     pub(super) adapter_slots: HashMap<usize, usize>,
+    /// Whether consecutive sequences compute their common first tokens once ([`pack`]).
+    pub(super) share_prefixes: bool,
+    /// Whether the forward pass keeps only each layer's input (gradient checkpointing).
+    pub(super) checkpointing: bool,
 }
 
 /// One decoder layer's norm weights, as the norms multiply by them (projections are found by
@@ -45,11 +50,13 @@ pub struct Forward {
     pub token_logps: Vec<f32>,
     /// Tokens of the batch, concatenated.
     pub(super) ids: Vec<u32>,
-    /// First row and length of each sequence.
-    pub(super) spans: Vec<(usize, usize)>,
+    /// The RoPE position of each row.
+    pub(super) positions: Vec<usize>,
+    /// The row groups (a shared prefix and its tails, or a sequence alone).
+    pub(super) groups: Vec<Group>,
     /// RoPE's `(cos, sin)` tables for the longest sequence.
     pub(super) rope: (Vec<f32>, Vec<f32>),
-    pub(super) layers: Vec<LayerActivations>,
+    pub(super) layers: Vec<LayerState>,
     /// The last layer's output (the final norm's input) and the final norm's scales.
     pub(super) last: Vec<f32>,
     pub(super) last_scale: Vec<f32>,
@@ -60,6 +67,14 @@ pub struct Forward {
     pub(super) head_lse: Vec<f32>,
     /// The head rows' logits, when small enough to keep.
     pub(super) head_logits: Option<Vec<f32>>,
+}
+
+/// What the forward pass kept of one layer.
+pub(super) enum LayerState {
+    /// Everything the backward pass reads.
+    Kept(LayerActivations),
+    /// Only the layer's input (gradient checkpointing): the backward pass runs the layer again.
+    Input(Vec<f32>),
 }
 
 /// A projection's output before a norm, and that norm's scales (Qwen3's q/k norms, Gemma 2's
@@ -147,7 +162,23 @@ impl<'a> HostModel<'a> {
             norm_weights,
             adapters: HashMap::new(),
             adapter_slots: HashMap::new(),
+            share_prefixes: true,
+            checkpointing: false,
         })
+    }
+
+    /// The same model keeping only each layer's input in [`HostModel::forward`] (`true`): the
+    /// backward pass runs each layer again, so a layer's activations exist one layer at a time.
+    pub fn checkpointing(mut self, checkpointing: bool) -> Self {
+        self.checkpointing = checkpointing;
+        self
+    }
+
+    /// The same model computing every sequence on its own (`false`), or computing the first
+    /// tokens consecutive sequences share once (`true`, the default: the same values, less work).
+    pub fn sharing_prefixes(mut self, share: bool) -> Self {
+        self.share_prefixes = share;
+        self
     }
 
     /// The same model with LoRA adapters on the projections at the given weight positions. Its
@@ -241,47 +272,44 @@ impl<'a> HostModel<'a> {
     /// kept, otherwise each layer's are dropped as soon as the next layer has its input.
     pub(super) fn run(&self, batch: &[Sequence], keep: bool) -> Result<Forward> {
         let hidden = self.config.hidden_size;
-        let mut spans = Vec::with_capacity(batch.len());
-        let mut ids = Vec::new();
-        let (mut head_rows, mut targets) = (Vec::new(), Vec::new());
-        for (n, seq) in batch.iter().enumerate() {
-            seq.check(n, self.config.vocab_size)?;
-            spans.push((ids.len(), seq.ids.len()));
-            for t in seq.completion_start..seq.ids.len() {
-                head_rows.push(ids.len() + t - 1);
-                targets.push(i64::from(seq.ids[t]));
-            }
-            ids.extend_from_slice(&seq.ids);
-        }
-        let longest = spans.iter().map(|s| s.1).max().unwrap_or(0);
-        let rope = self.config.rope.tables(longest, self.config.head_dim);
+        let packed = pack(batch, self.config.vocab_size, self.share_prefixes)?;
+        let rope = self
+            .config
+            .rope
+            .tables(packed.longest, self.config.head_dim);
         let scale = self.config.embedding_scale();
-        let mut x = Vec::with_capacity(ids.len() * hidden);
-        for &id in &ids {
+        let mut x = Vec::with_capacity(packed.ids.len() * hidden);
+        for &id in &packed.ids {
             let row = &self.embed()[id as usize * hidden..(id as usize + 1) * hidden];
             x.extend(row.iter().map(|v| v * scale));
         }
         let mut layers = Vec::with_capacity(self.config.num_hidden_layers);
         for l in 0..self.config.num_hidden_layers {
-            let (activations, output) = self.layer_forward(l, x, &spans, &rope);
-            if keep {
-                layers.push(activations);
+            let input = (keep && self.checkpointing).then(|| x.clone());
+            let (activations, output) =
+                self.layer_forward(l, x, (&packed.groups, &packed.positions), &rope);
+            match input {
+                Some(input) => layers.push(LayerState::Input(input)),
+                None if keep => layers.push(LayerState::Kept(activations)),
+                None => drop(activations),
             }
             x = output;
         }
         let (normed, last_scale) = rms_norm_rows(&x, self.final_norm(), self.dims(0).eps);
-        let rows = gather_rows(&normed, &head_rows, hidden);
-        let (token_logps, head_lse, logits) = head_forward(self.head(), &rows, &targets, keep);
+        let rows = gather_rows(&normed, &packed.head_rows, hidden);
+        let (token_logps, head_lse, logits) =
+            head_forward(self.head(), &rows, &packed.targets, keep);
         Ok(Forward {
             token_logps,
-            ids,
-            spans,
+            ids: packed.ids,
+            positions: packed.positions,
+            groups: packed.groups,
             rope,
             layers,
             last: x,
             last_scale,
-            head_rows,
-            targets,
+            head_rows: packed.head_rows,
+            targets: packed.targets,
             head_lse,
             head_logits: logits,
         })
@@ -292,7 +320,7 @@ impl<'a> HostModel<'a> {
         &self,
         l: usize,
         input: Vec<f32>,
-        spans: &[(usize, usize)],
+        (groups, positions): (&[Group], &[usize]),
         rope: &(Vec<f32>, Vec<f32>),
     ) -> (LayerActivations, Vec<f32>) {
         let (w, d) = (self.layer(l), self.dims(l));
@@ -304,9 +332,9 @@ impl<'a> HostModel<'a> {
         drop(normed);
         let q_normed = w.q_norm.map(|norm| head_norm(&mut q, norm, d.eps));
         let k_normed = w.k_norm.map(|norm| head_norm(&mut k, norm, d.eps));
-        apply_rope(&mut q, spans, d.head_dim, (&rope.0, &rope.1));
-        apply_rope(&mut k, spans, d.head_dim, (&rope.0, &rope.1));
-        let (attention, attention_lse) = attention_forward(&q, &k, &v, spans, d);
+        apply_rope(&mut q, positions, d.head_dim, (&rope.0, &rope.1));
+        apply_rope(&mut k, positions, d.head_dim, (&rope.0, &rope.1));
+        let (attention, attention_lse) = attention_forward(&q, &k, &v, groups, d);
         let mut middle = self.project(l, LayerRole::O, &attention, d.hidden, &mut adapters);
         let attention_output = w
             .attention_output_norm

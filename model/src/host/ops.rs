@@ -199,34 +199,22 @@ pub(super) fn gather_rows(x: &[f32], rows: &[usize], width: usize) -> Vec<f32> {
     out
 }
 
-/// `x` split into the rows of each sequence (`width` values per row).
-pub(super) fn split_by_spans<'s>(
-    mut x: &'s mut [f32],
-    spans: &[(usize, usize)],
-    width: usize,
-) -> Vec<&'s mut [f32]> {
-    let mut parts = Vec::with_capacity(spans.len());
-    for &(_, len) in spans {
-        let (part, rest) = x.split_at_mut(len * width);
-        parts.push(part);
-        x = rest;
-    }
-    parts
-}
+/// Rows per parallel task of RoPE.
+const ROPE_ROWS: usize = 64;
 
-/// RoPE on every head of every row: `x` is `[tokens, heads · head_dim]`, a token's position is
-/// its index in its sequence, and `tables` are `(cos, sin)` `[positions, head_dim]`.
+/// RoPE on every head of every row: `x` is `[tokens, heads · head_dim]`, row `r` is at position
+/// `positions[r]`, and `tables` are `(cos, sin)` `[positions, head_dim]`.
 pub(super) fn apply_rope(
     x: &mut [f32],
-    spans: &[(usize, usize)],
+    positions: &[usize],
     head_dim: usize,
     tables: (&[f32], &[f32]),
 ) {
-    let width = x.len() / spans.iter().map(|s| s.1).sum::<usize>().max(1);
-    split_by_spans(x, spans, width)
-        .into_par_iter()
-        .for_each(|sequence| {
-            for (pos, row) in sequence.chunks_exact_mut(width).enumerate() {
+    let width = x.len() / positions.len().max(1);
+    x.par_chunks_mut(ROPE_ROWS * width)
+        .zip(positions.par_chunks(ROPE_ROWS))
+        .for_each(|(rows, positions)| {
+            for (row, &pos) in rows.chunks_exact_mut(width).zip(positions) {
                 let cos = &tables.0[pos * head_dim..(pos + 1) * head_dim];
                 let sin = &tables.1[pos * head_dim..(pos + 1) * head_dim];
                 for head in row.chunks_exact_mut(head_dim) {

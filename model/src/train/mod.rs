@@ -64,6 +64,9 @@ pub struct TrainConfig {
     /// (bf16 weights and activations; f32 master weights, optimizer state, loss and
     /// log-softmax).
     pub compute_dtype: DType,
+    /// Differentiate through burn's autodiff even where the host path could run: the path bf16
+    /// and GPU runs take, for checking it on the CPU.
+    pub autodiff: bool,
 }
 
 impl TrainConfig {

@@ -124,7 +124,9 @@ impl Trainer {
             match &self.base {
                 Base::Host(config) => {
                     let weights = self.params.iter().map(|p| p.value.as_slice()).collect();
-                    self.host_backward(HostModel::new(config, weights)?, &micro, &mut acc)?
+                    let model = HostModel::new(config, weights)?
+                        .checkpointing(self.config.gradient_checkpointing);
+                    self.host_backward(model, &micro, &mut acc)?
                 }
                 Base::HostLora(base) => {
                     let weights = base.weights.iter().map(Vec::as_slice).collect();
@@ -145,7 +147,9 @@ impl Trainer {
                             (place.position, adapter)
                         })
                         .collect();
-                    let model = HostModel::new(&base.config, weights)?.with_adapters(adapters);
+                    let model = HostModel::new(&base.config, weights)?
+                        .with_adapters(adapters)
+                        .checkpointing(self.config.gradient_checkpointing);
                     self.host_backward(model, &micro, &mut acc)?
                 }
                 Base::Tensors(model) => self.tape_backward(model, &micro, key, &mut acc)?,

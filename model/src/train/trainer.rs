@@ -17,12 +17,10 @@ use crate::tensor::lora::{self, AdapterPlace};
 use crate::tensor::model::Model;
 
 /// Whether steps run on the host path ([`crate::host::HostModel`]): f32 on the CPU, full
-/// fine-tuning or LoRA, without gradient checkpointing (bf16, CUDA and checkpointing go through
+/// fine-tuning or LoRA, with or without gradient checkpointing (bf16 and GPUs go through
 /// burn's autodiff).
 pub(super) fn trains_on_host(config: &TrainConfig, device: &Device) -> bool {
-    config.compute_dtype == DType::F32
-        && *device == crate::device::cpu()
-        && !config.gradient_checkpointing
+    config.compute_dtype == DType::F32 && *device == crate::device::cpu() && !config.autodiff
 }
 
 /// What the trained tensors are plugged into.

@@ -142,6 +142,9 @@ macro_rules! training_params {
             /// Train LoRA adapters instead of all weights.
             #[serde(default)]
             pub lora: Option<$crate::train::common::LoraParams>,
+            /// A PEFT adapter directory (`adapter_config.json`, `adapter_model.safetensors`) on `model` to continue training, e.g. an SFT adapter into DPO; its rank, alpha, dropout and targets are the run's (do not also give `lora`). The DPO reference is `model` with the adapter off, as TRL's for a new adapter; to make the SFT model the reference, save it `merged` and pass it as `model` with fresh `lora` instead.
+            #[serde(default)]
+            pub adapter: Option<std::path::PathBuf>,
             /// What the `model` output holds: `adapter`, `merged` or `full` (default: `adapter` with LoRA, else `full`).
             #[serde(default)]
             pub save: Option<$crate::train::common::SaveMode>,
@@ -189,6 +192,7 @@ macro_rules! training_params {
                         truncation: self.truncation,
                     },
                     lora: self.lora.as_ref(),
+                    adapter: self.adapter.as_deref(),
                     save: self.save,
                     checkpoint_every: self.checkpoint_every,
                     eval_every: self.eval_every,
@@ -222,6 +226,7 @@ pub struct Common<'a> {
     pub seed: u64,
     pub lengths: LengthParams,
     pub lora: Option<&'a LoraParams>,
+    pub adapter: Option<&'a Path>,
     pub save: Option<SaveMode>,
     pub checkpoint_every: Option<usize>,
     pub eval_every: Option<usize>,
@@ -342,7 +347,16 @@ impl Common<'_> {
                 .check()
                 .map_err(|m| ParamError::at("lora", m))?;
         }
-        if self.lora.is_none() && matches!(self.save, Some(SaveMode::Adapter | SaveMode::Merged)) {
+        if self.lora.is_some() && self.adapter.is_some() {
+            return Err(ParamError::at(
+                "adapter",
+                "give `lora` (fresh adapters) or `adapter` (continue a PEFT adapter), not both",
+            ));
+        }
+        if self.lora.is_none()
+            && self.adapter.is_none()
+            && matches!(self.save, Some(SaveMode::Adapter | SaveMode::Merged))
+        {
             return Err(ParamError::at(
                 "save",
                 "save `adapter` and `merged` need `lora`",
@@ -371,6 +385,7 @@ impl Common<'_> {
             lora: self.lora.map(LoraParams::config),
             gradient_checkpointing: self.gradient_checkpointing,
             compute_dtype: self.dtype.compute_dtype(),
+            autodiff: false,
         };
         let total = config.total_steps(examples);
         config.warmup_steps = match (self.warmup_steps, self.warmup_ratio) {
@@ -410,11 +425,12 @@ impl Common<'_> {
 
     /// What to save: the explicit `save`, else the adapter for LoRA runs and all weights otherwise.
     pub fn save_mode(&self) -> SaveMode {
-        self.save.unwrap_or(if self.lora.is_some() {
-            SaveMode::Adapter
-        } else {
-            SaveMode::Full
-        })
+        self.save
+            .unwrap_or(if self.lora.is_some() || self.adapter.is_some() {
+                SaveMode::Adapter
+            } else {
+                SaveMode::Full
+            })
     }
 }
 
@@ -564,9 +580,20 @@ where
             }
         };
         let objective = objective(&params, &mut train, &mut eval)?;
-        let config = common.train_config(train.len())?;
+        let mut config = common.train_config(train.len())?;
+        let mut model = Model::load(common.model, &device).map_err(training_error)?;
+        if let Some(adapter) = common.adapter {
+            let loaded = lora::load_peft(&mut model, adapter).map_err(training_error)?;
+            worker.log().line(&format!(
+                "continuing the PEFT adapter in {} (r {}, alpha {}, targets {})",
+                adapter.display(),
+                loaded.r,
+                loaded.alpha,
+                loaded.targets.join(", ")
+            ));
+            config.lora = Some(loaded);
+        }
         let lora = config.lora.clone();
-        let model = Model::load(common.model, &device).map_err(training_error)?;
         let mut trainer =
             Trainer::new(model, config, objective, train, eval, device).map_err(training_error)?;
         let checkpoints = worker.resume_dir.join("checkpoints");

@@ -150,6 +150,7 @@ impl Node for DpoTrain {
         let mut files = vec![params.model.clone(), params.dataset.clone()];
         files.extend(params.eval_dataset.clone());
         files.extend(params.ref_logprobs.clone());
+        files.extend(params.adapter.clone());
         files
     }
 

@@ -39,6 +39,7 @@ impl Node for SftTrain {
     fn external_files(params: &SftTrainParams) -> Vec<PathBuf> {
         let mut files = vec![params.model.clone(), params.dataset.clone()];
         files.extend(params.eval_dataset.clone());
+        files.extend(params.adapter.clone());
         files
     }
 

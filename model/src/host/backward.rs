@@ -117,7 +117,7 @@ impl HostModel<'_> {
         let inverse = (rope.0.clone(), inverse_sin);
         for l in (0..self.config.num_hidden_layers).rev() {
             let saved = match layers.pop().expect("one per layer") {
-                LayerState::Kept(saved) => saved,
+                LayerState::Kept(saved) => *saved,
                 LayerState::Input(input) => {
                     self.layer_forward(l, input, (&groups, &positions), &rope).0
                 }

@@ -72,7 +72,7 @@ pub struct Forward {
 /// What the forward pass kept of one layer.
 pub(super) enum LayerState {
     /// Everything the backward pass reads.
-    Kept(LayerActivations),
+    Kept(Box<LayerActivations>),
     /// Only the layer's input (gradient checkpointing): the backward pass runs the layer again.
     Input(Vec<f32>),
 }
@@ -290,7 +290,7 @@ impl<'a> HostModel<'a> {
                 self.layer_forward(l, x, (&packed.groups, &packed.positions), &rope);
             match input {
                 Some(input) => layers.push(LayerState::Input(input)),
-                None if keep => layers.push(LayerState::Kept(activations)),
+                None if keep => layers.push(LayerState::Kept(Box::new(activations))),
                 None => drop(activations),
             }
             x = output;

@@ -280,10 +280,10 @@ fn tokenizer_and_model_init_work_with_exec() {
             "--out",
             "bad",
         ])
-        .expect_code(1);
+        .expect_code(2);
     assert!(
         bad.stderr
-            .contains("must be a positive multiple of num_key_value_heads"),
+            .contains("`with.num_kv_heads`: must divide num_heads (3)"),
         "{}",
         bad.stderr
     );
@@ -358,4 +358,55 @@ fn fastrand() -> u32 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .subsec_nanos()
+}
+
+#[test]
+fn model_init_refuses_shapes_no_model_can_have() {
+    let p = Project::new();
+    p.flow(&[
+        "exec",
+        "tokenizer.train",
+        "--input",
+        &format!("dataset={}", golden_dataset(&p, 1).display()),
+        "--with",
+        "vocab_size=300",
+        "--out",
+        "tok",
+    ])
+    .expect_code(0);
+    for (with, message) in [
+        ("num_heads=0", "`with.num_heads`: must be at least 1"),
+        (
+            "hidden_size=36",
+            "`with.head_dim`: must be even and positive",
+        ),
+        (
+            "max_position_embeddings=1",
+            "`with.max_position_embeddings`: must be at least 2",
+        ),
+        (
+            "sliding_window=0",
+            "`with.sliding_window`: must be positive",
+        ),
+        ("init_std=0", "`with.init_std`: must be a positive number"),
+        (
+            "rope_theta=-1",
+            "`with.rope_theta`: must be a positive number",
+        ),
+    ] {
+        let out = p
+            .flow(&[
+                "exec",
+                "model.init",
+                "--input",
+                "tokenizer=tok/tokenizer",
+                "--with",
+                with,
+                "--out",
+                "bad",
+            ])
+            .expect_code(2);
+        assert!(out.stderr.contains(message), "{with}: {}", out.stderr);
+        assert!(!p.path().join("bad").exists(), "{with} left an output");
+    }
 }

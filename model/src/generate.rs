@@ -27,8 +27,10 @@ impl Sampling {
     };
 }
 
-/// Generates up to `max_new_tokens` after `prompt`, stopping after `eos`; returns the new ids
-/// (`eos` included when it was generated). An error names a prompt id outside the vocabulary.
+/// Generates up to `max_new_tokens` after `prompt`, stopping after `eos` or at the model's
+/// context (`max_position_embeddings`); returns the new ids (`eos` included when it was
+/// generated). An error names a prompt id outside the vocabulary or a prompt that fills the
+/// context.
 pub fn generate(
     model: &Model,
     head: &HostHead,
@@ -37,6 +39,14 @@ pub fn generate(
     max_new_tokens: usize,
     sampling: Sampling,
 ) -> crate::error::Result<Vec<u32>> {
+    let context = model.config.max_position_embeddings;
+    if prompt.len() >= context {
+        return Err(crate::error::ModelError::Argument(format!(
+            "the prompt has {} tokens; the model's context is {context} (max_position_embeddings)",
+            prompt.len()
+        )));
+    }
+    let max_new_tokens = max_new_tokens.min(context - prompt.len());
     let mut rng = SplitMix64::new(sampling.seed);
     let mut cache = KvCache::default();
     let mut generated = Vec::new();

@@ -21,7 +21,7 @@ pub struct PreferencePair {
     /// The worse completion.
     pub rejected: String,
     /// System text: rendered before the prompt when the pair is tokenized (with the model's
-    /// chat template when it has one, else as `system + "\n\n" + prompt`).
+    /// chat template when it has one, else as `system + "\n\n" + prompt`); an empty one is none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub system: Option<String>,
     /// Whether prompt, chosen and rejected are a chat template's rendering (tokenized without
@@ -149,7 +149,7 @@ impl PreferencePair {
                 prompt: &self.prompt,
                 chosen: &self.chosen,
                 rejected: &self.rejected,
-                system: self.system.as_deref(),
+                system: self.system.as_deref().filter(|s| !s.trim().is_empty()),
             },
         }
     }

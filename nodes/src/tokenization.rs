@@ -106,8 +106,9 @@ impl Tokenized {
             log.line(&format!("{what}: dropped pair `{}`: {}", d.id, d.reason));
         }
         if self.truncated > 0 {
+            let pairs = if self.truncated == 1 { "pair" } else { "pairs" };
             log.line(&format!(
-                "{what}: {} pairs cut to fit the length limits",
+                "{what}: {} {pairs} cut to fit the length limits",
                 self.truncated
             ));
         }

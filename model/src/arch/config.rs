@@ -330,7 +330,27 @@ impl ModelConfig {
         if self.sliding_window == Some(0) {
             return Err("`sliding_window` must be positive (null for full attention)".into());
         }
-        Ok(())
+        if self.max_position_embeddings < 2 {
+            return Err(format!(
+                "`max_position_embeddings` must be at least 2, found {}",
+                self.max_position_embeddings
+            ));
+        }
+        let positive = [
+            ("rms_norm_eps", Some(self.rms_norm_eps)),
+            ("rope_theta", Some(self.rope.theta)),
+            ("query_pre_attn_scalar", self.query_pre_attn_scalar),
+            ("attn_logit_softcapping", self.attn_logit_softcapping),
+            ("final_logit_softcapping", self.final_logit_softcapping),
+        ];
+        for (key, value) in positive {
+            if let Some(v) = value.filter(|v| !(v.is_finite() && *v > 0.0)) {
+                return Err(format!(
+                    "`{key}` must be a positive number, found {v} (transformers would compute NaN or divide by it)"
+                ));
+            }
+        }
+        self.rope.check()
     }
 
     /// This family's row of the table.
@@ -406,7 +426,7 @@ impl ModelConfig {
             num_hidden_layers,
             num_attention_heads,
             num_key_value_heads,
-            head_dim: hidden_size / num_attention_heads,
+            head_dim: hidden_size / num_attention_heads.max(1),
             rms_norm_eps: 1e-5,
             rope: Rope::plain(10000.0),
             sliding_window: Some(4096),
@@ -560,13 +580,13 @@ impl ModelConfig {
 
 /// `rope_parameters` (or the old `rope_scaling` + `rope_theta`), as transformers normalises them.
 fn rope(f: &Fields, max_positions: usize) -> Result<Rope, String> {
-    let params = f
-        .get("rope_scaling")
-        .or(f.get("rope_parameters"))
-        .cloned()
-        .unwrap_or(json!({}));
+    let key = match f.get("rope_scaling") {
+        Some(_) => "rope_scaling",
+        None => "rope_parameters",
+    };
+    let params = f.get(key).cloned().unwrap_or(json!({}));
     let Json::Object(params) = params else {
-        return Err("`rope_parameters` must be an object".into());
+        return Err(format!("`{key}` must be an object"));
     };
     let p = Fields(&params);
     let theta = p
@@ -580,11 +600,11 @@ fn rope(f: &Fields, max_positions: usize) -> Result<Rope, String> {
         .unwrap_or("default");
     let factor = || {
         p.number("factor")?
-            .ok_or_else(|| format!("rope_type `{kind}` needs `rope_parameters.factor`"))
+            .ok_or_else(|| format!("rope_type `{kind}` needs `{key}.factor`"))
     };
-    let needed = |key: &str| {
-        p.number(key)?
-            .ok_or_else(|| format!("rope_type `{kind}` needs `rope_parameters.{key}`"))
+    let needed = |needed_key: &str| {
+        p.number(needed_key)?
+            .ok_or_else(|| format!("rope_type `{kind}` needs `{}.{needed_key}`", key))
     };
     let scaling = match kind {
         "default" => RopeScaling::Default,
@@ -603,7 +623,7 @@ fn rope(f: &Fields, max_positions: usize) -> Result<Rope, String> {
         },
         other => {
             return Err(format!(
-                "unsupported rope_type `{other}` in `rope_parameters`: flow implements `default`, `linear`, `dynamic` and `llama3`"
+                "unsupported rope_type `{other}` in `{key}`: flow implements `default`, `linear`, `dynamic` and `llama3`"
             ));
         }
     };
@@ -731,6 +751,40 @@ mod tests {
             short.contains("`layer_types` has 1 entries for 2 layers"),
             "{short}"
         );
+    }
+
+    #[test]
+    fn numbers_transformers_would_divide_by_or_take_the_root_of_must_be_positive() {
+        for (extra, key) in [
+            (
+                r#""model_type":"llama","rms_norm_eps":-1"#,
+                "`rms_norm_eps`",
+            ),
+            (r#""model_type":"llama","rope_theta":0"#, "`rope_theta`"),
+            (
+                r#""model_type":"gemma2","sliding_window":8,"attn_logit_softcapping":0.0"#,
+                "`attn_logit_softcapping`",
+            ),
+            (
+                r#""model_type":"gemma2","sliding_window":8,"query_pre_attn_scalar":0"#,
+                "`query_pre_attn_scalar`",
+            ),
+            (
+                r#""model_type":"llama","max_position_embeddings":1"#,
+                "`max_position_embeddings`",
+            ),
+            (
+                r#""model_type":"llama","rope_parameters":{"rope_type":"llama3","factor":0.0,"low_freq_factor":1.0,"high_freq_factor":4.0}"#,
+                "`rope_parameters.factor`",
+            ),
+            (
+                r#""model_type":"llama","rope_parameters":{"rope_type":"llama3","factor":8.0,"low_freq_factor":4.0,"high_freq_factor":4.0}"#,
+                "`rope_parameters.high_freq_factor`",
+            ),
+        ] {
+            let err = parse(extra).unwrap_err();
+            assert!(err.contains(key), "{extra}: {err}");
+        }
     }
 
     #[test]

@@ -57,6 +57,52 @@ impl Rope {
         }
     }
 
+    /// Checks the scaling's numbers: every factor positive, `high_freq_factor` above
+    /// `low_freq_factor` (transformers divides by their difference).
+    pub fn check(&self) -> Result<(), String> {
+        let bad = |key: &str, v: f64| {
+            Err(format!(
+                "`rope_parameters.{key}` must be a positive number, found {v}"
+            ))
+        };
+        match self.scaling {
+            RopeScaling::Default => Ok(()),
+            RopeScaling::Linear { factor } | RopeScaling::Dynamic { factor, .. } => {
+                if factor.is_finite() && factor > 0.0 {
+                    Ok(())
+                } else {
+                    bad("factor", factor)
+                }
+            }
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            } => {
+                for (key, v) in [
+                    ("factor", factor),
+                    ("low_freq_factor", low_freq_factor),
+                    ("high_freq_factor", high_freq_factor),
+                    (
+                        "original_max_position_embeddings",
+                        original_max_position_embeddings as f64,
+                    ),
+                ] {
+                    if !(v.is_finite() && v > 0.0) {
+                        return bad(key, v);
+                    }
+                }
+                if high_freq_factor <= low_freq_factor {
+                    return Err(format!(
+                        "`rope_parameters.high_freq_factor` ({high_freq_factor}) must exceed `low_freq_factor` ({low_freq_factor})"
+                    ));
+                }
+                Ok(())
+            }
+        }
+    }
+
     /// The `rope_type` name transformers uses.
     pub fn rope_type(&self) -> &'static str {
         match self.scaling {

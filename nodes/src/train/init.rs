@@ -198,7 +198,54 @@ impl Node for ModelInit {
     }];
 
     fn check(params: &ModelInitParams) -> Result<(), ParamError> {
-        params.family().map(|_| ())
+        params.family()?;
+        for (key, value) in [
+            ("hidden_size", params.hidden_size),
+            ("intermediate_size", params.intermediate_size),
+            ("num_layers", params.num_layers),
+            ("num_heads", params.num_heads),
+            ("num_kv_heads", params.num_kv_heads),
+        ] {
+            if value == 0 {
+                return Err(ParamError::at(key, "must be at least 1"));
+            }
+        }
+        if !params.num_heads.is_multiple_of(params.num_kv_heads) {
+            return Err(ParamError::at(
+                "num_kv_heads",
+                format!("must divide num_heads ({})", params.num_heads),
+            ));
+        }
+        let head_dim = params
+            .head_dim
+            .unwrap_or(params.hidden_size / params.num_heads);
+        if head_dim == 0 || !head_dim.is_multiple_of(2) {
+            return Err(ParamError::at(
+                "head_dim",
+                format!("must be even and positive (hidden_size / num_heads is {head_dim})"),
+            ));
+        }
+        if params.max_position_embeddings < 2 {
+            return Err(ParamError::at(
+                "max_position_embeddings",
+                "must be at least 2",
+            ));
+        }
+        if params.sliding_window == Some(0) {
+            return Err(ParamError::at(
+                "sliding_window",
+                "must be positive (null: full attention)",
+            ));
+        }
+        for (key, value) in [
+            ("init_std", Some(params.init_std)),
+            ("rope_theta", params.rope_theta),
+        ] {
+            if value.is_some_and(|v| !(v.is_finite() && v > 0.0)) {
+                return Err(ParamError::at(key, "must be a positive number"));
+            }
+        }
+        Ok(())
     }
 
     fn external_files(params: &ModelInitParams) -> Vec<PathBuf> {

@@ -1,7 +1,7 @@
 //! `model.ref_logprobs`: the frozen reference model's log-probs of every chosen and rejected
 //! completion, computed once so DPO training need not hold a reference model.
 
-use flow_engine::node::{LogSink, Node, NodeContext, NodeError, OutputSpec};
+use flow_engine::node::{LogSink, Node, NodeContext, NodeError, OutputSpec, ParamError};
 use flow_model::scoring::{ReferenceScorer, Sequence};
 use flow_model::tokenize::{PreferenceTokenizer, TokenizedPair};
 use flow_model::{Device, Model};
@@ -116,19 +116,14 @@ struct Job {
 }
 
 impl RefLogprobsParams {
-    fn check(&self) -> Result<(), NodeError> {
-        if self.batch_size == 0 || self.max_tokens_per_batch == Some(0) {
-            return Err(NodeError::new(
-                "batch_size and max_tokens_per_batch must be positive",
-            ));
+    fn check(&self) -> Result<(), ParamError> {
+        if self.batch_size == 0 {
+            return Err(ParamError::at("batch_size", "must be at least 1"));
         }
-        self.lengths().check().map_err(|e| {
-            NodeError::new(format!(
-                "`{}`: {}",
-                flow_engine::diagnostic::path_text(&e.path).trim_start_matches('.'),
-                e.message
-            ))
-        })
+        if self.max_tokens_per_batch == Some(0) {
+            return Err(ParamError::at("max_tokens_per_batch", "must be at least 1"));
+        }
+        self.lengths().check()
     }
 
     /// The length params.
@@ -177,12 +172,15 @@ impl Node for RefLogprobs {
         description: "`logprobs.jsonl` (one row per kept pair in input order: id, prompt_ids, chosen_ids, rejected_ids, chosen_logps, rejected_logps) and `summary.json`",
     }];
 
+    fn check(params: &RefLogprobsParams) -> Result<(), ParamError> {
+        params.check()
+    }
+
     fn external_files(params: &RefLogprobsParams) -> Vec<PathBuf> {
         vec![params.model.clone(), params.dataset.clone()]
     }
 
     async fn run(&self, ctx: NodeContext, params: RefLogprobsParams) -> Result<(), NodeError> {
-        params.check()?;
         let device = params.device.resolve()?;
         let out = ctx.output_dir("logprobs")?.to_path_buf();
         let worker = ctx.clone();
@@ -246,6 +244,12 @@ fn score_dataset(
             .sums;
         let mut lines = String::new();
         for (job, logps) in batch.iter().zip(sums.chunks(2)) {
+            if logps.iter().any(|l| !l.is_finite()) {
+                return Err(NodeError::new(format!(
+                    "pair `{}`: the reference model gives non-finite log-probs ({}, {}); its weights or config hold NaN or infinite values",
+                    job.id, logps[0], logps[1]
+                )));
+            }
             let row = LogprobRow {
                 id: job.id.clone(),
                 prompt_ids: job.pair.prompt_ids.clone(),

@@ -524,3 +524,77 @@ fn parquet_sources_load_and_wrong_types_are_named() {
         broken.stderr
     );
 }
+
+#[test]
+fn ids_headers_and_columns_are_checked_where_they_are_read() {
+    let p = Project::new();
+    let row = |id: &str, prompt: &str| {
+        format!("{{{id}\"prompt\":\"{prompt}\",\"chosen\":\"c\",\"rejected\":\"r\"}}\n")
+    };
+    p.write(
+        "clash.jsonl",
+        &[
+            row("\"id\":7,", "a"),
+            row("", "b"),
+            row("\"id\":\"7\",", "c"),
+        ]
+        .concat(),
+    );
+    let clash = load(&p, "clash.jsonl", "clash", &[]).expect_code(1);
+    assert!(
+        clash
+            .stderr
+            .contains("clash.jsonl:3: id `7` is also the id of a different pair at")
+            && clash.stderr.contains("clash.jsonl:1"),
+        "{}",
+        clash.stderr
+    );
+    assert!(!p.path().join("clash").exists(), "nothing written");
+    p.write("repeat.jsonl", &[row("", "a"), row("", "a")].concat());
+    load(&p, "repeat.jsonl", "repeat", &[]).expect_code(0);
+    assert_eq!(
+        jsonl(&p.path().join("repeat/dataset/data.jsonl")).len(),
+        2,
+        "identical rows may repeat"
+    );
+    for (id, found) in [
+        ("\"id\":[1],", "[1]"),
+        ("\"id\":\" \",", "\" \""),
+        ("\"id\":true,", "true"),
+    ] {
+        p.write("bad_id.jsonl", &row(id, "a"));
+        let bad = load(&p, "bad_id.jsonl", "bad_id", &[]).expect_code(1);
+        assert!(
+            bad.stderr.contains(&format!(
+                "bad_id.jsonl:1: column `id` must be a non-empty string or a number, found {found}"
+            )),
+            "{}",
+            bad.stderr
+        );
+    }
+    p.write("few.jsonl", "{\"prompt\":\"p\",\"answer\":\"a\"}\n");
+    let few = load(&p, "few.jsonl", "few", &[]).expect_code(1);
+    assert!(
+        few.stderr.contains(
+            "few.jsonl:1: missing columns `chosen`, `rejected` (the row has: answer, prompt)"
+        ),
+        "{}",
+        few.stderr
+    );
+    p.write("twice.csv", "prompt,chosen,chosen,rejected\np,c,d,r\n");
+    let twice = load(&p, "twice.csv", "twice", &[]).expect_code(1);
+    assert!(
+        twice
+            .stderr
+            .contains("twice.csv:1: column `chosen` appears twice in the header"),
+        "{}",
+        twice.stderr
+    );
+    p.write("lines.json", &[row("", "a"), row("", "b")].concat());
+    load(&p, "lines.json", "lines", &[]).expect_code(0);
+    assert_eq!(
+        jsonl(&p.path().join("lines/dataset/data.jsonl")).len(),
+        2,
+        "JSON Lines in a .json file"
+    );
+}

@@ -223,34 +223,62 @@ fn preference_metrics_equal_hand_computed_values_from_the_golden_log_probs() {
 fn bad_task_files_and_params_fail_with_their_location() {
     let p = Project::new();
     let data = golden_dataset(&p, 1);
-    let task = p.write(
-        "bad.jsonl",
-        "{\"question\": \"q\", \"choices\": [\"a\"], \"answer\": 0}\n",
-    );
     let base = fixtures().join("mistral-tiny/base");
-    let run = p.flow(&[
-        "exec",
-        "evaluate",
-        "--with",
-        &format!("model={}", base.display()),
-        "--with",
-        &format!("reference={}", base.display()),
-        "--with",
-        &format!("dataset={}", data.display()),
-        "--with",
-        &format!("tasks=[{}]", task.display()),
-        "--out",
-        "eval",
-    ]);
+    let evaluate = |model: &std::path::Path, task: Option<&std::path::Path>| {
+        let mut args = vec![
+            "exec".to_string(),
+            "evaluate".into(),
+            "--with".into(),
+            format!("model={}", model.display()),
+            "--with".into(),
+            format!("reference={}", base.display()),
+            "--with".into(),
+            format!("dataset={}", data.display()),
+            "--out".into(),
+            "eval".into(),
+        ];
+        if let Some(task) = task {
+            args.extend(["--with".into(), format!("tasks=[{}]", task.display())]);
+        }
+        p.flow(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let long_question = "Frage ".repeat(600);
+    for (row, message) in [
+        (
+            r#"{"question": "q", "choices": ["a"], "answer": 0}"#.to_string(),
+            "bad.jsonl:2: needs at least two choices".to_string(),
+        ),
+        (
+            r#"{"question": "q", "choices": ["a", "b"], "answer": 2}"#.into(),
+            "bad.jsonl:2: needs at least two choices and `answer` < their number".into(),
+        ),
+        (
+            r#"{"question": "q", "choices": "a b"}"#.into(),
+            "bad.jsonl:2: expected {question, choices, answer}".into(),
+        ),
+        (
+            format!(r#"{{"question": "{long_question}", "choices": ["a", "b"], "answer": 0}}"#),
+            "bad.jsonl:2: the question and choice 1 are".into(),
+        ),
+    ] {
+        let good = r#"{"question": "Ja?", "choices": ["ja", "nein"], "answer": 0}"#;
+        let task = p.write("bad.jsonl", &format!("{good}\n{row}\n"));
+        let run = evaluate(&base, Some(&task));
+        assert_eq!(run.code, 1, "{}", run.stderr);
+        assert!(run.stderr.contains(&message), "{message}: {}", run.stderr);
+        assert!(
+            !p.path().join("eval/report/eval.json").exists(),
+            "nothing half-written"
+        );
+    }
+    let nan = support::nan_model(&p, &base, "model.embed_tokens.weight");
+    let run = evaluate(&nan, None);
     assert_eq!(run.code, 1, "{}", run.stderr);
     assert!(
-        run.stderr.contains("bad.jsonl:1") && run.stderr.contains("two choices"),
+        run.stderr
+            .contains("pair `p0-0` (chosen): the model gives a non-finite log-prob"),
         "{}",
         run.stderr
-    );
-    assert!(
-        !p.path().join("eval/report/eval.json").exists(),
-        "nothing half-written"
     );
     let run = p.flow(&[
         "exec",

@@ -351,6 +351,25 @@ fn bad_model_inputs_fail_clearly() {
         "{}",
         bad_line.stderr
     );
+    let nan = support::nan_model(&p, &model, "model.embed_tokens.weight");
+    let diverged = exec(&[], &nan, &data).expect_code(1);
+    assert!(
+        diverged
+            .stderr
+            .contains("pair `p0-0`: the reference model gives non-finite log-probs"),
+        "{}",
+        diverged.stderr
+    );
+    for flag in ["batch_size=0", "max_tokens_per_batch=0"] {
+        let zero = exec(&["--with", flag], &model, &data).expect_code(2);
+        let key = flag.trim_end_matches("=0");
+        assert!(
+            zero.stderr
+                .contains(&format!("`with.{key}`: must be at least 1")),
+            "{}",
+            zero.stderr
+        );
+    }
 }
 
 fn fastrand() -> u32 {

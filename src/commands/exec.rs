@@ -112,6 +112,7 @@ pub fn exec(args: ExecArgs) -> Result<(), Failure> {
             )));
         }
     }
+    let created_out = !args.out.exists();
     std::fs::create_dir_all(&args.out).map_err(|e| {
         Failure::Input(format!(
             "error: cannot create `{}`: {e}",
@@ -121,6 +122,10 @@ pub fn exec(args: ExecArgs) -> Result<(), Failure> {
     let staging = args.out.join(format!(".flow-exec-{:08x}", fastrand_u32()));
     let result = run_staged(node_type, params, &staging, &args.out);
     let _ = std::fs::remove_dir_all(&staging);
+    if result.is_err() && created_out {
+        // Only removes the folder exec made when it stayed empty.
+        let _ = std::fs::remove_dir(&args.out);
+    }
     result
 }
 

@@ -319,3 +319,27 @@ pub fn files_in(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
         })
         .collect()
 }
+
+/// A copy of `model` (a model directory) in the project whose `tensor` holds only NaN
+/// (every byte 0xFF: NaN in f32, f16 and bf16), as a diverged or corrupted checkpoint does.
+pub fn nan_model(p: &Project, model: &Path, tensor: &str) -> PathBuf {
+    let dir = p.path().join("nan-model");
+    std::fs::create_dir_all(&dir).unwrap();
+    for entry in std::fs::read_dir(model).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();
+    }
+    let path = dir.join("model.safetensors");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + header_len]).unwrap();
+    let offsets = &header[tensor]["data_offsets"];
+    let (start, end) = (
+        offsets[0].as_u64().unwrap() as usize,
+        offsets[1].as_u64().unwrap() as usize,
+    );
+    let data = 8 + header_len;
+    bytes[data + start..data + end].fill(0xFF);
+    std::fs::write(&path, bytes).unwrap();
+    dir
+}

@@ -29,8 +29,8 @@ pub struct HostModel<'a> {
     pub(super) adapter_slots: HashMap<usize, usize>,
     /// Whether consecutive sequences compute their common first tokens once ([`pack`]).
     pub(super) share_prefixes: bool,
-    /// Whether the forward pass keeps only each layer's input and no logits (gradient
-    /// checkpointing): the backward pass computes the rest again.
+    /// Whether the forward pass keeps only each layer's input (gradient checkpointing): the
+    /// backward pass runs each layer again.
     pub(super) checkpointing: bool,
 }
 
@@ -298,14 +298,8 @@ impl<'a> HostModel<'a> {
         }
         let (normed, last_scale) = rms_norm_rows(&x, self.final_norm(), self.dims(0).eps);
         let rows = gather_rows(&normed, &packed.head_rows, hidden);
-        // Checkpointing recomputes the output layer's logits too, block by block, in the
-        // backward pass.
-        let (token_logps, head_lse, logits) = head_forward(
-            self.head(),
-            &rows,
-            &packed.targets,
-            keep && !self.checkpointing,
-        );
+        let (token_logps, head_lse, logits) =
+            head_forward(self.head(), &rows, &packed.targets, keep);
         Ok(Forward {
             token_logps,
             ids: packed.ids,

@@ -181,11 +181,15 @@ pub fn set_dropout_key(model: &mut Model, key: Option<u64>) {
 
 /// The base model alone (adapters off): the DPO reference of a LoRA run.
 pub fn without_adapters(model: &Model) -> Model {
-    let mut base = model.clone();
-    for (_, linear) in base.linears_mut() {
+    strip_adapters(model.clone())
+}
+
+/// `model` with its adapters dropped (the owned form of [`without_adapters`]).
+pub fn strip_adapters(mut model: Model) -> Model {
+    for (_, linear) in model.linears_mut() {
         linear.lora = None;
     }
-    base
+    model
 }
 
 /// The model with every adapter merged into its weight (`W + (α/r) B A`) and removed.

@@ -515,6 +515,12 @@ impl Model {
             .collect()
     }
 
+    /// [`Model::weights`], taking the model: each tensor is the only handle on its data, so it is
+    /// freed as soon as its consumer is done with it.
+    pub fn into_weights(self) -> Vec<(String, Tensor<2>)> {
+        self.weights()
+    }
+
     /// Every linear layer with its module path (`model.layers.0.self_attn.q_proj`), in
     /// [`weight_specs`] order.
     pub fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {

@@ -29,9 +29,23 @@ impl Message {
     }
 }
 
-/// Mistral-Instruct v0.1's template: `<s>[INST] user [/INST]answer</s>`; a system message leads
-/// the first user turn.
-pub const MISTRAL: &str = "{{ bos_token }}{% for m in messages %}{% if m.role == 'user' %}[INST] {% if loop.index0 == 1 and messages[0].role == 'system' %}{{ messages[0].content }}\n\n{% endif %}{{ m.content }} [/INST]{% elif m.role == 'assistant' %}{{ m.content }}{{ eos_token }}{% elif m.role != 'system' %}{{ raise_exception('roles must be system, user or assistant') }}{% endif %}{% endfor %}";
+/// Mistral-Instruct v0.1's template: `<s>[INST] user [/INST]answer</s>`, user and assistant
+/// turns strictly alternating from a user turn (as Mistral's own template demands); one leading
+/// system message is written before the first user turn's text, separated by a blank line.
+pub const MISTRAL: &str = concat!(
+    "{{ bos_token }}",
+    "{% if messages and messages[0].role == 'system' %}",
+    "{% set system = messages[0].content %}{% set turns = messages[1:] %}",
+    "{% else %}{% set system = none %}{% set turns = messages %}{% endif %}",
+    "{% for m in turns %}",
+    "{% if m.role not in ['user', 'assistant'] %}",
+    "{{ raise_exception('after one optional leading system message, roles must be user or assistant (got ' ~ m.role ~ ')') }}",
+    "{% elif (m.role == 'user') != (loop.index0 % 2 == 0) %}",
+    "{{ raise_exception('conversation roles must alternate user/assistant/user/assistant/...') }}",
+    "{% elif m.role == 'user' %}[INST] {% if loop.first and system is not none %}{{ system }}\n\n{% endif %}{{ m.content }} [/INST]",
+    "{% else %}{{ m.content }}{{ eos_token }}{% endif %}",
+    "{% endfor %}"
+);
 
 /// ChatML: `<|im_start|>role\ncontent<|im_end|>\n`, no BOS.
 pub const CHATML: &str = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
@@ -194,20 +208,132 @@ fn common_chars(a: &str, b: &str) -> usize {
         .map_or(a.len().min(b.len()), |((i, _), _)| i)
 }
 
-/// The prompt of a conversation without one: the leading messages chosen and rejected share
-/// (TRL's `extract_prompt`), and what follows them in each.
+/// Prompt, chosen answer and rejected answer messages.
+pub type SplitConversation = (Vec<Message>, Vec<Message>, Vec<Message>);
+
+/// The prompt of a conversation without one, as TRL's `extract_prompt` splits it: the leading
+/// messages chosen and rejected share, and what follows them in each; where one conversation
+/// is the other's start, the shorter one's last message is answer, not prompt (TRL's index
+/// `min(len) - 1`).
+///
+/// Errors: an empty conversation, or answers that start with a turn other than `assistant`
+/// (the conversations differ first in a user or system message, which no template can render
+/// as a reply).
 pub fn implicit_prompt(
     chosen: &[Message],
     rejected: &[Message],
-) -> (Vec<Message>, Vec<Message>, Vec<Message>) {
+) -> Result<SplitConversation, String> {
+    let shortest = chosen.len().min(rejected.len());
+    if shortest == 0 {
+        return Err("chosen and rejected must each hold at least one message".into());
+    }
     let shared = chosen
         .iter()
         .zip(rejected)
         .take_while(|(a, b)| a == b)
-        .count();
-    (
+        .count()
+        .min(shortest - 1);
+    for (name, answer) in [("chosen", &chosen[shared]), ("rejected", &rejected[shared])] {
+        if answer.role != "assistant" {
+            return Err(format!(
+                "without a prompt column the prompt is the messages chosen and rejected share; after {shared} shared message(s) {name} goes on with a `{}` message, but an answer must start with an `assistant` message",
+                answer.role
+            ));
+        }
+    }
+    Ok((
         chosen[..shared].to_vec(),
         chosen[shared..].to_vec(),
         rejected[shared..].to_vec(),
-    )
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mistral() -> ChatTemplate {
+        let specials = serde_json::json!({"bos_token": "<s>", "eos_token": "</s>"});
+        ChatTemplate::compile(MISTRAL, &specials).unwrap()
+    }
+
+    fn talk(turns: &[(&str, &str)]) -> Vec<Message> {
+        turns.iter().map(|(r, c)| Message::new(r, c)).collect()
+    }
+
+    #[test]
+    fn the_mistral_template_takes_one_leading_system_message_and_alternating_turns() {
+        let rendered = mistral()
+            .render(
+                &talk(&[
+                    ("system", "Sei kurz."),
+                    ("user", "Hallo?"),
+                    ("assistant", "Tag."),
+                    ("user", "Und?"),
+                ]),
+                true,
+            )
+            .unwrap();
+        assert_eq!(
+            rendered,
+            "<s>[INST] Sei kurz.\n\nHallo? [/INST]Tag.</s>[INST] Und? [/INST]"
+        );
+        for bad in [
+            talk(&[("user", "a"), ("user", "b")]),
+            talk(&[("assistant", "a")]),
+        ] {
+            let error = mistral().render(&bad, true).unwrap_err();
+            assert!(error.contains("must alternate"), "{bad:?}: {error}");
+        }
+        for bad in [
+            talk(&[("user", "a"), ("system", "b")]),
+            talk(&[("system", "a"), ("system", "b"), ("user", "c")]),
+        ] {
+            let error = mistral().render(&bad, true).unwrap_err();
+            assert!(
+                error.contains("must be user or assistant (got system)"),
+                "{bad:?}: {error}"
+            );
+        }
+        let error = mistral()
+            .render(&talk(&[("user", "a"), ("tool", "b")]), false)
+            .unwrap_err();
+        assert!(error.contains("(got tool)"), "{error}");
+    }
+
+    #[test]
+    fn an_implicit_prompt_is_split_where_trl_splits_it() {
+        let chosen = talk(&[("user", "q"), ("assistant", "gut")]);
+        let rejected = talk(&[("user", "q"), ("assistant", "schlecht")]);
+        assert_eq!(
+            implicit_prompt(&chosen, &rejected).unwrap(),
+            (
+                talk(&[("user", "q")]),
+                talk(&[("assistant", "gut")]),
+                talk(&[("assistant", "schlecht")])
+            )
+        );
+        // Identical conversations: the last message is the answer (TRL's `min(len) - 1`).
+        assert_eq!(
+            implicit_prompt(&chosen, &chosen).unwrap().1,
+            talk(&[("assistant", "gut")])
+        );
+        // One conversation the start of the other: the shorter one's last message is its answer.
+        let longer = talk(&[
+            ("user", "q"),
+            ("assistant", "gut"),
+            ("user", "mehr?"),
+            ("assistant", "ja"),
+        ]);
+        let (prompt, a, b) = implicit_prompt(&chosen, &longer).unwrap();
+        assert_eq!((prompt.len(), a.len(), b.len()), (1, 1, 3));
+        let differ_at_user = talk(&[("user", "anders"), ("assistant", "gut")]);
+        let error = implicit_prompt(&chosen, &differ_at_user).unwrap_err();
+        assert!(error.contains("goes on with a `user` message"), "{error}");
+        assert!(
+            implicit_prompt(&[], &chosen)
+                .unwrap_err()
+                .contains("at least one message")
+        );
+    }
 }

@@ -104,36 +104,18 @@ impl Trainer {
             Objective::Sft => false,
         };
         let missing = train.iter().chain(&eval).any(|e| e.reference.is_none());
-        // The trained tensors stay in f32 (master weights); the model computes in its dtype.
-        let params = trainable(&model, config.lora.is_some())
-            .into_iter()
-            .map(|(name, value)| Param::new(name, value))
-            .collect();
-        let model = model.cast(config.compute_dtype);
         let reference_needed = needs_reference && missing;
-        let (base, reference) = match (trains_on_host(&config, &device), &config.lora) {
-            (true, Some(_)) => {
-                let base = HostLora {
-                    config: model.config.clone(),
-                    places: lora::adapter_places(&model),
-                    weights: lora::without_adapters(&model)
-                        .weights()
-                        .into_iter()
-                        .map(|(_, w)| to_f32(w))
-                        .collect(),
-                };
-                let reference = reference_needed.then_some(Reference::Base);
-                (Base::HostLora(Box::new(base)), reference)
-            }
-            (host, _) => {
+        let (base, params, reference) = match (trains_on_host(&config, &device), &config.lora) {
+            (true, lora) => host_base(model, lora.is_some(), reference_needed),
+            (false, lora) => {
+                // The trained tensors stay in f32 (master weights); the model computes in its
+                // dtype.
+                let params = params_of(trainable(&model, lora.is_some()));
+                let model = model.cast(config.compute_dtype);
                 let reference = reference_needed.then(|| {
                     Reference::Scorer(ReferenceScorer::new(lora::without_adapters(&model)))
                 });
-                let base = match host {
-                    true => Base::Host(Box::new(model.config.clone())),
-                    false => Base::Tensors(Box::new(model)),
-                };
-                (base, reference)
+                (Base::Tensors(Box::new(model)), params, reference)
             }
         };
         Ok(Trainer {
@@ -222,6 +204,51 @@ impl Trainer {
         }
         Ok(())
     }
+}
+
+/// Optimizer parameters (f32 values, zero moments) of named tensors, each tensor freed once
+/// copied.
+fn params_of(tensors: Vec<(String, Tensor<2>)>) -> Vec<Param> {
+    tensors
+        .into_iter()
+        .map(|(name, value)| Param::new(name, value))
+        .collect()
+}
+
+/// The base, trained parameters and reference source of a host run, made from `model` one
+/// tensor at a time so that its weights are never held twice: full fine-tuning turns every
+/// weight into a parameter and keeps only the config; LoRA turns the adapters into parameters
+/// and keeps the frozen base as f32 (which also scores the reference, adapters off).
+fn host_base(
+    model: Model,
+    lora: bool,
+    reference_needed: bool,
+) -> (Base, Vec<Param>, Option<Reference>) {
+    let config = model.config.clone();
+    if !lora {
+        let model = model.cast(DType::F32);
+        let reference =
+            reference_needed.then(|| Reference::Scorer(ReferenceScorer::new(model.clone())));
+        let params = params_of(model.into_weights());
+        return (Base::Host(Box::new(config)), params, reference);
+    }
+    let params = params_of(lora::adapter_tensors(&model));
+    let places = lora::adapter_places(&model);
+    let weights = lora::strip_adapters(model)
+        .into_weights()
+        .into_iter()
+        .map(|(_, w)| to_f32(w))
+        .collect();
+    let base = HostLora {
+        config,
+        weights,
+        places,
+    };
+    (
+        Base::HostLora(Box::new(base)),
+        params,
+        reference_needed.then_some(Reference::Base),
+    )
 }
 
 /// The tensors a run trains: every weight, or only the LoRA adapters.

@@ -15,7 +15,7 @@ use crate::hub::fetch::{materialize, remote_key};
 use crate::preference::{PairSink, PreferencePair, content_id};
 use flow_model::tokenize::chat::implicit_prompt;
 use flow_model::tokenize::{ChatTemplate, Message};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 /// Loads a preference dataset.
 pub struct DatasetLoad;
@@ -233,13 +233,17 @@ impl Node for DatasetLoad {
             for path in &sources {
                 rows.extend(read_rows(path, params.format)?);
             }
-            let mut pairs = rows
+            let located = rows
                 .into_iter()
-                .map(|(at, row)| {
-                    to_pair(row, &params.columns, template.as_ref())
-                        .map_err(|e| NodeError::new(format!("{at}: {e}")))
-                })
+                .map(
+                    |(at, row)| match to_pair(row, &params.columns, template.as_ref()) {
+                        Ok(pair) => Ok((at, pair)),
+                        Err(e) => Err(NodeError::new(format!("{at}: {e}"))),
+                    },
+                )
                 .collect::<Result<Vec<_>, _>>()?;
+            check_unique_ids(&located)?;
+            let mut pairs: Vec<PreferencePair> = located.into_iter().map(|(_, p)| p).collect();
             let rows_in = pairs.len();
             if params.shuffle {
                 flow_model::rng::shuffle(&mut pairs, params.seed);
@@ -270,6 +274,33 @@ impl Node for DatasetLoad {
 /// A source row: where it came from (`file:line`) and its columns.
 type SourceRow = (String, Map<String, Json>);
 
+/// Refuses two different pairs under one id (the reference log-probs and the splits are joined
+/// by id, so one of them would silently take the other's numbers). Identical rows may repeat.
+fn check_unique_ids(pairs: &[(String, PreferencePair)]) -> Result<(), NodeError> {
+    let mut seen: HashMap<&str, &(String, PreferencePair)> = HashMap::new();
+    for entry in pairs {
+        let (at, pair) = entry;
+        match seen.get(pair.id.as_str()) {
+            Some((first_at, first)) if !same_content(first, pair) => {
+                return Err(NodeError::new(format!(
+                    "{at}: id `{}` is also the id of a different pair at {first_at}; ids must be unique (without an `id` column each pair gets its content hash)",
+                    pair.id
+                )));
+            }
+            Some(_) => {}
+            None => {
+                seen.insert(&pair.id, entry);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether two pairs say the same (prompt, answers, system).
+fn same_content(a: &PreferencePair, b: &PreferencePair) -> bool {
+    (&a.prompt, &a.chosen, &a.rejected, &a.system) == (&b.prompt, &b.chosen, &b.rejected, &b.system)
+}
+
 /// Every row of a source file as a JSON object, with where it came from (`file:line`).
 fn read_rows(path: &Path, format: Format) -> Result<Vec<SourceRow>, NodeError> {
     let fail = |e: &dyn std::fmt::Display| NodeError::new(format!("{}: {e}", path.display()));
@@ -287,10 +318,14 @@ fn read_rows(path: &Path, format: Format) -> Result<Vec<SourceRow>, NodeError> {
         },
         f => f,
     };
-    let file =
+    let mut file =
         without_bom(std::fs::File::open(path).map_err(|e| fail(&e))?).map_err(|e| fail(&e))?;
     let rows = match format {
         Format::Jsonl => jsonl_rows(path, file)?,
+        Format::Json if opens_with(&mut file, b'{').map_err(|e| fail(&e))? => {
+            // JSON Lines saved as `.json` (as `datasets`' `to_json` writes by default).
+            jsonl_rows(path, file)?
+        }
         Format::Json => {
             let all: Vec<Json> = serde_json::from_reader(file)
                 .map_err(|e| fail(&format!("not a JSON array of objects: {e}")))?;
@@ -322,6 +357,12 @@ fn without_bom(file: std::fs::File) -> std::io::Result<BufReader<std::fs::File>>
     Ok(reader)
 }
 
+/// Whether the text's first non-blank byte is `byte` (looking no further than the buffer).
+fn opens_with(reader: &mut BufReader<std::fs::File>, byte: u8) -> std::io::Result<bool> {
+    let buffer = reader.fill_buf()?;
+    Ok(buffer.iter().find(|b| !b.is_ascii_whitespace()) == Some(&byte))
+}
+
 fn jsonl_rows(path: &Path, file: BufReader<std::fs::File>) -> Result<Vec<SourceRow>, NodeError> {
     let mut rows = Vec::new();
     for (n, line) in file.lines().enumerate() {
@@ -345,6 +386,14 @@ fn csv_rows(path: &Path, file: BufReader<std::fs::File>) -> Result<Vec<SourceRow
         .headers()
         .map_err(|e| NodeError::new(format!("{}: {e}", path.display())))?
         .clone();
+    for (i, name) in headers.iter().enumerate() {
+        if headers.iter().take(i).any(|earlier| earlier == name) {
+            return Err(NodeError::new(format!(
+                "{}:1: column `{name}` appears twice in the header",
+                path.display()
+            )));
+        }
+    }
     let mut rows = Vec::new();
     for record in reader.records() {
         let record = record.map_err(|e| {
@@ -400,8 +449,10 @@ fn to_pair(
         ),
     };
     if row.get(chosen).is_some_and(Json::is_array) {
+        require(&row, &[chosen, rejected])?;
         return conversational_pair(row, [prompt, chosen, rejected], system, template);
     }
+    require(&row, &[prompt, chosen, rejected])?;
     let prompt = take_text(&mut row, prompt)?;
     let chosen = take_text(&mut row, chosen)?;
     let rejected = take_text(&mut row, rejected)?;
@@ -409,7 +460,7 @@ fn to_pair(
         Some(column) => take_optional_text(&mut row, column)?,
         None => None,
     };
-    Ok(finish_pair(row, prompt, chosen, rejected, system))
+    finish_pair(row, prompt, chosen, rejected, system)
 }
 
 /// A row whose answers are message lists, rendered with the chat template as TRL does. The
@@ -440,11 +491,11 @@ fn conversational_pair(
     };
     let chosen_messages = match row.remove(chosen) {
         Some(value) => messages(value, chosen)?,
-        None => return Err(format!("missing column `{chosen}`")),
+        None => return Err(missing_columns(&row, &[chosen])),
     };
     let rejected_messages = match row.remove(rejected) {
         Some(value) => messages(value, rejected)?,
-        None => return Err(format!("missing column `{rejected}`")),
+        None => return Err(missing_columns(&row, &[rejected])),
     };
     let (prompt_messages, chosen_messages, rejected_messages) = match row.remove(prompt) {
         Some(value) => (
@@ -455,17 +506,18 @@ fn conversational_pair(
         None => implicit_prompt(
             &[system.clone(), chosen_messages].concat(),
             &[system, rejected_messages].concat(),
-        ),
+        )?,
     };
     let (prompt, chosen, rejected) =
         template.render_pair(&prompt_messages, &chosen_messages, &rejected_messages)?;
-    let mut pair = finish_pair(row, prompt, chosen, rejected, None);
+    let mut pair = finish_pair(row, prompt, chosen, rejected, None)?;
     pair.templated = true;
     Ok(pair)
 }
 
 /// LLaMA-Factory's ranking rows: `instruction`, optional `input`, `output: [chosen, rejected]`.
 fn ranking_pair(mut row: Map<String, Json>) -> Result<PreferencePair, String> {
+    require(&row, &["instruction", "output"])?;
     let instruction = take_text(&mut row, "instruction")?;
     let input = take_optional_text(&mut row, "input")?.unwrap_or_default();
     let prompt = if input.is_empty() {
@@ -479,20 +531,39 @@ fn ranking_pair(mut row: Map<String, Json>) -> Result<PreferencePair, String> {
     let [chosen, rejected]: [String; 2] = serde_json::from_value(output)
         .map_err(|_| "column `output` must be a list of two strings: [chosen, rejected]")?;
     let system = take_optional_text(&mut row, "system")?;
-    Ok(finish_pair(row, prompt, chosen, rejected, system))
+    finish_pair(row, prompt, chosen, rejected, system)
+}
+
+/// Errors naming every column of `columns` the row lacks, and the columns it has.
+fn require(row: &Map<String, Json>, columns: &[&str]) -> Result<(), String> {
+    let missing: Vec<&str> = columns
+        .iter()
+        .copied()
+        .filter(|c| !row.contains_key(*c))
+        .collect();
+    match missing.is_empty() {
+        true => Ok(()),
+        false => Err(missing_columns(row, &missing)),
+    }
+}
+
+/// "missing column `a` (the row has: b, c)".
+fn missing_columns(row: &Map<String, Json>, missing: &[&str]) -> String {
+    let quoted: Vec<String> = missing.iter().map(|c| format!("`{c}`")).collect();
+    let names: Vec<&str> = row.keys().map(String::as_str).collect();
+    format!(
+        "missing column{} {} (the row has: {})",
+        if missing.len() == 1 { "" } else { "s" },
+        quoted.join(", "),
+        names.join(", ")
+    )
 }
 
 fn take_text(row: &mut Map<String, Json>, column: &str) -> Result<String, String> {
     match row.remove(column) {
         Some(Json::String(s)) => Ok(s),
         Some(other) => Err(format!("column `{column}` must be a string, found {other}")),
-        None => {
-            let names: Vec<&str> = row.keys().map(String::as_str).collect();
-            Err(format!(
-                "missing column `{column}` (the row has: {})",
-                names.join(", ")
-            ))
-        }
+        None => Err(missing_columns(row, &[column])),
     }
 }
 
@@ -511,13 +582,18 @@ fn finish_pair(
     chosen: String,
     rejected: String,
     system: Option<String>,
-) -> PreferencePair {
+) -> Result<PreferencePair, String> {
     let id = match extra.remove("id") {
-        Some(Json::String(s)) if !s.is_empty() => s,
+        None | Some(Json::Null) => content_id(&prompt, &chosen, &rejected),
+        Some(Json::String(s)) if !s.trim().is_empty() => s,
         Some(Json::Number(n)) => n.to_string(),
-        _ => content_id(&prompt, &chosen, &rejected),
+        Some(other) => {
+            return Err(format!(
+                "column `id` must be a non-empty string or a number, found {other}"
+            ));
+        }
     };
-    PreferencePair {
+    Ok(PreferencePair {
         id,
         prompt,
         chosen,
@@ -525,5 +601,5 @@ fn finish_pair(
         system,
         templated: false,
         extra,
-    }
+    })
 }

@@ -211,17 +211,27 @@ fn evaluate(
         .iter()
         .flat_map(|(_, pair)| pair.sequences())
         .collect();
-    let tasks = load_tasks(&params.tasks, &tokenizer)?;
+    let context = reference.config.max_position_embeddings;
+    let tasks = load_tasks(&params.tasks, &tokenizer, context)?;
+    let pair_origin = |i: usize| {
+        let side = if i.is_multiple_of(2) {
+            "chosen"
+        } else {
+            "rejected"
+        };
+        format!("pair `{}` ({side})", tokenized.kept[i / 2].0)
+    };
 
     let policy = load_policy(&params.model, &reference, device)?;
     let mut pair_scores = Vec::new();
     let mut per_model = Vec::new();
     for model in [policy, reference] {
         let scorer = Scorer::new(model);
-        let seq_scores = score_all(&scorer, &sequences, params.batch_size, device, token)?;
+        let seq_scores = score_all(&scorer, (&sequences, &pair_origin), params, device, token)?;
         let mut scores = model_scores(&seq_scores);
         for task in &tasks {
-            let results = score_all(&scorer, &task.sequences, params.batch_size, device, token)?;
+            let origin = |i: usize| task.origins[i].clone();
+            let results = score_all(&scorer, (&task.sequences, &origin), params, device, token)?;
             scores.tasks.insert(task.name.clone(), task.grade(&results));
         }
         let mut answers = Vec::new();
@@ -297,21 +307,37 @@ fn load_policy(dir: &Path, reference: &Model, device: &Device) -> Result<Model, 
     }
 }
 
+/// Each sequence's completion log-prob sum and completion length, in batches of
+/// `params.batch_size`; `origin(i)` names sequence `i` in errors (a failed batch, a
+/// non-finite score).
 fn score_all(
     scorer: &Scorer,
-    sequences: &[Sequence],
-    batch_size: usize,
+    (sequences, origin): (&[Sequence], &dyn Fn(usize) -> String),
+    params: &EvaluateParams,
     device: &Device,
     token: &CancellationToken,
 ) -> Result<SeqScores, NodeError> {
     let mut scores = Vec::with_capacity(sequences.len());
-    for batch in sequences.chunks(batch_size) {
+    for batch in sequences.chunks(params.batch_size) {
         check_cancelled(token)?;
-        let sums = scorer.score(batch, device).map_err(model_error)?.sums;
-        scores.extend(
-            sums.into_iter()
-                .zip(batch.iter().map(Sequence::completion_len)),
-        );
+        let first = scores.len();
+        let sums = scorer.score(batch, device).map_err(|e| {
+            let last = first + batch.len() - 1;
+            NodeError::new(format!(
+                "scoring {} to {}: {e}",
+                origin(first),
+                origin(last)
+            ))
+        })?;
+        for (i, (sum, sequence)) in sums.sums.into_iter().zip(batch).enumerate() {
+            if !sum.is_finite() {
+                return Err(NodeError::new(format!(
+                    "{}: the model gives a non-finite log-prob ({sum}); its weights or config hold NaN or infinite values",
+                    origin(first + i)
+                )));
+            }
+            scores.push((sum, sequence.completion_len()));
+        }
     }
     Ok(scores)
 }

@@ -20,6 +20,8 @@ pub(super) struct Task {
     pub(super) bytes: Vec<usize>,
     /// One sequence per choice, questions one after another.
     pub(super) sequences: Vec<Sequence>,
+    /// Where each sequence comes from (`file:line choice k`), for errors.
+    pub(super) origins: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -29,15 +31,27 @@ struct Question {
     answer: usize,
 }
 
-/// Reads every task file.
+/// Reads every task file for a model whose context holds `context` tokens.
+///
+/// Errors (`file:line`): a row that is not `{question, choices, answer}`, fewer than two
+/// choices, `answer` out of range, a choice that adds no token after the question, or a
+/// question and choice longer than the context.
 pub(super) fn load_tasks(
     paths: &[PathBuf],
     tokenizer: &PreferenceTokenizer,
+    context: usize,
 ) -> Result<Vec<Task>, NodeError> {
-    paths.iter().map(|p| load_task(p, tokenizer)).collect()
+    paths
+        .iter()
+        .map(|p| load_task(p, tokenizer, context))
+        .collect()
 }
 
-fn load_task(path: &Path, tokenizer: &PreferenceTokenizer) -> Result<Task, NodeError> {
+fn load_task(
+    path: &Path,
+    tokenizer: &PreferenceTokenizer,
+    context_size: usize,
+) -> Result<Task, NodeError> {
     let at = |line: usize, msg: &dyn std::fmt::Display| {
         NodeError::new(format!("{}:{line}: {msg}", path.display()))
     };
@@ -49,6 +63,7 @@ fn load_task(path: &Path, tokenizer: &PreferenceTokenizer) -> Result<Task, NodeE
         questions: Vec::new(),
         bytes: Vec::new(),
         sequences: Vec::new(),
+        origins: Vec::new(),
     };
     for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
         let line = line.map_err(|e| at(n + 1, &e))?;
@@ -68,11 +83,34 @@ fn load_task(path: &Path, tokenizer: &PreferenceTokenizer) -> Result<Task, NodeE
             ));
         }
         let context = tokenizer.encode(&q.question);
-        for choice in &q.choices {
+        for (k, choice) in q.choices.iter().enumerate() {
             let continuation = format!(" {choice}");
             let full = tokenizer.encode(&format!("{}{continuation}", q.question));
-            let start =
-                common_prefix(&context, &full).clamp(1, full.len().saturating_sub(1).max(1));
+            let shared = common_prefix(&context, &full);
+            if shared >= full.len() {
+                return Err(at(
+                    n + 1,
+                    &format!(
+                        "choice {} ({choice:?}) adds no token after the question",
+                        k + 1
+                    ),
+                ));
+            }
+            if full.len() > context_size {
+                return Err(at(
+                    n + 1,
+                    &format!(
+                        "the question and choice {} are {} tokens; the model's context is {context_size} (max_position_embeddings)",
+                        k + 1,
+                        full.len()
+                    ),
+                ));
+            }
+            // A choice's first token is scored after at least one token (lm-evaluation-harness
+            // scores an empty question's first token after its end-of-text token).
+            let start = shared.max(1);
+            task.origins
+                .push(format!("{}:{} choice {}", path.display(), n + 1, k + 1));
             task.bytes.push(continuation.len());
             task.sequences.push(Sequence {
                 ids: full,

@@ -82,6 +82,19 @@ fn the_embedded_default_learns_reports_pushes_to_a_dir_and_caches() {
         card.contains("library_name: peft") && card.contains("rewards/accuracies"),
         "{card}"
     );
+    // Each benchmark number with its task, format, shots and metric definition; the
+    // per-question log-likelihoods stay in eval.json.
+    assert!(
+        card.contains("| mc-de | plain | 0 | acc (share of questions whose highest-log-likelihood choice is the answer) |")
+            && !card.contains("per_question"),
+        "{card}"
+    );
+    assert_eq!(
+        eval["policy"]["tasks"]["mc-de"]["per_question"]
+            .as_array()
+            .map(Vec::len),
+        Some(30)
+    );
 
     let again = flow_at_root(&p, &["plan", wf, "--json"]).expect_code(0);
     assert!(

@@ -175,7 +175,8 @@ fn preference_metrics_equal_hand_computed_values_from_the_golden_log_probs() {
                     )
                     .unwrap()
                     .sums[0];
-                (ll, ll / (c.len() + 1) as f64)
+                // lm-evaluation-harness's acc_norm: per character of the choice alone.
+                (ll, ll / c.chars().count() as f64)
             })
             .collect();
         let best = |key: fn(&(f64, f64)) -> f64| {
@@ -242,23 +243,31 @@ fn bad_task_files_and_params_fail_with_their_location() {
         }
         p.flow(&args.iter().map(String::as_str).collect::<Vec<_>>())
     };
-    let long_question = "Frage ".repeat(600);
+    let long_choice = "Frage ".repeat(600);
     for (row, message) in [
         (
             r#"{"question": "q", "choices": ["a"], "answer": 0}"#.to_string(),
-            "bad.jsonl:2: needs at least two choices".to_string(),
+            "bad.jsonl:2: needs at least two choices, found 1".to_string(),
         ),
         (
             r#"{"question": "q", "choices": ["a", "b"], "answer": 2}"#.into(),
-            "bad.jsonl:2: needs at least two choices and `answer` < their number".into(),
+            "bad.jsonl:2: field `answer` must be an index below 2, found 2".into(),
         ),
         (
-            r#"{"question": "q", "choices": "a b"}"#.into(),
-            "bad.jsonl:2: expected {question, choices, answer}".into(),
+            r#"{"question": "q", "choices": ["a", "b"], "answer": "c"}"#.into(),
+            "bad.jsonl:2: field `answer` (\"c\") is not one of the choices".into(),
         ),
         (
-            format!(r#"{{"question": "{long_question}", "choices": ["a", "b"], "answer": 0}}"#),
-            "bad.jsonl:2: the question and choice 1 are".into(),
+            r#"{"question": "q", "choices": "a b", "answer": 0}"#.into(),
+            "bad.jsonl:2: field `choices` must be a list of strings".into(),
+        ),
+        (
+            r#"{"choices": ["a", "b"], "answer": 0}"#.into(),
+            "bad.jsonl:2: missing field `question` (the row has: answer, choices) (or give the task a `prompt`)".into(),
+        ),
+        (
+            format!(r#"{{"question": "q", "choices": ["a", "{long_choice}"], "answer": 0}}"#),
+            "bad.jsonl:2: choice 2 (\"Frage Frage".into(),
         ),
     ] {
         let good = r#"{"question": "Ja?", "choices": ["ja", "nein"], "answer": 0}"#;

@@ -171,14 +171,23 @@ impl PreferenceTokenizer {
     /// BOS at the start (a text that starts with the BOS token keeps one).
     pub fn encode(&self, text: &str) -> Vec<u32> {
         let mut ids = self.encode_with(text, true);
-        let bos = self
-            .bos_token
-            .as_deref()
-            .and_then(|t| self.inner.token_to_id(t));
+        let bos = self.bos_id();
         if bos.is_some() && ids.len() >= 2 && ids[0] == ids[1] && Some(ids[0]) == bos {
             ids.remove(0);
         }
         ids
+    }
+
+    /// Token ids of `text` without special tokens (`add_special_tokens=False`).
+    pub fn encode_plain(&self, text: &str) -> Vec<u32> {
+        self.encode_with(text, false)
+    }
+
+    /// The id of the beginning-of-sequence token, if the tokenizer has one.
+    pub fn bos_id(&self) -> Option<u32> {
+        self.bos_token
+            .as_deref()
+            .and_then(|t| self.inner.token_to_id(t))
     }
 
     /// Token ids of `text`, adding the tokenizer's special tokens or not.

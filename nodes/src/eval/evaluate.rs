@@ -13,14 +13,15 @@
 //! | `logps/chosen`, `logps/rejected` (per model) | mean per-token log-prob of the completions |
 //! | `perplexity` (per model) | `exp(−Σ log p / Σ tokens)` over all chosen completions |
 //!
-//! Multiple-choice tasks are scored as lm-evaluation-harness does: the log-likelihood of
-//! `" " + choice` after the question; `acc` takes the most likely choice, `acc_norm` the most
-//! likely per byte of the choice.
+//! Multiple-choice tasks are scored as lm-evaluation-harness 0.4 does ([`super::tasks`]): the
+//! log-likelihood of `target_delimiter + choice` after the few-shot context; `acc` takes the
+//! most likely choice, `acc_norm` the most likely per character of the choice, `acc_bytes` per
+//! byte; TruthfulQA's `mc1` and `mc2`.
 
 use super::judge::{self, JudgeParams};
 use super::report;
 use super::results::{Answers, EvalReport, ModelScores, PreferenceScores, Sample};
-use super::tasks::load_tasks;
+use super::tasks::{TaskParam, load_tasks, metrics};
 use crate::compute::{DeviceSpec, check_cancelled, model_error, run_blocking};
 use crate::preference::read_pairs;
 use crate::tokenization::{LengthParams, TruncationMode, tokenize_pairs};
@@ -59,9 +60,9 @@ pub struct EvaluateParams {
     /// β of the implicit rewards (use the training β).
     #[serde(default = "default_beta")]
     pub beta: f64,
-    /// Multiple-choice task files (JSONL: `question`, `choices`, `answer` index).
+    /// Multiple-choice tasks as lm-evaluation-harness 0.4 runs them: a JSONL path (`{question, choices, answer}` rows, zero-shot) or a spec `{path, name?, preset?, num_fewshot?, fewshot_seed?, fewshot_path?, fewshot_sampler?, prompt?, description?, target_delimiter?, fewshot_delimiter?, metrics?}` (presets for the harness's German task formats: `arc_de`, `hellaswag_de`, `m_mmlu_de`, `truthfulqa_de_mc1`, `truthfulqa_de_mc2`, `belebele_deu_Latn`).
     #[serde(default)]
-    pub tasks: Vec<PathBuf>,
+    pub tasks: Vec<TaskParam>,
     /// `metrics` output of the training node, for the report's training curves.
     #[serde(default)]
     pub metrics: Option<PathBuf>,
@@ -119,7 +120,7 @@ impl Node for Evaluate {
     type Params = EvaluateParams;
     const TYPE: &'static str = "evaluate";
     const VERSION: &'static str = "1";
-    const DESCRIPTION: &'static str = "Evaluates a policy (model or PEFT adapter) against its reference: TRL's implicit-reward accuracy and margins on held-out pairs, each model's win rate as a preference classifier, mean completion log-probs and perplexity of chosen completions, and lm-evaluation-harness-style multiple-choice tasks (acc, acc_norm) from local JSONL files. Writes eval.json and a self-contained report.html / report.md with SVG plots (eval bars policy vs reference, reward-margin histogram, training curves).";
+    const DESCRIPTION: &'static str = "Evaluates a policy (model or PEFT adapter) against its reference: TRL's implicit-reward accuracy and margins on held-out pairs, each model's win rate as a preference classifier, mean completion log-probs and perplexity of chosen completions, and multiple-choice tasks computed as lm-evaluation-harness 0.4 computes them (few-shot contexts, acc, acc_norm, acc_bytes, TruthfulQA mc1/mc2; the formats of its German tasks) from local JSONL files, keeping every question's per-choice log-likelihoods. Writes eval.json and a self-contained report.html / report.md with SVG plots (eval bars policy vs reference, reward-margin histogram, training curves).";
     const OUTPUTS: &'static [OutputSpec] = &[OutputSpec {
         name: "report",
         description: "eval.json, report.html, report.md and the SVG plots",
@@ -139,6 +140,17 @@ impl Node for Evaluate {
         if !(params.top_p > 0.0 && params.top_p <= 1.0) {
             return Err(ParamError::at("top_p", "must be in (0, 1]"));
         }
+        let mut names = std::collections::BTreeSet::new();
+        for (i, task) in params.tasks.iter().enumerate() {
+            let name = task.spec().name();
+            if !names.insert(name.clone()) {
+                use flow_engine::diagnostic::PathStep;
+                return Err(ParamError {
+                    path: vec![PathStep::Key("tasks".into()), PathStep::Index(i)],
+                    message: format!("a second task named `{name}`; give one a `name`"),
+                });
+            }
+        }
         if params.judge.is_some() && params.prompts.is_empty() {
             return Err(ParamError::at("judge", "needs `prompts` to judge"));
         }
@@ -146,7 +158,7 @@ impl Node for Evaluate {
     }
 
     fn external_files(params: &EvaluateParams) -> Vec<PathBuf> {
-        params.tasks.clone()
+        params.tasks.iter().flat_map(TaskParam::files).collect()
     }
 
     async fn run(&self, ctx: NodeContext, params: EvaluateParams) -> Result<(), NodeError> {
@@ -232,7 +244,15 @@ fn evaluate(
         for task in &tasks {
             let origin = |i: usize| task.origins[i].clone();
             let results = score_all(&scorer, (&task.sequences, &origin), params, device, token)?;
-            scores.tasks.insert(task.name.clone(), task.grade(&results));
+            let preset = metrics::preset_name(task.spec.preset);
+            let graded = metrics::grade(
+                &task.docs,
+                &task.spec.metrics(),
+                task.spec.num_fewshot,
+                preset,
+                &results,
+            );
+            scores.tasks.insert(task.name.clone(), graded);
         }
         let mut answers = Vec::new();
         for prompt in &params.prompts {

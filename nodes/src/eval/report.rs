@@ -57,18 +57,11 @@ fn bars(report: &EvalReport) -> Vec<(String, f64, f64)> {
         ),
     ];
     for (task, policy) in &report.policy.tasks {
-        let reference = report
-            .reference
-            .tasks
-            .get(task)
-            .cloned()
-            .unwrap_or_default();
-        bars.push((format!("{task} acc"), policy.acc, reference.acc));
-        bars.push((
-            format!("{task} acc_norm"),
-            policy.acc_norm,
-            reference.acc_norm,
-        ));
+        let reference = report.reference.tasks.get(task);
+        for (metric, &value) in &policy.metrics {
+            let baseline = reference.and_then(|r| r.get(metric)).unwrap_or(f64::NAN);
+            bars.push((format!("{task} {metric}"), value, baseline));
+        }
     }
     bars
 }
@@ -125,19 +118,16 @@ fn tables(report: &EvalReport) -> String {
         rf.perplexity,
     );
     for (task, scores) in &pol.tasks {
-        let reference = rf.tasks.get(task).cloned().unwrap_or_default();
-        row(
-            &mut out,
-            &format!("{task}: acc ({} questions)", scores.questions),
-            scores.acc,
-            reference.acc,
-        );
-        row(
-            &mut out,
-            &format!("{task}: acc_norm"),
-            scores.acc_norm,
-            reference.acc_norm,
-        );
+        let reference = rf.tasks.get(task);
+        for (metric, &value) in &scores.metrics {
+            let definition = scores.definitions.get(metric).map_or("", String::as_str);
+            row(
+                &mut out,
+                &format!("{task} ({}): {metric} — {definition}", scores.setting()),
+                value,
+                reference.and_then(|r| r.get(metric)).unwrap_or(f64::NAN),
+            );
+        }
     }
     if let Some(judge) = &report.judge {
         let _ = writeln!(

@@ -4,6 +4,7 @@
 use serde::Serialize;
 use std::collections::BTreeMap;
 
+pub use super::tasks::metrics::TaskScores;
 use crate::tokenization::Dropped;
 
 /// What one model scored.
@@ -21,17 +22,6 @@ pub struct ModelScores {
     pub perplexity: f64,
     /// Multiple-choice results by task name.
     pub tasks: BTreeMap<String, TaskScores>,
-}
-
-/// Multiple-choice results of one task.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct TaskScores {
-    /// Questions.
-    pub questions: usize,
-    /// Share answered right by raw log-likelihood.
-    pub acc: f64,
-    /// Share answered right by log-likelihood per byte.
-    pub acc_norm: f64,
 }
 
 /// Implicit-reward metrics (TRL's names in `eval.json`).

@@ -219,13 +219,61 @@ fn metrics_section(out: &mut String, info: &CardInfo) {
     if let Some(eval) = eval {
         metric_table(out, "Last evaluation during training:", &eval);
     }
-    if let Some(report) = report {
+    if let Some(mut report) = report {
+        benchmark_table(out, &report);
+        // Every question's log-likelihoods stay in eval.json; the card shows the summary.
+        for model in ["policy", "reference"] {
+            if let Some(tasks) = report[model]["tasks"].as_object_mut() {
+                for task in tasks.values_mut() {
+                    if let Some(task) = task.as_object_mut() {
+                        task.remove("per_question");
+                    }
+                }
+            }
+        }
         let _ = writeln!(
             out,
-            "Evaluation report (`eval.json`):\n\n```json\n{}\n```\n",
+            "Evaluation report (`eval.json`, per-question log-likelihoods left out):\n\n```json\n{}\n```\n",
             serde_json::to_string_pretty(&report).unwrap_or_default()
         );
     }
+}
+
+/// The multiple-choice results of `eval.json` as a table: each number with its task, preset,
+/// shots and the metric's definition.
+fn benchmark_table(out: &mut String, report: &Json) {
+    let Some(tasks) = report["policy"]["tasks"]
+        .as_object()
+        .filter(|t| !t.is_empty())
+    else {
+        return;
+    };
+    let _ = writeln!(
+        out,
+        "Benchmarks (computed as lm-evaluation-harness 0.4 computes them):\n\n| task | format | shots | metric | policy | reference |\n|---|---|---|---|---|---|"
+    );
+    for (name, task) in tasks {
+        let Some(definitions) = task["definitions"].as_object() else {
+            continue;
+        };
+        for (metric, definition) in definitions {
+            let value = |model: &str| {
+                report[model]["tasks"][name][metric]
+                    .as_f64()
+                    .map_or("–".into(), |v| format!("{v:.4}"))
+            };
+            let _ = writeln!(
+                out,
+                "| {name} | {} | {} | {metric} ({}) | {} | {} |",
+                task["preset"].as_str().unwrap_or(""),
+                task["num_fewshot"],
+                definition.as_str().unwrap_or(""),
+                value("policy"),
+                value("reference")
+            );
+        }
+    }
+    out.push('\n');
 }
 
 fn workflow_section(out: &mut String, info: &CardInfo) {

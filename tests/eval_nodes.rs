@@ -368,3 +368,164 @@ fn samples_are_generated_side_by_side_and_an_llm_judge_compares_them() {
         "{md}"
     );
 }
+
+/// MT-Bench on loopback: both models answer two-turn questions through the Mistral template,
+/// the judge rates each turn (`[[1 + chars % 10]]` of the rated answer), a 500 and replies
+/// without a rating are retried, a reply that never rates is counted and left out, and the
+/// means are FastChat's.
+#[test]
+fn mt_bench_answers_are_rated_per_turn_and_averaged_as_fastchat_does() {
+    let server = llm_server::LlmServer::start("sk-judge");
+    {
+        let mut state = server.state();
+        state.faults.push_back(llm_server::Fault::ServerError);
+        state.unrated = 2;
+        state.unrated_containing = Some("Nenne eine Zahl.".into());
+    }
+    let p = Project::new();
+    let data = golden_dataset(&p, 1);
+    let questions = p.write(
+        "question.jsonl",
+        concat!(
+            r#"{"question_id": 81, "category": "writing", "turns": ["Schreibe einen Satz über Berlin.", "Jetzt kürzer."]}"#, "\n",
+            r#"{"question_id": 111, "category": "math", "turns": ["Was ist 2+2?", "Und 3+3?"]}"#, "\n",
+            r#"{"question_id": 101, "category": "reasoning", "turns": ["Wer ist älter, Anna (20) oder Ben (30)?", "Und in zehn Jahren?"], "reference": ["Ben.", "Immer noch Ben."]}"#, "\n",
+            r#"{"question_id": 131, "category": "extraction", "turns": ["Nenne eine Zahl."]}"#, "\n",
+        ),
+    );
+    let references = p.write(
+        "gpt-4.jsonl",
+        r#"{"question_id": 111, "model_id": "gpt-4", "choices": [{"index": 0, "turns": ["4", "6"]}]}"#,
+    );
+    let base = fixtures().join("mistral-tiny/base");
+    let policy = fixtures().join("mistral-tiny/policy");
+    let mt_bench = format!(
+        "mt_bench={{questions: {}, reference_answers: {}, max_new_tokens: 8, chat_template: mistral, judge: {{base_url: \"{}/v1\", model: judge-model, api_key: sk-judge, max_retries: 3}}}}",
+        questions.display(),
+        references.display(),
+        server.url
+    );
+    p.flow(&[
+        "exec",
+        "evaluate",
+        "--with",
+        &format!("model={}", policy.display()),
+        "--with",
+        &format!("reference={}", base.display()),
+        "--with",
+        &format!("dataset={}", data.display()),
+        "--with",
+        &mt_bench,
+        "--out",
+        "eval",
+    ])
+    .expect_code(0);
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(p.path().join("eval/report/eval.json")).unwrap())
+            .unwrap();
+    let mt = &report["mt_bench"];
+    assert_eq!(
+        (mt["questions"].as_u64(), mt["judge"].as_str()),
+        (Some(4), Some("judge-model"))
+    );
+    let answers = mt["answers"].as_array().unwrap();
+    for model in ["policy", "reference"] {
+        let scores = &mt[model];
+        let judgments = scores["judgments"].as_array().unwrap();
+        assert_eq!(
+            judgments.len(),
+            7,
+            "two turns each, one for the one-turn question"
+        );
+        let (mut all, mut first, mut second) = (Vec::new(), Vec::new(), Vec::new());
+        let mut by_category: std::collections::BTreeMap<String, Vec<f64>> = Default::default();
+        for judgment in judgments {
+            let id = &judgment["question_id"];
+            let turn = judgment["turn"].as_u64().unwrap() as usize;
+            let answer = answers.iter().find(|a| &a["question_id"] == id).unwrap()[model][turn - 1]
+                .as_str()
+                .unwrap();
+            if id == 131 {
+                assert!(judgment["score"].is_null(), "never rated: {judgment}");
+                assert_eq!(judgment["attempts"], 4, "asked again max_retries times");
+                continue;
+            }
+            let expected = llm_server::expected_rating(answer);
+            assert_eq!(judgment["score"].as_f64(), Some(expected), "{judgment}");
+            let prompt = judgment["prompt"].as_str().unwrap();
+            let math = id == 111 || id == 101;
+            assert_eq!(
+                prompt,
+                match (math, turn) {
+                    (false, 1) => "single-v1",
+                    (false, _) => "single-v1-multi-turn",
+                    (true, 1) => "single-math-v1",
+                    (true, _) => "single-math-v1-multi-turn",
+                }
+            );
+            all.push(expected);
+            [&mut first, &mut second][turn - 1].push(expected);
+            by_category
+                .entry(judgment["category"].as_str().unwrap().to_string())
+                .or_default()
+                .push(expected);
+        }
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+        close(&scores["average"], mean(&all), "average");
+        close(&scores["first_turn"], mean(&first), "first turn");
+        close(&scores["second_turn"], mean(&second), "second turn");
+        for (category, values) in &by_category {
+            close(&scores["categories"][category], mean(values), category);
+        }
+        assert!(
+            scores["categories"].get("extraction").is_none(),
+            "no valid rating"
+        );
+        assert_eq!(scores["invalid"], 1);
+    }
+    let state = server.state();
+    assert!(
+        state.ratings_asked >= 14 + 2 + 6,
+        "{} requests",
+        state.ratings_asked
+    );
+    drop(state);
+    let markdown = std::fs::read_to_string(p.path().join("eval/report/report.md")).unwrap();
+    assert!(
+        markdown.contains("## MT-Bench") && markdown.contains("| first turn |"),
+        "{markdown}"
+    );
+}
+
+#[test]
+fn mt_bench_inputs_fail_with_their_location() {
+    let p = Project::new();
+    let data = golden_dataset(&p, 1);
+    let base = fixtures().join("mistral-tiny/base");
+    for (questions, message) in [
+        (
+            r#"{"question_id": 111, "category": "math", "turns": ["2+2?", "3+3?"]}"#,
+            "question.jsonl:1: question 111 (math) is judged against a reference answer per turn",
+        ),
+        (
+            r#"{"question_id": 1, "category": "writing", "turns": []}"#,
+            "question.jsonl:1: `turns` holds 0 turns",
+        ),
+        (
+            r#"{"question_id": 1, "turns": ["a"]}"#,
+            "question.jsonl:1: expected {question_id, category, turns, reference?}",
+        ),
+    ] {
+        let file = p.write("question.jsonl", &format!("{questions}\n"));
+        let run = p.flow(&[
+            "exec", "evaluate",
+            "--with", &format!("model={}", base.display()),
+            "--with", &format!("reference={}", base.display()),
+            "--with", &format!("dataset={}", data.display()),
+            "--with", &format!("mt_bench={{questions: {}, chat_template: mistral, judge: {{base_url: \"http://127.0.0.1:9/v1\", model: j}}}}", file.display()),
+            "--out", "eval",
+        ]);
+        assert_eq!(run.code, 1, "{}", run.stderr);
+        assert!(run.stderr.contains(message), "{message}: {}", run.stderr);
+    }
+}

@@ -1,7 +1,9 @@
 //! A text service on loopback for the tests (axum): OpenAI-style `POST /v1/chat/completions`
 //! and DeepL-style `POST /v2/translate`. It "translates" by prefixing (`[de] text`), counts the
 //! answers it sent per text, and injects faults in order: 429 with `Retry-After`, 500,
-//! malformed JSON and answers slower than the client's timeout.
+//! malformed JSON and answers slower than the client's timeout. As a judge it compares two
+//! answers (prefers the longer) or rates one MT-Bench answer (`[[1 + chars % 10]]`, or a reply
+//! without a rating where asked to).
 
 #![allow(dead_code)]
 
@@ -42,6 +44,12 @@ pub struct LlmState {
     pub refuse_containing: Option<String>,
     /// Authorization headers seen.
     pub authorizations: Vec<String>,
+    /// MT-Bench replies still to send without a rating.
+    pub unrated: usize,
+    /// MT-Bench prompts containing this always get a reply without a rating.
+    pub unrated_containing: Option<String>,
+    /// MT-Bench judge requests received.
+    pub ratings_asked: usize,
 }
 
 pub struct LlmServer {
@@ -105,7 +113,8 @@ async fn handle(
     let system = request["messages"][0]["content"]
         .as_str()
         .unwrap_or_default();
-    if !deepl && system.contains("judge") {
+    let mt_bench = !deepl && (text.contains("\"[[rating]]\"") || system.contains("\"[[rating]]\""));
+    if !deepl && !mt_bench && system.contains("judge") {
         return judge_answer(&state, &headers, &text);
     }
     let (fault, delay) = {
@@ -154,6 +163,7 @@ async fn handle(
             tokio::time::sleep(wait).await;
             answer(deepl, &text)
         }
+        None if mt_bench => rate(&state, &text),
         None => {
             tokio::time::sleep(delay).await;
             *state
@@ -186,6 +196,43 @@ fn judge_answer(state: &Arc<Mutex<LlmState>>, headers: &HeaderMap, question: &st
         "B"
     };
     answer_text(verdict)
+}
+
+/// The rating the MT-Bench judge gives an answer: 1 + its length in characters mod 10.
+pub fn expected_rating(answer: &str) -> f64 {
+    (1 + answer.chars().count() % 10) as f64
+}
+
+/// An MT-Bench judgment: the rated answer is the single answer, or the second turn's.
+fn rate(state: &Arc<Mutex<LlmState>>, prompt: &str) -> Response {
+    let mut s = state.lock().expect("state");
+    s.ratings_asked += 1;
+    let unrated = s
+        .unrated_containing
+        .as_ref()
+        .is_some_and(|t| prompt.contains(t.as_str()));
+    if unrated || s.unrated > 0 {
+        s.unrated = s.unrated.saturating_sub(usize::from(!unrated));
+        return answer_text("Die Antwort ist schwer zu bewerten.");
+    }
+    let answer = if prompt.contains("<|The Start of Assistant A's Conversation with User|>") {
+        let last = prompt.rfind("### Assistant A:\n").map_or(0, |i| i + 17);
+        between(
+            &prompt[last..],
+            "",
+            "\n\n<|The End of Assistant A's Conversation",
+        )
+    } else {
+        between(
+            prompt,
+            "[The Start of Assistant's Answer]\n",
+            "\n[The End of Assistant's Answer]",
+        )
+    };
+    answer_text(&format!(
+        "Kurz erklärt: passt. Rating: [[{}]]",
+        expected_rating(answer)
+    ))
 }
 
 fn between<'a>(text: &'a str, start: &str, end: &str) -> &'a str {

@@ -19,6 +19,7 @@
 //! byte; TruthfulQA's `mc1` and `mc2`.
 
 use super::judge::{self, JudgeParams};
+use super::mt_bench::{self, MtBenchParams, Question};
 use super::report;
 use super::results::{Answers, EvalReport, ModelScores, PreferenceScores, Sample};
 use super::tasks::{TaskParam, load_tasks, metrics};
@@ -99,6 +100,9 @@ pub struct EvaluateParams {
     /// An LLM judge (OpenAI-compatible endpoint) that compares the greedy answers pairwise.
     #[serde(default)]
     pub judge: Option<JudgeParams>,
+    /// MT-Bench (e.g. MT-Bench-DE): both models answer two-turn questions through their chat template and a judge rates each turn 1–10 as FastChat's single-answer grading does: `{questions, reference_answers?, judge: {base_url, model, api_key}, max_new_tokens?, chat_template?}`.
+    #[serde(default)]
+    pub mt_bench: Option<MtBenchParams>,
     /// Device.
     #[serde(default)]
     pub device: DeviceSpec,
@@ -151,6 +155,14 @@ impl Node for Evaluate {
                 });
             }
         }
+        if let Some(mt) = &params.mt_bench
+            && mt.max_new_tokens == 0
+        {
+            return Err(ParamError::at(
+                "mt_bench",
+                "`max_new_tokens` must be at least 1",
+            ));
+        }
         if params.judge.is_some() && params.prompts.is_empty() {
             return Err(ParamError::at("judge", "needs `prompts` to judge"));
         }
@@ -158,7 +170,15 @@ impl Node for Evaluate {
     }
 
     fn external_files(params: &EvaluateParams) -> Vec<PathBuf> {
-        params.tasks.iter().flat_map(TaskParam::files).collect()
+        let mt_bench = params.mt_bench.iter().flat_map(|mt| {
+            std::iter::once(mt.questions.clone()).chain(mt.reference_answers.clone())
+        });
+        params
+            .tasks
+            .iter()
+            .flat_map(TaskParam::files)
+            .chain(mt_bench)
+            .collect()
     }
 
     async fn run(&self, ctx: NodeContext, params: EvaluateParams) -> Result<(), NodeError> {
@@ -167,7 +187,7 @@ impl Node for Evaluate {
         let log = ctx.log().clone();
         let params = std::sync::Arc::new(params);
         let shared = params.clone();
-        let mut report =
+        let (mut report, pending) =
             run_blocking(&ctx, move |token| evaluate(&shared, &device, &token)).await?;
         log.line(&format!(
             "reward accuracy {:.3}, margin {:.4}; win rate policy {:.3} vs reference {:.3}",
@@ -178,11 +198,23 @@ impl Node for Evaluate {
         ));
         if let Some(judge) = &params.judge {
             let verdicts = judge::judge(judge, &report.samples, params.seed).await?;
-            log.line(&format!(
-                "judge: policy wins {:.3} of valid verdicts",
-                verdicts.win_rate
-            ));
+            log.line(&match verdicts.win_rate {
+                Some(rate) => format!("judge: policy wins {rate:.3} of valid verdicts"),
+                None => format!("judge: no valid verdict in {} answers", verdicts.invalid),
+            });
             report.judge = Some(verdicts);
+        }
+        if let (Some(mt), Some(pending)) = (&params.mt_bench, pending) {
+            let results =
+                mt_bench::grade(mt, &pending.questions, pending.policy, pending.reference).await?;
+            log.line(&format!(
+                "MT-Bench: policy {:.2} vs reference {:.2} ({} questions, judge {})",
+                results.policy.average.unwrap_or(f64::NAN),
+                results.reference.average.unwrap_or(f64::NAN),
+                results.questions,
+                results.judge
+            ));
+            report.mt_bench = Some(results);
         }
         report::write(&out, &report, params.metrics.as_deref())
     }
@@ -203,11 +235,18 @@ impl EvaluateParams {
     }
 }
 
+/// MT-Bench answers waiting for the judge.
+struct PendingMtBench {
+    questions: Vec<Question>,
+    policy: Vec<Vec<String>>,
+    reference: Vec<Vec<String>>,
+}
+
 fn evaluate(
     params: &EvaluateParams,
     device: &Device,
     token: &CancellationToken,
-) -> Result<EvalReport, NodeError> {
+) -> Result<(EvalReport, Option<PendingMtBench>), NodeError> {
     let tokenizer_dir = if params.model.join("tokenizer.json").is_file() {
         &params.model
     } else {
@@ -234,6 +273,18 @@ fn evaluate(
         format!("pair `{}` ({side})", tokenized.kept[i / 2].0)
     };
 
+    let mt_questions = params
+        .mt_bench
+        .as_ref()
+        .map(mt_bench::read_questions)
+        .transpose()?;
+    let mut owned_template = None;
+    let mt_template = match &params.mt_bench {
+        Some(mt) => Some(mt_bench::template(mt, &tokenizer, &mut owned_template)?),
+        None => None,
+    };
+    let mut mt_answers = Vec::new();
+
     let policy = load_policy(&params.model, &reference, device)?;
     let mut pair_scores = Vec::new();
     let mut per_model = Vec::new();
@@ -259,6 +310,15 @@ fn evaluate(
             check_cancelled(token)?;
             answers.push(answer(&scorer, &tokenizer, prompt, params)?);
         }
+        if let (Some(mt), Some(questions), Some(template)) =
+            (&params.mt_bench, &mt_questions, mt_template)
+        {
+            check_cancelled(token)?;
+            let settings = (mt.max_new_tokens, params.seed);
+            mt_answers.push(mt_bench::answer_all(
+                &scorer, &tokenizer, template, questions, settings,
+            )?);
+        }
         pair_scores.push(seq_scores);
         per_model.push((scores, answers));
     }
@@ -283,7 +343,16 @@ fn evaluate(
     report.preference = preference_scores(&pair_scores[0], &pair_scores[1], params.beta);
     report.preference.skipped = tokenized.dropped.len();
     report.preference.dropped = tokenized.dropped;
-    Ok(report)
+    let pending = mt_questions.map(|questions| {
+        let reference = mt_answers.pop().unwrap_or_default();
+        let policy = mt_answers.pop().unwrap_or_default();
+        PendingMtBench {
+            questions,
+            policy,
+            reference,
+        }
+    });
+    Ok((report, pending))
 }
 
 /// A model's greedy and sampled answer to `prompt`.

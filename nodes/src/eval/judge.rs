@@ -64,13 +64,9 @@ fn letter(answer: &str) -> Option<char> {
     }
 }
 
-/// Asks the judge about every sample.
-pub async fn judge(
-    params: &JudgeParams,
-    samples: &[Sample],
-    seed: u64,
-) -> Result<JudgeScores, NodeError> {
-    let client = TextClient::new(ClientConfig {
+/// The client of a judge endpoint (temperature 0, as FastChat's and our judges ask).
+pub fn client(params: &JudgeParams) -> Result<TextClient, NodeError> {
+    TextClient::new(ClientConfig {
         provider: Provider::Openai,
         base_url: params.base_url.clone(),
         model: params.model.clone(),
@@ -82,7 +78,16 @@ pub async fn judge(
         timeout: Duration::from_secs_f64(params.timeout_seconds.max(0.001)),
         backoff_base: Duration::from_secs(1),
     })
-    .map_err(|e| NodeError::new(e.message()))?;
+    .map_err(|e| NodeError::new(e.message()))
+}
+
+/// Asks the judge about every sample.
+pub async fn judge(
+    params: &JudgeParams,
+    samples: &[Sample],
+    seed: u64,
+) -> Result<JudgeScores, NodeError> {
+    let client = client(params)?;
     let mut rng = SplitMix64::new(seed ^ 0x006A_7564_6765);
     let mut tasks = tokio::task::JoinSet::new();
     for (index, sample) in samples.iter().enumerate() {
@@ -124,7 +129,7 @@ pub async fn judge(
     let (wins, losses, invalid) = (count("policy"), count("reference"), count("invalid"));
     Ok(JudgeScores {
         model: params.model.clone(),
-        win_rate: wins as f64 / (wins + losses).max(1) as f64,
+        win_rate: (wins + losses > 0).then(|| wins as f64 / (wins + losses) as f64),
         wins,
         losses,
         invalid,

@@ -2,7 +2,7 @@
 //! inlined) and the SVG plots: `eval_bars.svg` (policy vs reference), `reward_margins.svg`
 //! (histogram of held-out reward margins) and `training_curves.svg` (when training metrics are given).
 
-use super::results::{EvalReport, ModelScores};
+use super::results::{EvalReport, ModelScores, MtBenchResults};
 use flow_engine::node::NodeError;
 use plotters::prelude::*;
 use std::fmt::Write;
@@ -129,14 +129,19 @@ fn tables(report: &EvalReport) -> String {
             );
         }
     }
+    if let Some(mt) = &report.mt_bench {
+        mt_bench_table(&mut out, mt);
+    }
     if let Some(judge) = &report.judge {
         let _ = writeln!(
             out,
-            "\n## LLM judge\n\n`{}` preferred the policy's answer in {} of {} valid verdicts (win rate {:.4}; {} invalid).",
+            "\n## LLM judge\n\n`{}` preferred the policy's answer in {} of {} valid verdicts (win rate {}; {} invalid).",
             judge.model,
             judge.wins,
             judge.wins + judge.losses,
-            judge.win_rate,
+            judge
+                .win_rate
+                .map_or("– (no valid verdict)".into(), |w| format!("{w:.4}")),
             judge.invalid
         );
     }
@@ -300,4 +305,31 @@ fn draw_histogram(path: &Path, values: &[f64]) -> Result<(), NodeError> {
         .draw_series(LineSeries::new([(0.0, 0.0), (0.0, top * 1.1)], BLACK))
         .map_err(|e| fail(&e))?;
     root.present().map_err(|e| fail(&e))
+}
+
+/// MT-Bench's means, policy vs reference, as the German models' cards report them.
+fn mt_bench_table(out: &mut String, mt: &MtBenchResults) {
+    let _ = writeln!(
+        out,
+        "\n## MT-Bench\n\n{} questions, judge `{}` (FastChat single-answer grading, ratings 1–10; replies without a rating left out: {} policy, {} reference).\n\n| mean rating | policy | reference |\n|---|---|---|",
+        mt.questions, mt.judge, mt.policy.invalid, mt.reference.invalid
+    );
+    let cell = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.2}"));
+    let (p, r) = (&mt.policy, &mt.reference);
+    for (name, policy, reference) in [
+        ("average (all turns)", p.average, r.average),
+        ("first turn", p.first_turn, r.first_turn),
+        ("second turn", p.second_turn, r.second_turn),
+    ] {
+        let _ = writeln!(out, "| {name} | {} | {} |", cell(policy), cell(reference));
+    }
+    for (category, value) in &p.categories {
+        let reference = r.categories.get(category).copied();
+        let _ = writeln!(
+            out,
+            "| {category} | {} | {} |",
+            cell(Some(*value)),
+            cell(reference)
+        );
+    }
 }

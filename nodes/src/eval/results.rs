@@ -66,6 +66,9 @@ pub struct EvalReport {
     /// The LLM judge's pairwise verdicts, when a judge was given.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub judge: Option<JudgeScores>,
+    /// MT-Bench ratings, when asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mt_bench: Option<MtBenchResults>,
 }
 
 /// One prompt's answers from both models.
@@ -93,8 +96,8 @@ pub struct Answers {
 pub struct JudgeScores {
     /// The judge model.
     pub model: String,
-    /// Share of valid verdicts that prefer the policy.
-    pub win_rate: f64,
+    /// Share of valid verdicts that prefer the policy (`null` when no verdict was valid).
+    pub win_rate: Option<f64>,
     /// Verdicts for the policy.
     pub wins: usize,
     /// Verdicts for the reference.
@@ -116,4 +119,72 @@ pub struct Verdict {
     pub answer: String,
     /// `policy`, `reference` or `invalid`.
     pub winner: String,
+}
+
+/// MT-Bench single-answer grading (FastChat's `llm_judge`): both models' answers to every
+/// question, the judge's ratings and their means.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct MtBenchResults {
+    /// The judge model.
+    pub judge: String,
+    /// Questions asked.
+    pub questions: usize,
+    /// The policy's ratings.
+    pub policy: MtBenchScores,
+    /// The reference's ratings.
+    pub reference: MtBenchScores,
+    /// Every question with both models' answers, turn by turn.
+    pub answers: Vec<MtBenchAnswer>,
+}
+
+/// One model's MT-Bench means (`null` where no valid rating exists), as FastChat's
+/// `show_result.py` computes them: ratings the judge did not give are left out.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct MtBenchScores {
+    /// Mean of every valid rating, both turns.
+    pub average: Option<f64>,
+    /// Mean of the first turns' ratings.
+    pub first_turn: Option<f64>,
+    /// Mean of the second turns' ratings.
+    pub second_turn: Option<f64>,
+    /// Mean rating (both turns) by category.
+    pub categories: BTreeMap<String, f64>,
+    /// Replies with no rating in 1–10 after every retry.
+    pub invalid: usize,
+    /// Every judgment.
+    pub judgments: Vec<MtBenchJudgment>,
+}
+
+/// The judge's rating of one turn of one answer.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct MtBenchJudgment {
+    /// The question's id.
+    pub question_id: serde_json::Value,
+    /// Its category.
+    pub category: String,
+    /// 1 or 2.
+    pub turn: usize,
+    /// FastChat's prompt (`single-v1`, `single-math-v1`, …).
+    pub prompt: String,
+    /// The rating, when the judge gave one.
+    pub score: Option<f64>,
+    /// Requests it took (a reply without a rating is asked again).
+    pub attempts: u32,
+    /// The judge's last reply.
+    pub judgment: String,
+}
+
+/// One question and both models' answers.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct MtBenchAnswer {
+    /// The question's id.
+    pub question_id: serde_json::Value,
+    /// Its category.
+    pub category: String,
+    /// The user's turns.
+    pub turns: Vec<String>,
+    /// The policy's answers, one per turn.
+    pub policy: Vec<String>,
+    /// The reference's answers, one per turn.
+    pub reference: Vec<String>,
 }

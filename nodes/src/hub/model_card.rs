@@ -222,6 +222,14 @@ fn metrics_section(out: &mut String, info: &CardInfo) {
     if let Some(mut report) = report {
         benchmark_table(out, &report);
         // Every question's log-likelihoods stay in eval.json; the card shows the summary.
+        if let Some(mt) = report.get_mut("mt_bench").and_then(Json::as_object_mut) {
+            mt.remove("answers");
+            for model in ["policy", "reference"] {
+                if let Some(scores) = mt.get_mut(model).and_then(Json::as_object_mut) {
+                    scores.remove("judgments");
+                }
+            }
+        }
         for model in ["policy", "reference"] {
             if let Some(tasks) = report[model]["tasks"].as_object_mut() {
                 for task in tasks.values_mut() {
@@ -233,7 +241,7 @@ fn metrics_section(out: &mut String, info: &CardInfo) {
         }
         let _ = writeln!(
             out,
-            "Evaluation report (`eval.json`, per-question log-likelihoods left out):\n\n```json\n{}\n```\n",
+            "Evaluation report (`eval.json`, per-question log-likelihoods and MT-Bench answers left out):\n\n```json\n{}\n```\n",
             serde_json::to_string_pretty(&report).unwrap_or_default()
         );
     }
@@ -242,12 +250,12 @@ fn metrics_section(out: &mut String, info: &CardInfo) {
 /// The multiple-choice results of `eval.json` as a table: each number with its task, preset,
 /// shots and the metric's definition.
 fn benchmark_table(out: &mut String, report: &Json) {
-    let Some(tasks) = report["policy"]["tasks"]
-        .as_object()
-        .filter(|t| !t.is_empty())
-    else {
+    let empty = serde_json::Map::new();
+    let tasks = report["policy"]["tasks"].as_object().unwrap_or(&empty);
+    let mt_bench = report.get("mt_bench").filter(|m| m.is_object());
+    if tasks.is_empty() && mt_bench.is_none() {
         return;
-    };
+    }
     let _ = writeln!(
         out,
         "Benchmarks (computed as lm-evaluation-harness 0.4 computes them):\n\n| task | format | shots | metric | policy | reference |\n|---|---|---|---|---|---|"
@@ -273,7 +281,34 @@ fn benchmark_table(out: &mut String, report: &Json) {
             );
         }
     }
+    if let Some(mt) = mt_bench {
+        mt_bench_rows(out, mt);
+    }
     out.push('\n');
+}
+
+/// MT-Bench's means as benchmark rows (judge named, ratings 1–10).
+fn mt_bench_rows(out: &mut String, mt: &Json) {
+    let judge = mt["judge"].as_str().unwrap_or("");
+    let rows = [
+        ("average", "mean judge rating 1–10 over all turns"),
+        ("first_turn", "mean judge rating 1–10, first turns"),
+        ("second_turn", "mean judge rating 1–10, second turns"),
+    ];
+    for (key, definition) in rows {
+        let value = |model: &str| {
+            mt[model][key]
+                .as_f64()
+                .map_or("–".into(), |v| format!("{v:.2}"))
+        };
+        let _ = writeln!(
+            out,
+            "| MT-Bench ({} questions) | judge {judge} | 0 | {key} ({definition}) | {} | {} |",
+            mt["questions"],
+            value("policy"),
+            value("reference")
+        );
+    }
 }
 
 fn workflow_section(out: &mut String, info: &CardInfo) {
@@ -296,5 +331,35 @@ fn workflow_section(out: &mut String, info: &CardInfo) {
     let _ = writeln!(out, "\n| file | bytes | sha256 |\n|---|---|---|");
     for (path, size, sha) in info.files {
         let _ = writeln!(out, "| `{path}` | {size} | `{sha}` |");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn benchmarks_are_shown_with_their_setting_and_definition() {
+        let report = serde_json::json!({
+            "policy": {"tasks": {"arc_de": {"preset": "arc_de", "num_fewshot": 25, "acc": 0.5,
+                "definitions": {"acc": "share of questions whose highest-log-likelihood choice is the answer"}}}},
+            "reference": {"tasks": {"arc_de": {"acc": 0.25}}},
+            "mt_bench": {"judge": "gpt-4", "questions": 80,
+                "policy": {"average": 6.99, "first_turn": 7.34, "second_turn": 6.65},
+                "reference": {"average": 6.5, "first_turn": null, "second_turn": 6.0}},
+        });
+        let mut out = String::new();
+        benchmark_table(&mut out, &report);
+        assert!(
+            out.contains("| arc_de | arc_de | 25 | acc (share of questions whose highest-log-likelihood choice is the answer) | 0.5000 | 0.2500 |"),
+            "{out}"
+        );
+        assert!(
+            out.contains("| MT-Bench (80 questions) | judge gpt-4 | 0 | first_turn (mean judge rating 1–10, first turns) | 7.34 | – |"),
+            "{out}"
+        );
+        let mut none = String::new();
+        benchmark_table(&mut none, &serde_json::json!({"policy": {"tasks": {}}}));
+        assert!(none.is_empty());
     }
 }

@@ -124,6 +124,22 @@ RUNS = {
         2,
         {"path": "hs_en_val.jsonl", "preset": "hellaswag"},
     ),
+    "hellaswag_train": (
+        local("hellaswag/hellaswag.yaml", "hellaswag_train",
+              {"train": "hs_en_train.jsonl", "val": "hs_en_val.jsonl"},
+              "training_split: train\nvalidation_split: val\n"),
+        2,
+        {"path": "hs_en_val.jsonl", "preset": "hellaswag", "fewshot_path": "hs_en_train.jsonl"},
+    ),
+    "mmlu_subject_field": (
+        local("mmlu/default/_default_template_yaml", "mmlu_subject_field",
+              {"dev": "mmlu_en_dev.jsonl", "test": "mmlu_en_test.jsonl"},
+              'fewshot_split: dev\ntest_split: test\n'
+              'description: "The following are questions about {{subject}}.\\n\\n"\n'),
+        1,
+        {"path": "mmlu_en_test.jsonl", "preset": "mmlu", "fewshot_path": "mmlu_en_dev.jsonl",
+         "description": "The following are questions about {{subject}}.\n\n"},
+    ),
     "mmlu_erdkunde": (
         local("mmlu/default/_default_template_yaml", "mmlu_erdkunde",
               {"dev": "mmlu_en_dev.jsonl", "test": "mmlu_en_test.jsonl"},

@@ -381,6 +381,7 @@ fn mt_bench_answers_are_rated_per_turn_and_averaged_as_fastchat_does() {
         state.faults.push_back(llm_server::Fault::ServerError);
         state.unrated = 2;
         state.unrated_containing = Some("Nenne eine Zahl.".into());
+        state.refuse_containing = Some("VERBOTEN".into());
     }
     let p = Project::new();
     let data = golden_dataset(&p, 1);
@@ -391,6 +392,7 @@ fn mt_bench_answers_are_rated_per_turn_and_averaged_as_fastchat_does() {
             r#"{"question_id": 111, "category": "math", "turns": ["Was ist 2+2?", "Und 3+3?"]}"#, "\n",
             r#"{"question_id": 101, "category": "reasoning", "turns": ["Wer ist älter, Anna (20) oder Ben (30)?", "Und in zehn Jahren?"], "reference": ["Ben.", "Immer noch Ben."]}"#, "\n",
             r#"{"question_id": 131, "category": "extraction", "turns": ["Nenne eine Zahl."]}"#, "\n",
+            r#"{"question_id": 141, "category": "stem", "turns": ["Was ist VERBOTEN?"]}"#, "\n",
         ),
     );
     let references = p.write(
@@ -426,7 +428,7 @@ fn mt_bench_answers_are_rated_per_turn_and_averaged_as_fastchat_does() {
     let mt = &report["mt_bench"];
     assert_eq!(
         (mt["questions"].as_u64(), mt["judge"].as_str()),
-        (Some(4), Some("judge-model"))
+        (Some(5), Some("judge-model"))
     );
     let answers = mt["answers"].as_array().unwrap();
     for model in ["policy", "reference"] {
@@ -434,8 +436,8 @@ fn mt_bench_answers_are_rated_per_turn_and_averaged_as_fastchat_does() {
         let judgments = scores["judgments"].as_array().unwrap();
         assert_eq!(
             judgments.len(),
-            7,
-            "two turns each, one for the one-turn question"
+            8,
+            "two turns each, one for each one-turn question"
         );
         let (mut all, mut first, mut second) = (Vec::new(), Vec::new(), Vec::new());
         let mut by_category: std::collections::BTreeMap<String, Vec<f64>> = Default::default();
@@ -448,6 +450,18 @@ fn mt_bench_answers_are_rated_per_turn_and_averaged_as_fastchat_does() {
             if id == 131 {
                 assert!(judgment["score"].is_null(), "never rated: {judgment}");
                 assert_eq!(judgment["attempts"], 4, "asked again max_retries times");
+                continue;
+            }
+            if id == 141 {
+                // The endpoint refused the request (400): FastChat's $ERROR$, the run goes on.
+                assert!(judgment["score"].is_null(), "{judgment}");
+                assert!(
+                    judgment["judgment"]
+                        .as_str()
+                        .unwrap()
+                        .starts_with("$ERROR$ HTTP 400"),
+                    "{judgment}"
+                );
                 continue;
             }
             let expected = llm_server::expected_rating(answer);
@@ -481,7 +495,7 @@ fn mt_bench_answers_are_rated_per_turn_and_averaged_as_fastchat_does() {
             scores["categories"].get("extraction").is_none(),
             "no valid rating"
         );
-        assert_eq!(scores["invalid"], 1);
+        assert_eq!(scores["invalid"], 2);
     }
     let state = server.state();
     assert!(

@@ -155,7 +155,27 @@ fn a_bare_path_is_a_zero_shot_plain_task_and_specs_are_checked() {
         (
             format!("[{{path: {}, num_fewshot: 8}}]", quiz.display()),
             1,
-            "quiz_test.jsonl:1: the few-shot pool has 8 usable examples; 9 are needed".into(),
+            "quiz_test.jsonl:1: the few-shot pool has 8 examples; 8 shots besides the question itself need 9".into(),
+        ),
+        (
+            format!("[{{path: {}, metrics: []}}]", quiz.display()),
+            2,
+            "`with.tasks[0].metrics`: must name at least one metric".into(),
+        ),
+        (
+            format!("[{{path: {}, name: \" \"}}]", quiz.display()),
+            2,
+            "`with.tasks[0].name`: must not be empty".into(),
+        ),
+        (
+            format!("[{{path: {}, preset: truthfulqa_mc1, num_fewshot: 1}}]", tqa.display()),
+            2,
+            "`with.tasks[0].num_fewshot`: the harness's truthfulqa_mc1 is zero-shot".into(),
+        ),
+        (
+            format!("[{{path: {}, preset: arc_de, num_fewshot: 5}}]", tqa.display()),
+            2,
+            "`with.tasks[0].fewshot_path`: the harness's arc_de draws its shots from the training (dev) split".into(),
         ),
         (
             format!("[{{path: {}, preset: arc_de}}]", tqa.display()),

@@ -37,6 +37,8 @@ pub struct ClientConfig {
     pub api_key: Option<String>,
     /// Sampling temperature (chat completions).
     pub temperature: f64,
+    /// Longest answer in tokens (chat completions; the endpoint's default when `None`).
+    pub max_tokens: Option<u32>,
     /// Requests in flight at once.
     pub concurrency: usize,
     /// Request starts per minute, when limited.
@@ -169,14 +171,20 @@ impl TextClient {
 
     fn body(&self, system: &str, user: &str, target_language: &str) -> Json {
         match self.config.provider {
-            Provider::Openai => json!({
-                "model": self.config.model,
-                "messages": [
-                    {"role": "system", "content": system},
-                    {"role": "user", "content": user},
-                ],
-                "temperature": self.config.temperature,
-            }),
+            Provider::Openai => {
+                let mut body = json!({
+                    "model": self.config.model,
+                    "messages": [
+                        {"role": "system", "content": system},
+                        {"role": "user", "content": user},
+                    ],
+                    "temperature": self.config.temperature,
+                });
+                if let Some(max_tokens) = self.config.max_tokens {
+                    body["max_tokens"] = max_tokens.into();
+                }
+                body
+            }
             Provider::Deepl => json!({
                 "text": [user],
                 "target_lang": target_language.to_ascii_uppercase(),

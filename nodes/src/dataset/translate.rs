@@ -166,6 +166,7 @@ impl TranslateParams {
 
     fn client_config(&self) -> ClientConfig {
         ClientConfig {
+            max_tokens: None,
             provider: self.provider,
             base_url: self.base_url.clone(),
             model: self.model.clone().unwrap_or_default(),

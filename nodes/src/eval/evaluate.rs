@@ -146,9 +146,18 @@ impl Node for Evaluate {
         }
         let mut names = std::collections::BTreeSet::new();
         for (i, task) in params.tasks.iter().enumerate() {
-            let name = task.spec().name();
+            use flow_engine::diagnostic::PathStep;
+            let spec = task.spec();
+            spec.check().map_err(|(field, message)| ParamError {
+                path: vec![
+                    PathStep::Key("tasks".into()),
+                    PathStep::Index(i),
+                    PathStep::Key(field.into()),
+                ],
+                message,
+            })?;
+            let name = spec.name();
             if !names.insert(name.clone()) {
-                use flow_engine::diagnostic::PathStep;
                 return Err(ParamError {
                     path: vec![PathStep::Key("tasks".into()), PathStep::Index(i)],
                     message: format!("a second task named `{name}`; give one a `name`"),

@@ -64,9 +64,11 @@ fn letter(answer: &str) -> Option<char> {
     }
 }
 
-/// The client of a judge endpoint (temperature 0, as FastChat's and our judges ask).
+/// The client of a judge endpoint: temperature 0 and at most 2,048 answer tokens, as FastChat
+/// asks its judges.
 pub fn client(params: &JudgeParams) -> Result<TextClient, NodeError> {
     TextClient::new(ClientConfig {
+        max_tokens: Some(2048),
         provider: Provider::Openai,
         base_url: params.base_url.clone(),
         model: params.model.clone(),

@@ -7,9 +7,10 @@
 //! (else the first `[n]`), and the means are `show_result.py`'s: replies without a rating are
 //! left out, the average is over every valid rating of both turns.
 //!
-//! Where flow is stricter than FastChat: a reply without a rating (or outside 1–10) is asked
-//! again up to the judge's `max_retries` before it counts as invalid; a question that needs a
-//! reference answer and has none is an error, not a crash.
+//! Where flow differs from FastChat: a reply without a rating (or outside 1–10) is asked again
+//! up to the judge's `max_retries` before it counts as invalid; a request that fails after its
+//! retries is invalid (FastChat's `$ERROR$`) while a refused key stops the run; a question that
+//! needs a reference answer and has none, or two questions with one id, is an error.
 
 use flow_engine::node::NodeError;
 use flow_model::generate::{Sampling, generate};
@@ -25,7 +26,7 @@ use std::path::{Path, PathBuf};
 
 use super::judge::{self, JudgeParams};
 use super::results::{MtBenchAnswer, MtBenchJudgment, MtBenchResults, MtBenchScores};
-use crate::chat_client::TextClient;
+use crate::chat_client::{ClientError, TextClient};
 use crate::dataset::chat_template::{self, ChatTemplateParam};
 
 /// `mt_bench:` of `evaluate`.
@@ -114,7 +115,7 @@ pub fn read_questions(params: &MtBenchParams) -> Result<Vec<Question>, NodeError
             turns: row.turns,
             reference: None,
         };
-        if questions.iter().any(|q| q.id == question.id) {
+        if questions.iter().any(|q| q.id_text() == question.id_text()) {
             return Err(at(format!(
                 "question_id {} appears twice",
                 question.id_text()
@@ -407,17 +408,19 @@ async fn grade_model(
         let (index, attempts, reply) =
             joined.map_err(|e| NodeError::new(format!("mt_bench judge task failed: {e}")))?;
         let judgment = &mut judgments[index];
-        let reply = reply.map_err(|e| {
-            NodeError::new(format!(
-                "mt_bench judge, question {} turn {}: {}",
-                judgment.question_id,
-                judgment.turn,
-                e.message()
-            ))
-        })?;
-        judgment.score = rating(&reply);
         judgment.attempts = attempts;
-        judgment.judgment = reply;
+        match reply {
+            Ok(reply) => {
+                judgment.score = rating(&reply);
+                judgment.judgment = reply;
+            }
+            // A key or endpoint no request can pass: nothing else will be judged either.
+            Err(ClientError::Fatal(why)) => {
+                return Err(NodeError::new(format!("mt_bench judge: {why}")));
+            }
+            // This request failed after its retries: FastChat's `$ERROR$`, an invalid rating.
+            Err(ClientError::Failed(why)) => judgment.judgment = format!("$ERROR$ {why}"),
+        }
     }
     means(judgments)
 }

@@ -3,8 +3,9 @@
 //! fewshot_delimiter) + question text`, the shots drawn per task by one
 //! `random.Random(fewshot_seed)` consumed doc after doc, or the pool's first `n`.
 //!
-//! When the shots come from the evaluated docs themselves (no separate few-shot file), the
-//! harness draws `n + 1` and drops the evaluated doc, as it does for validation-only tasks.
+//! When the shots come from the evaluated docs themselves (no separate few-shot file), or the
+//! harness task has no test split (HellaSwag, TruthfulQA), the harness draws `n + 1` and drops
+//! the evaluated doc.
 
 use super::formats::{Doc, Sampler};
 use super::python_random::PythonRandom;
@@ -17,10 +18,8 @@ pub struct FewShot<'a> {
     pub sampler: Sampler,
     /// Where they are picked from.
     pub pool: &'a [Doc],
-    /// Whether `pool` is the evaluated docs (each doc is then kept out of its own shots).
-    pub pool_is_eval: bool,
-    /// The task's description, written first (no separator).
-    pub description: &'a str,
+    /// Whether each doc is kept out of its own shots (`n + 1` drawn, the doc dropped).
+    pub exclude_question: bool,
     /// Between a question and its answer (`" "`).
     pub target_delimiter: &'a str,
     /// After each example (`"\n\n"`).
@@ -42,13 +41,13 @@ impl<'a> ContextBuilder<'a> {
         }
     }
 
-    /// The context of `doc`, the next doc of the task.
+    /// The context of `doc`, the next doc of the task, after its `description`.
     ///
     /// Errors when the pool holds fewer examples than the draw needs.
-    pub fn context(&mut self, doc: &Doc) -> Result<String, String> {
+    pub fn context(&mut self, doc: &Doc, description: &str) -> Result<String, String> {
         let shots = self.shots(doc)?;
         let s = &self.settings;
-        let mut out = s.description.to_string();
+        let mut out = description.to_string();
         for shot in shots {
             out.push_str(&shot.text);
             out.push_str(s.target_delimiter);
@@ -66,13 +65,13 @@ impl<'a> ContextBuilder<'a> {
         if n == 0 {
             return Ok(Vec::new());
         }
-        let exclude = s.pool_is_eval;
+        let exclude = s.exclude_question;
         let not_doc = |shot: &&Doc| !exclude || shot.row != doc.row;
         match s.sampler {
             Sampler::FirstN => {
                 let shots: Vec<&Doc> = pool.iter().filter(not_doc).take(n).collect();
                 if shots.len() < n {
-                    return Err(too_few(n, shots.len()));
+                    return Err(too_few(n, pool.len(), exclude));
                 }
                 Ok(shots)
             }
@@ -81,7 +80,7 @@ impl<'a> ContextBuilder<'a> {
                 let drawn = self
                     .rng
                     .sample(pool.len(), draw)
-                    .map_err(|_| too_few(draw, pool.len()))?;
+                    .map_err(|_| too_few(n, pool.len(), exclude))?;
                 let shots: Vec<&Doc> = drawn
                     .iter()
                     .map(|&i| &pool[i])
@@ -96,15 +95,21 @@ impl<'a> ContextBuilder<'a> {
                 let again = self
                     .rng
                     .sample(rest.len(), n)
-                    .map_err(|_| too_few(n, rest.len()))?;
+                    .map_err(|_| too_few(n, pool.len(), exclude))?;
                 Ok(again.into_iter().map(|i| rest[i]).collect())
             }
         }
     }
 }
 
-fn too_few(needed: usize, have: usize) -> String {
-    format!("the few-shot pool has {have} usable examples; {needed} are needed")
+fn too_few(n: usize, have: usize, exclude: bool) -> String {
+    match exclude {
+        true => format!(
+            "the few-shot pool has {have} examples; {n} shots besides the question itself need {}",
+            n + 1
+        ),
+        false => format!("the few-shot pool has {have} examples; {n} shots need {n}"),
+    }
 }
 
 #[cfg(test)]
@@ -142,15 +147,14 @@ mod tests {
                 n: 2,
                 sampler: Sampler::Random,
                 pool: &train,
-                pool_is_eval: false,
-                description: "",
+                exclude_question: false,
                 target_delimiter: " ",
                 fewshot_delimiter: "\n\n",
             },
             1234,
         );
         assert_eq!(
-            builder.context(&test).unwrap(),
+            builder.context(&test, "").unwrap(),
             "Frage: Was trinkt eine Kuh?\nAntwort: Wasser\n\nFrage: Was ist die Hauptstadt von Frankreich?\nAntwort: Paris\n\nFrage: Wie viel ist 2 + 2?\nAntwort:"
         );
     }
@@ -167,15 +171,14 @@ mod tests {
                 n: 2,
                 sampler: Sampler::FirstN,
                 pool: &docs,
-                pool_is_eval: true,
-                description: "D: ",
+                exclude_question: true,
                 target_delimiter: "",
                 fewshot_delimiter: "\n###\n",
             },
             1234,
         );
         assert_eq!(
-            builder.context(&docs[0]).unwrap(),
+            builder.context(&docs[0], "D: ").unwrap(),
             "D: Frage: b\nAntwort:y\n###\nFrage: c\nAntwort:x\n###\nFrage: a\nAntwort:"
         );
         let short = &docs[..2];
@@ -184,18 +187,16 @@ mod tests {
                 n: 2,
                 sampler: Sampler::Random,
                 pool: short,
-                pool_is_eval: true,
-                description: "",
+                exclude_question: true,
                 target_delimiter: " ",
                 fewshot_delimiter: "\n\n",
             },
             1234,
         );
+        let error = builder.context(&docs[0], "").unwrap_err();
         assert!(
-            builder
-                .context(&docs[0])
-                .unwrap_err()
-                .contains("has 2 usable examples; 3")
+            error.contains("has 2 examples; 2 shots besides the question itself need 3"),
+            "{error}"
         );
     }
 }

@@ -100,6 +100,35 @@ impl Metric {
 }
 
 impl Preset {
+    /// Whether the harness task keeps each question out of its own shots even when they come
+    /// from another file: its YAML has no test split, so its `fewshot_split == test_split`
+    /// check compares `None` with `None` and draws `n + 1` (HellaSwag, TruthfulQA).
+    pub fn always_excludes_the_question(self) -> bool {
+        matches!(
+            self,
+            Preset::HellaswagDe
+                | Preset::Hellaswag
+                | Preset::TruthfulqaDeMc1
+                | Preset::TruthfulqaDeMc2
+                | Preset::TruthfulqaMc1
+                | Preset::TruthfulqaMc2
+        )
+    }
+
+    /// Whether the harness task takes its shots from a training or dev split (so a spec with
+    /// shots must name that file in `fewshot_path`).
+    pub fn shots_from_training_split(self) -> bool {
+        matches!(
+            self,
+            Preset::ArcDe | Preset::Arc | Preset::MMmluDe | Preset::Mmlu
+        )
+    }
+
+    /// Whether the harness task pins `num_fewshot: 0` (English TruthfulQA).
+    pub fn zero_shot_only(self) -> bool {
+        matches!(self, Preset::TruthfulqaMc1 | Preset::TruthfulqaMc2)
+    }
+
     /// The harness task's metrics and sampler.
     pub fn defaults(self) -> PresetDefaults {
         use Metric::*;
@@ -190,28 +219,48 @@ fn letter_index(letter: &str, letters: &[&str], key: &str) -> Result<usize, Stri
     })
 }
 
+/// Python's `str.isspace`: Unicode white space and the four separators U+001C–U+001F.
+pub fn is_python_space(c: char) -> bool {
+    c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c)
+}
+
+/// Python's `str.strip()`.
+pub fn python_strip(text: &str) -> &str {
+    text.trim_matches(is_python_space)
+}
+
 /// The okapi / HellaSwag `preprocess`: strip, ` [title]` → `. `, drop `[…]`, one pass of
 /// double spaces to one.
 pub fn preprocess(text: &str) -> String {
     static BRACKETS: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
     let brackets = BRACKETS.get_or_init(|| regex::Regex::new(r"\[.*?\]").expect("a valid regex"));
-    let text = text.trim().replace(" [title]", ". ");
+    let text = python_strip(text).replace(" [title]", ". ");
     brackets.replace_all(&text, "").replace("  ", " ")
 }
 
 /// Python's `str.capitalize`: the first character in title case, the rest lower-cased.
+///
+/// Title case is upper case but for characters whose upper case is several letters (ß → Ss,
+/// ﬁ → Fi, և → Եւ: the first upper, the rest lower), the four Latin digraphs (ǆ → ǅ) and
+/// Georgian Mkhedruli, which has no title case.
 pub fn capitalize(text: &str) -> String {
     let mut chars = text.chars();
     let Some(first) = chars.next() else {
         return String::new();
     };
     let head: String = match first {
-        'ß' => "Ss".into(),
         'Ǆ' | 'ǅ' | 'ǆ' => "ǅ".into(),
         'Ǉ' | 'ǈ' | 'ǉ' => "ǈ".into(),
         'Ǌ' | 'ǋ' | 'ǌ' => "ǋ".into(),
         'Ǳ' | 'ǲ' | 'ǳ' => "ǲ".into(),
-        c => c.to_uppercase().collect(),
+        '\u{10D0}'..='\u{10FF}' => first.into(),
+        c => {
+            let mut upper = c.to_uppercase();
+            let lead = upper.next().unwrap_or(c);
+            std::iter::once(lead)
+                .chain(upper.flat_map(char::to_lowercase))
+                .collect()
+        }
     };
     head + &chars.as_str().to_lowercase()
 }
@@ -258,7 +307,7 @@ pub fn doc(
                 .collect::<Result<Vec<_>, _>>()?;
             let text = format!(
                 "{}\nA. {}\nB. {}\nC. {}\nD. {}\nAnswer:",
-                r.text("instruction")?.trim(),
+                python_strip(r.text("instruction")?),
                 options[0],
                 options[1],
                 options[2],
@@ -277,7 +326,7 @@ pub fn doc(
             }
             let text = format!(
                 "{}\nA. {}\nB. {}\nC. {}\nD. {}\nAnswer:",
-                r.text("question")?.trim(),
+                python_strip(r.text("question")?),
                 options[0],
                 options[1],
                 options[2],
@@ -317,7 +366,7 @@ pub fn doc(
             let text = format!(
                 "P: {}\nQ: {}\nA: {}\nB: {}\nC: {}\nD: {}\nAnswer:",
                 r.text("flores_passage")?,
-                r.text("question")?.trim(),
+                python_strip(r.text("question")?),
                 r.text("mc_answer1")?,
                 r.text("mc_answer2")?,
                 r.text("mc_answer3")?,
@@ -442,6 +491,9 @@ mod tests {
             "Er schneidet die zwiebeln"
         );
         assert_eq!(capitalize("ßtraße"), "Sstraße");
+        assert_eq!(capitalize("ﬁsch Essen"), "Fisch essen");
+        assert_eq!(capitalize("ǆungla"), "ǅungla");
+        assert_eq!(python_strip("Sep\u{1f} "), "Sep");
         assert_eq!(capitalize(""), "");
     }
 }

@@ -71,8 +71,11 @@ pub fn question_value(metric: Metric, doc: &Doc, lls: &[f64]) -> f64 {
         Metric::AccNorm => right(per(|c| c.chars().count())),
         Metric::AccBytes => right(per(str::len)),
         Metric::Mc2 => {
+            // exp(ll) / Σ exp(ll), shifted by the largest ll: the harness's value, also where
+            // every exp(ll) underflows (below −745 the harness divides 0 by 0 and reports nan).
             let labels = doc.labels.as_deref().unwrap_or_default();
-            let probs: Vec<f64> = lls.iter().map(|ll| ll.exp()).collect();
+            let top = lls.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let probs: Vec<f64> = lls.iter().map(|ll| (ll - top).exp()).collect();
             let total: f64 = probs.iter().sum();
             probs
                 .iter()
@@ -213,6 +216,13 @@ mod tests {
         assert_eq!(
             mean_and_stderr(&[1.0, 0.0, 0.0]),
             (1.0 / 3.0, Some(0.33333333333333337))
+        );
+        // Where every exp(ll) underflows, the ratio is still there.
+        let far = [-1196.2288, -1141.8566, -1179.0311];
+        let value = question_value(Metric::Mc2, &d, &far);
+        assert!(
+            (value / 7.166603585225664e-17 - 1.0).abs() < 1e-3,
+            "{value}"
         );
     }
 }

@@ -58,10 +58,10 @@ pub struct TaskSpec {
     /// `random` or `first_n` (default: the preset's, as its harness task has it).
     #[serde(default)]
     pub fewshot_sampler: Option<Sampler>,
-    /// Jinja template of the question text over the row's fields, e.g. `"Frage: {{question}}\nAntwort:"` (default: the preset's; `{{question}}` for `plain`).
+    /// Jinja template of the question text over the row's own fields (as in the file), e.g. `"Frage: {{question}}\nAntwort:"` (default: the preset's; `{{question}}` for `plain`).
     #[serde(default)]
     pub prompt: Option<String>,
-    /// Text written before the examples, with no separator (e.g. MMLU's subject line ending in a blank line).
+    /// Text written before the examples, with no separator (e.g. MMLU's subject line ending in a blank line): a field of the row, or a Jinja template over the row's fields (as the harness resolves it).
     #[serde(default)]
     pub description: String,
     /// Between a question and its answer.
@@ -148,6 +148,35 @@ impl TaskParam {
 }
 
 impl TaskSpec {
+    /// Checks what can be checked without reading the files: the field at fault and why.
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        if self.name.as_deref().is_some_and(|n| n.trim().is_empty()) {
+            return Err(("name", "must not be empty".into()));
+        }
+        if self.metrics.as_ref().is_some_and(Vec::is_empty) {
+            return Err(("metrics", "must name at least one metric".into()));
+        }
+        let preset = metrics::preset_name(self.preset);
+        if self.num_fewshot > 0 && self.preset.zero_shot_only() {
+            return Err((
+                "num_fewshot",
+                format!("the harness's {preset} is zero-shot (its YAML pins num_fewshot: 0)"),
+            ));
+        }
+        if self.num_fewshot > 0
+            && self.preset.shots_from_training_split()
+            && self.fewshot_path.is_none()
+        {
+            return Err((
+                "fewshot_path",
+                format!(
+                    "the harness's {preset} draws its shots from the training (dev) split: give that file"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// The task's name.
     pub fn name(&self) -> String {
         self.name.clone().unwrap_or_else(|| {
@@ -216,11 +245,17 @@ fn load_task(
     let (docs, lines) = read_docs(&spec.path, spec.preset, prompt.as_ref())?;
     check_metrics(&spec, &docs, &lines)?;
     let pool = match &spec.fewshot_path {
-        Some(path) if spec.num_fewshot > 0 => {
-            Some(read_docs(path, spec.preset, prompt.as_ref())?.0)
-        }
-        _ => None,
+        Some(path) => Some(read_docs(path, spec.preset, prompt.as_ref())?.0),
+        None => None,
     };
+    let description = prompt_env
+        .template_from_str(&spec.description)
+        .map_err(|e| {
+            NodeError::new(format!(
+                "{}: the description template: {e}",
+                spec.path.display()
+            ))
+        })?;
     let sampler = spec
         .fewshot_sampler
         .unwrap_or(spec.preset.defaults().sampler);
@@ -229,8 +264,7 @@ fn load_task(
             n: spec.num_fewshot,
             sampler,
             pool: pool.as_deref().unwrap_or(&docs),
-            pool_is_eval: pool.is_none(),
-            description: &spec.description,
+            exclude_question: pool.is_none() || spec.preset.always_excludes_the_question(),
             target_delimiter: &spec.target_delimiter,
             fewshot_delimiter: &spec.fewshot_delimiter,
         },
@@ -240,8 +274,10 @@ fn load_task(
     let mut sequences = Vec::new();
     let mut origins = Vec::new();
     for (doc, &line) in docs.iter().zip(&lines) {
+        let description = resolve_description(&spec.description, &description, doc)
+            .map_err(|e| NodeError::new(format!("{}: {e}", at(line))))?;
         let context = builder
-            .context(doc)
+            .context(doc, &description)
             .map_err(|e| NodeError::new(format!("{}: {e}", at(line))))?;
         for (k, choice) in doc.choices.iter().enumerate() {
             let continuation = format!("{}{choice}", spec.target_delimiter);
@@ -275,10 +311,47 @@ fn excerpt(text: &str) -> String {
     }
 }
 
+/// The harness's `resolve_field` for a description: the row's field of that name, else the
+/// text as a template over the row.
+fn resolve_description(
+    source: &str,
+    template: &minijinja::Template,
+    doc: &Doc,
+) -> Result<String, String> {
+    match doc.row.get(source) {
+        Some(Json::String(text)) => Ok(text.clone()),
+        Some(other) => Ok(other.to_string()),
+        None => template
+            .render(minijinja::Value::from(minijinja::value::Serde(&doc.row)))
+            .map_err(|e| format!("the description template failed: {e}")),
+    }
+}
+
+/// The harness's `regex_replace` filter (`re.sub(pattern, repl, string, count)`; `\1` in
+/// `repl` is a group).
+fn regex_replace(
+    text: String,
+    pattern: String,
+    replacement: String,
+    count: Option<usize>,
+) -> Result<String, minijinja::Error> {
+    let regex = regex::Regex::new(&pattern).map_err(|e| {
+        minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, e.to_string())
+    })?;
+    static GROUP: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    let group = GROUP.get_or_init(|| regex::Regex::new(r"\\(\d+)").expect("a valid regex"));
+    let escaped = replacement.replace('$', "$$");
+    let template = group.replace_all(&escaped, "$${${1}}");
+    Ok(regex
+        .replacen(&text, count.unwrap_or(0), template.as_ref())
+        .into_owned())
+}
+
 /// The Jinja environment of `prompt` templates: the harness's (`StrictUndefined`, trailing
-/// newlines kept, Python string methods).
+/// newlines kept, Python string methods, `regex_replace`).
 fn prompt_environment() -> minijinja::Environment<'static> {
     let mut env = minijinja::Environment::new();
+    env.add_filter("regex_replace", regex_replace);
     env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
     let syntax = minijinja::syntax::SyntaxConfig::builder()
         .keep_trailing_newline(true)
@@ -380,7 +453,7 @@ pub fn encode_pair(
             _ => (vec![prefix], continuation_ids),
         };
     }
-    let kept = context.trim_end();
+    let kept = context.trim_end_matches(formats::is_python_space);
     let moved = format!("{}{continuation}", &context[kept.len()..]);
     let whole = tokenizer.encode(&format!("{kept}{moved}"));
     let context_ids = tokenizer.encode(kept);

@@ -27,15 +27,15 @@ impl Sampling {
     };
 }
 
-/// Generates up to `max_new_tokens` after `prompt`, stopping after `eos` or at the model's
-/// context (`max_position_embeddings`); returns the new ids (`eos` included when it was
-/// generated). An error names a prompt id outside the vocabulary or a prompt that fills the
+/// Generates up to `max_new_tokens` after `prompt`, stopping after any of `stop` (EOS, a chat
+/// model's end-of-turn token) or at the model's context (`max_position_embeddings`); returns
+/// the new ids (the stop token included when it was generated). An error names a prompt id outside the vocabulary or a prompt that fills the
 /// context.
 pub fn generate(
     model: &Model,
     head: &HostHead,
     prompt: &[u32],
-    eos: u32,
+    stop: &[u32],
     max_new_tokens: usize,
     sampling: Sampling,
 ) -> crate::error::Result<Vec<u32>> {
@@ -56,7 +56,7 @@ pub fn generate(
         let last = &hidden[hidden.len() - model.config.hidden_size..];
         let token = pick(head.logits(last), sampling, &mut rng);
         generated.push(token);
-        if token == eos {
+        if stop.contains(&token) {
             break;
         }
         next = vec![token];

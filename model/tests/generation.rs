@@ -73,7 +73,7 @@ fn greedy_decoding_gives_transformers_tokens() {
                 &model,
                 &head,
                 &ids(&case["prompt_ids"]),
-                u32::MAX,
+                &[],
                 steps,
                 Sampling::GREEDY,
             )
@@ -87,7 +87,7 @@ fn greedy_decoding_gives_transformers_tokens() {
 fn a_prompt_outside_the_vocabulary_is_an_error() {
     let model = Model::load(&fixtures().join("mistral-tiny/base"), &cpu()).unwrap();
     let head = HostHead::new(&model);
-    let err = generate(&model, &head, &[1, 100_000], 2, 4, Sampling::GREEDY).unwrap_err();
+    let err = generate(&model, &head, &[1, 100_000], &[2], 4, Sampling::GREEDY).unwrap_err();
     assert!(
         err.to_string().contains("token id 100000 is outside"),
         "{err}"
@@ -99,7 +99,7 @@ fn cached_greedy_decoding_equals_recomputing_every_step_and_sampling_is_seeded()
     let model = Model::load(&fixtures().join("mistral-tiny/policy"), &cpu()).unwrap();
     let head = HostHead::new(&model);
     let eos = model.config.eos_token_id();
-    let new = generate(&model, &head, &prompt(), eos, 12, Sampling::GREEDY).unwrap();
+    let new = generate(&model, &head, &prompt(), &[eos], 12, Sampling::GREEDY).unwrap();
 
     let mut seq = prompt();
     let mut expected = Vec::new();
@@ -122,8 +122,8 @@ fn cached_greedy_decoding_equals_recomputing_every_step_and_sampling_is_seeded()
         top_p: 0.9,
         seed: 7,
     };
-    let a = generate(&model, &head, &prompt(), eos, 12, sampling).unwrap();
-    let b = generate(&model, &head, &prompt(), eos, 12, sampling).unwrap();
+    let a = generate(&model, &head, &prompt(), &[eos], 12, sampling).unwrap();
+    let b = generate(&model, &head, &prompt(), &[eos], 12, sampling).unwrap();
     assert_eq!(a, b, "same seed, same sample");
     let others: Vec<Vec<u32>> = (8..12)
         .map(|seed| {
@@ -131,7 +131,7 @@ fn cached_greedy_decoding_equals_recomputing_every_step_and_sampling_is_seeded()
                 &model,
                 &head,
                 &prompt(),
-                eos,
+                &[eos],
                 12,
                 Sampling { seed, ..sampling },
             )
@@ -142,4 +142,35 @@ fn cached_greedy_decoding_equals_recomputing_every_step_and_sampling_is_seeded()
         others.iter().any(|o| o != &a),
         "other seeds give other samples"
     );
+}
+
+/// A chat model stops at its end-of-turn token as transformers' `generate` does: every
+/// `eos_token_id` of `generation_config.json` (a number or a list) joins the tokenizer's EOS.
+#[test]
+fn generation_config_eos_ids_are_stop_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    for file in ["tokenizer.json", "tokenizer_config.json", "config.json"] {
+        std::fs::copy(
+            fixtures().join("mistral-tiny/base").join(file),
+            dir.path().join(file),
+        )
+        .unwrap();
+    }
+    let tokenizer = flow_model::tokenize::PreferenceTokenizer::load(dir.path()).unwrap();
+    assert_eq!(tokenizer.stop_ids, [tokenizer.eos_id]);
+    std::fs::write(
+        dir.path().join("generation_config.json"),
+        r#"{"eos_token_id": [2, 7]}"#,
+    )
+    .unwrap();
+    let tokenizer = flow_model::tokenize::PreferenceTokenizer::load(dir.path()).unwrap();
+    assert_eq!(tokenizer.eos_id, 2);
+    assert_eq!(tokenizer.stop_ids, [2, 7]);
+    std::fs::write(
+        dir.path().join("generation_config.json"),
+        r#"{"eos_token_id": 9}"#,
+    )
+    .unwrap();
+    let tokenizer = flow_model::tokenize::PreferenceTokenizer::load(dir.path()).unwrap();
+    assert_eq!(tokenizer.stop_ids, [2, 9]);
 }

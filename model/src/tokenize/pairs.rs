@@ -36,6 +36,9 @@ pub struct PreferenceTokenizer {
     pub eos_id: u32,
     /// The end-of-sequence token's text.
     pub eos_token: String,
+    /// Where generation stops: the EOS and every `eos_token_id` of `generation_config.json`
+    /// (a chat model's end-of-turn token, as transformers' `generate` stops).
+    pub stop_ids: Vec<u32>,
     /// The beginning-of-sequence token `tokenizer_config.json` names, if any.
     pub bos_token: Option<String>,
     /// The model's chat template, if its tokenizer has one.
@@ -152,9 +155,20 @@ impl PreferenceTokenizer {
                 message: "no EOS token: set `eos_token` in tokenizer_config.json".into(),
             })?;
         let eos_token = inner.id_to_token(eos_id).unwrap_or_default();
+        let mut stop_ids = vec![eos_id];
+        if let Some(config) = read("generation_config.json") {
+            let ids = &config["eos_token_id"];
+            let listed = ids.as_array().cloned().unwrap_or_else(|| vec![ids.clone()]);
+            for id in listed.iter().filter_map(|v| v.as_u64()) {
+                if !stop_ids.contains(&(id as u32)) {
+                    stop_ids.push(id as u32);
+                }
+            }
+        }
         Ok(PreferenceTokenizer {
             eos_id,
             eos_token,
+            stop_ids,
             bos_token: named("bos_token"),
             template: ChatTemplate::of_tokenizer(dir)?,
             inner,

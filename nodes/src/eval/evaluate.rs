@@ -377,7 +377,7 @@ fn answer(
             scorer.model(),
             scorer.head(),
             &ids,
-            tokenizer.eos_id,
+            &tokenizer.stop_ids,
             params.max_new_tokens,
             sampling,
         )

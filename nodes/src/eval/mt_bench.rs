@@ -244,7 +244,7 @@ pub fn answer_all(
                 scorer.model(),
                 scorer.head(),
                 &ids,
-                tokenizer.eos_id,
+                &tokenizer.stop_ids,
                 max_new_tokens,
                 sampling,
             )

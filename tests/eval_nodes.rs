@@ -226,22 +226,9 @@ fn bad_task_files_and_params_fail_with_their_location() {
     let data = golden_dataset(&p, 1);
     let base = fixtures().join("mistral-tiny/base");
     let evaluate = |model: &std::path::Path, task: Option<&std::path::Path>| {
-        let mut args = vec![
-            "exec".to_string(),
-            "evaluate".into(),
-            "--with".into(),
-            format!("model={}", model.display()),
-            "--with".into(),
-            format!("reference={}", base.display()),
-            "--with".into(),
-            format!("dataset={}", data.display()),
-            "--out".into(),
-            "eval".into(),
-        ];
-        if let Some(task) = task {
-            args.extend(["--with".into(), format!("tasks=[{}]", task.display())]);
-        }
-        p.flow(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        let tasks = task.map(|t| format!("tasks=[{}]", t.display()));
+        let with: Vec<&str> = tasks.iter().map(String::as_str).collect();
+        support::exec_evaluate(&p, (model, &base, &data), &with, "eval")
     };
     let long_choice = "Frage ".repeat(600);
     for (row, message) in [
@@ -407,21 +394,7 @@ fn mt_bench_answers_are_rated_per_turn_and_averaged_as_fastchat_does() {
         references.display(),
         server.url
     );
-    p.flow(&[
-        "exec",
-        "evaluate",
-        "--with",
-        &format!("model={}", policy.display()),
-        "--with",
-        &format!("reference={}", base.display()),
-        "--with",
-        &format!("dataset={}", data.display()),
-        "--with",
-        &mt_bench,
-        "--out",
-        "eval",
-    ])
-    .expect_code(0);
+    support::exec_evaluate(&p, (&policy, &base, &data), &[&mt_bench], "eval").expect_code(0);
     let report: Value =
         serde_json::from_slice(&std::fs::read(p.path().join("eval/report/eval.json")).unwrap())
             .unwrap();
@@ -531,14 +504,11 @@ fn mt_bench_inputs_fail_with_their_location() {
         ),
     ] {
         let file = p.write("question.jsonl", &format!("{questions}\n"));
-        let run = p.flow(&[
-            "exec", "evaluate",
-            "--with", &format!("model={}", base.display()),
-            "--with", &format!("reference={}", base.display()),
-            "--with", &format!("dataset={}", data.display()),
-            "--with", &format!("mt_bench={{questions: {}, chat_template: mistral, judge: {{base_url: \"http://127.0.0.1:9/v1\", model: j}}}}", file.display()),
-            "--out", "eval",
-        ]);
+        let mt_bench = format!(
+            "mt_bench={{questions: {}, chat_template: mistral, judge: {{base_url: \"http://127.0.0.1:9/v1\", model: j}}}}",
+            file.display()
+        );
+        let run = support::exec_evaluate(&p, (&base, &base, &data), &[&mt_bench], "eval");
         assert_eq!(run.code, 1, "{}", run.stderr);
         assert!(run.stderr.contains(message), "{message}: {}", run.stderr);
     }

@@ -82,21 +82,8 @@ fn log_likelihoods_and_metrics_through_the_binary_equal_the_harness_s() {
         .iter()
         .map(|(name, task)| spec(name, task))
         .collect();
-    p.flow(&[
-        "exec",
-        "evaluate",
-        "--with",
-        &format!("model={}", base.display()),
-        "--with",
-        &format!("reference={}", base.display()),
-        "--with",
-        &format!("dataset={}", data.display()),
-        "--with",
-        &format!("tasks={}", Value::Array(specs)),
-        "--out",
-        "eval",
-    ])
-    .expect_code(0);
+    let tasks = format!("tasks={}", Value::Array(specs));
+    support::exec_evaluate(&p, (&base, &base, &data), &[&tasks], "eval").expect_code(0);
     let report: Value =
         serde_json::from_slice(&std::fs::read(p.path().join("eval/report/eval.json")).unwrap())
             .unwrap();
@@ -183,20 +170,8 @@ fn a_bare_path_is_a_zero_shot_plain_task_and_specs_are_checked() {
             "tqa_val.jsonl:1: missing field `answer`".into(),
         ),
     ] {
-        let run = p.flow(&[
-            "exec",
-            "evaluate",
-            "--with",
-            &format!("model={}", base.display()),
-            "--with",
-            &format!("reference={}", base.display()),
-            "--with",
-            &format!("dataset={}", data.display()),
-            "--with",
-            &format!("tasks={tasks}"),
-            "--out",
-            "bad",
-        ]);
+        let with = format!("tasks={tasks}");
+        let run = support::exec_evaluate(&p, (&base, &base, &data), &[&with], "bad");
         assert_eq!(run.code, code, "{tasks}: {}", run.stderr);
         assert!(run.stderr.contains(&message), "{message}: {}", run.stderr);
     }

@@ -343,3 +343,28 @@ pub fn nan_model(p: &Project, model: &Path, tensor: &str) -> PathBuf {
     std::fs::write(&path, bytes).unwrap();
     dir
 }
+
+/// `flow exec evaluate` of `model` against `reference` on `dataset`, with more `--with`
+/// params, into `out`.
+pub fn exec_evaluate(
+    p: &Project,
+    (model, reference, dataset): (&Path, &Path, &Path),
+    with: &[&str],
+    out: &str,
+) -> Run {
+    let inputs = [
+        format!("model={}", model.display()),
+        format!("reference={}", reference.display()),
+        format!("dataset={}", dataset.display()),
+    ];
+    let mut args = vec!["exec", "evaluate"];
+    for param in inputs
+        .iter()
+        .map(String::as_str)
+        .chain(with.iter().copied())
+    {
+        args.extend(["--with", param]);
+    }
+    args.extend(["--out", out]);
+    p.flow(&args)
+}

@@ -2,12 +2,13 @@
 """The baseline of `flow bench dpo-step`: the same DPO step in PyTorch + transformers (+ PEFT for
 LoRA), on the same shape, so the two can be run alternately in the same minutes.
 
-A random MistralForCausalLM (eager attention, float32), `pairs` fresh random pairs of `seq` tokens
+A random MistralForCausalLM (eager attention, float32 on the CPU by default; `--device cuda
+--dtype bf16` on a GPU, as scripts/gpu-check.sh runs it), `pairs` fresh random pairs of `seq` tokens
 per step (prompt = first quarter), sigmoid DPO loss with β 0.1 as TRL computes it (summed
 completion log-probs), the reference scored without gradients (with LoRA: the base with adapters
 disabled, as TRL does for a new adapter), gradient clipping at 1.0 and AdamW. Prints
 `{"tokens_per_s", "step_s", "peak_rss_mib", "threads"}` like flow (tokens = all positions of all
-sequences).
+sequences), and `peak_gpu_mib` (torch's peak allocation) on a GPU.
 
     python scripts/bench_pytorch_dpo_step.py --lora-r 16 [--gradient-checkpointing]
 """
@@ -28,6 +29,8 @@ def main():
                           ("threads", 2), ("repeats", 3), ("lora-r", 0)]:
         ap.add_argument(f"--{name}", type=int, default=default)
     ap.add_argument("--gradient-checkpointing", action="store_true")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--dtype", default="f32", choices=["f32", "bf16"], help="weights and activations")
     ap.add_argument("--attn", default="eager", help="attention implementation: eager (the faster one on this CPU, the default) or sdpa")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -37,7 +40,8 @@ def main():
                            num_key_value_heads=a.kv_heads, head_dim=a.hidden // a.heads,
                            sliding_window=4096, max_position_embeddings=32768, rms_norm_eps=1e-5)
     config._attn_implementation = a.attn
-    model = MistralForCausalLM(config).float()
+    dtype = {"f32": torch.float32, "bf16": torch.bfloat16}[a.dtype]
+    model = MistralForCausalLM(config).to(a.device, dtype)
     reference = None
     if a.lora_r:
         from peft import LoraConfig, get_peft_model
@@ -45,7 +49,7 @@ def main():
             r=a.lora_r, lora_alpha=2 * a.lora_r, lora_dropout=0.0, task_type="CAUSAL_LM",
             target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
     else:
-        reference = MistralForCausalLM(config).float().eval()
+        reference = MistralForCausalLM(config).to(a.device, dtype).eval()
         reference.load_state_dict(model.state_dict())
     if a.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -62,7 +66,7 @@ def main():
         return picked[:, prompt - 1:].sum(-1)
 
     def step():
-        ids = torch.randint(0, a.vocab, (2 * a.pairs, a.seq))
+        ids = torch.randint(0, a.vocab, (2 * a.pairs, a.seq), device=a.device)
         ids[a.pairs:, :prompt] = ids[:a.pairs, :prompt]
         with torch.no_grad():
             if a.lora_r:
@@ -78,14 +82,23 @@ def main():
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
 
+    gpu = a.device.startswith("cuda")
     step()
+    if gpu:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     for _ in range(a.repeats):
         step()
+    if gpu:
+        torch.cuda.synchronize()
     step_s = (time.perf_counter() - start) / a.repeats
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"tokens_per_s": 2 * a.pairs * a.seq / step_s, "step_s": step_s,
-                      "peak_rss_mib": rss, "threads": a.threads}))
+    result = {"tokens_per_s": 2 * a.pairs * a.seq / step_s, "step_s": step_s,
+              "peak_rss_mib": rss, "threads": a.threads}
+    if gpu:
+        result["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

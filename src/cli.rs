@@ -291,7 +291,7 @@ pub struct BenchShapeArgs {
     /// Timed repetitions after one warm-up.
     #[arg(long, default_value_t = 3)]
     pub repeats: usize,
-    /// Device: `cpu`, `auto` or `cuda:N` (CUDA needs the `cuda` feature).
+    /// Device: `cpu`, `auto`, `cuda:N` or `wgpu` (the `cuda` / `wgpu` features).
     #[arg(long, default_value = "cpu")]
     pub device: String,
     /// Compute precision: `f32`, or `bf16` (mixed precision).

@@ -179,6 +179,19 @@ fn seed_hf_cache(cache: &Path, folder: &str, files: &[(String, Vec<u8>)]) {
 
 #[test]
 fn the_real_7b_workflow_runs_offline_on_the_tiny_model_through_a_local_hf_cache() {
+    run_the_real_workflow_on("cpu");
+}
+
+#[test]
+fn the_real_7b_workflow_runs_on_the_test_device() {
+    // Reference scoring, LoRA DPO and evaluation on the GPU (CI: wgpu over lavapipe).
+    if let Some(device) = support::test_device_name() {
+        run_the_real_workflow_on(&device);
+    }
+}
+
+/// `workflows/dpo-de.yaml` offline through a seeded HF cache on the tiny model, on `device`.
+fn run_the_real_workflow_on(device: &str) {
     let p = Project::new();
     let hub = p.path().join("hf/hub");
     let base = support::fixtures().join("mistral-tiny/base");
@@ -210,7 +223,7 @@ fn the_real_7b_workflow_runs_offline_on_the_tiny_model_through_a_local_hf_cache(
             "--set",
             "dataset=flow-test/orca-de",
             "--set",
-            "device=cpu",
+            &format!("device={device}"),
             "--set",
             "dtype=f32",
             "--set",

@@ -61,6 +61,27 @@ fn ref_logprobs_exec_reproduces_the_golden_reference_logps() {
 }
 
 #[test]
+fn ref_logprobs_on_the_test_device_reproduce_the_golden_reference_logps() {
+    let Some(device) = support::test_device_name() else {
+        return;
+    };
+    let p = Project::new();
+    let data = golden_dataset(&p, 1);
+    let with = format!("device={device}");
+    exec_ref_logprobs(&p, &data, "out", &["--with", &with]).expect_code(0);
+    let scored = jsonl(&p.path().join("out/logprobs/logprobs.jsonl"));
+    for (row, pair) in scored.iter().zip(golden()["pairs"].as_array().unwrap()) {
+        for (ours, theirs) in [
+            ("chosen_logps", "ref_chosen_logps"),
+            ("rejected_logps", "ref_rejected_logps"),
+        ] {
+            let (a, b) = (row[ours].as_f64().unwrap(), pair[theirs].as_f64().unwrap());
+            assert!((a - b).abs() < 1e-4, "{device} {ours}: {a} vs {b}");
+        }
+    }
+}
+
+#[test]
 fn bf16_reference_logps_stay_close_to_transformers_f32() {
     // bf16 keeps 8 significant bits: each rounding moves a value by up to 2⁻⁹ relative, and
     // every layer's weights and activations are rounded (the log-softmax stays f32). A summed

@@ -1,5 +1,6 @@
-//! Devices and values between them and the host: the CPU, CUDA GPUs checked by a probe kernel
-//! before use, and tensors read back as plain `f32`/`f64` vectors.
+//! Devices and values between them and the host: the CPU, CUDA GPUs and wgpu devices (Vulkan,
+//! Metal) checked by a probe kernel before use, and tensors read back as plain `f32`/`f64`
+//! vectors.
 
 use burn::prelude::*;
 use burn::tensor::DType;
@@ -11,14 +12,33 @@ pub fn cpu() -> Device {
     Device::flex()
 }
 
+/// Whether `device` is the CPU, where the host paths (fused loops over host slices) run; on
+/// any other device the work stays there and only results come back.
+pub fn is_host(device: &Device) -> bool {
+    *device == cpu()
+}
+
 /// Whether this build can use CUDA devices (the `cuda` cargo feature).
 pub const CUDA_BUILT: bool = cfg!(feature = "cuda");
+
+/// Whether this build can use wgpu devices (the `wgpu` cargo feature).
+pub const WGPU_BUILT: bool = cfg!(feature = "wgpu");
 
 /// CUDA device `index`, checked with [`checked_device`]. burn's CUDA backend loads the driver
 /// and compiles kernels (NVRTC) at run time, so no CUDA toolkit is needed to build it.
 #[cfg(feature = "cuda")]
 pub fn cuda(index: usize) -> Result<Device> {
     checked_device(Device::cuda(index), &format!("CUDA device {index}"))
+}
+
+/// The default wgpu device (burn's wgpu backend: Vulkan on Linux and Windows, Metal on macOS;
+/// `CUBECL_WGPU_DEFAULT_DEVICE` picks another adapter), checked with [`checked_device`].
+#[cfg(feature = "wgpu")]
+pub fn wgpu() -> Result<Device> {
+    checked_device(
+        Device::wgpu(burn::tensor::DeviceKind::DefaultDevice),
+        "the wgpu device (Vulkan or Metal)",
+    )
 }
 
 /// `device` after one tiny kernel ran on it: a machine without a driver or without that GPU

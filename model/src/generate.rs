@@ -1,10 +1,9 @@
 //! Text generation with a KV cache: greedy decoding or temperature + top-p (nucleus) sampling,
 //! seeded, so a report's samples are reproducible.
 
-use crate::device::to_f32;
 use crate::host::vector::softmax_in_place;
 use crate::rng::SplitMix64;
-use crate::scoring::HostHead;
+use crate::scoring::OutputHead;
 use crate::tensor::model::{KvCache, Model};
 
 /// How to pick each next token.
@@ -29,11 +28,12 @@ impl Sampling {
 
 /// Generates up to `max_new_tokens` after `prompt`, stopping after any of `stop` (EOS, a chat
 /// model's end-of-turn token) or at the model's context (`max_position_embeddings`); returns
-/// the new ids (the stop token included when it was generated). An error names a prompt id outside the vocabulary or a prompt that fills the
-/// context.
+/// the new ids (the stop token included when it was generated). `head` is the model's output
+/// layer ([`OutputHead::new`]). An error names a prompt id outside the vocabulary or a prompt
+/// that fills the context.
 pub fn generate(
     model: &Model,
-    head: &HostHead,
+    head: &OutputHead,
     prompt: &[u32],
     stop: &[u32],
     max_new_tokens: usize,
@@ -52,9 +52,13 @@ pub fn generate(
     let mut generated = Vec::new();
     let mut next: Vec<u32> = prompt.to_vec();
     while generated.len() < max_new_tokens && !next.is_empty() {
-        let hidden = to_f32(model.hidden_states_cached(&next, &mut cache)?);
-        let last = &hidden[hidden.len() - model.config.hidden_size..];
-        let token = pick(head.logits(last), sampling, &mut rng);
+        let hidden = model.hidden_states_cached(&next, &mut cache)?;
+        let [_, rows, width] = hidden.dims();
+        let token = pick(
+            head.last_logits(hidden.reshape([rows, width])),
+            sampling,
+            &mut rng,
+        );
         generated.push(token);
         if stop.contains(&token) {
             break;

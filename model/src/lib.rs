@@ -42,6 +42,8 @@ pub use burn::prelude::{Device, Int, Tensor};
 pub use burn::tensor::DType;
 #[cfg(feature = "cuda")]
 pub use device::cuda;
-pub use device::{CUDA_BUILT, checked_device, cpu};
+#[cfg(feature = "wgpu")]
+pub use device::wgpu;
+pub use device::{CUDA_BUILT, WGPU_BUILT, checked_device, cpu, is_host};
 pub use error::{ModelError, Result};
 pub use tensor::model::Model;

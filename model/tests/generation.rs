@@ -10,7 +10,7 @@ use burn::tensor::TensorData;
 use common::{FAMILIES, fixtures, golden, golden_of, ids};
 use flow_model::device::to_f32;
 use flow_model::generate::{Sampling, generate};
-use flow_model::scoring::HostHead;
+use flow_model::scoring::{HostHead, OutputHead};
 use flow_model::tensor::model::KvCache;
 use flow_model::{Model, cpu};
 
@@ -64,7 +64,7 @@ fn greedy_decoding_gives_transformers_tokens() {
     for family in FAMILIES {
         let g = golden_of(family);
         let model = Model::load(&fixtures().join(family).join("base"), &cpu()).unwrap();
-        let head = HostHead::new(&model);
+        let head = OutputHead::new(&model);
         let greedy = &g["greedy"];
         let steps = greedy["max_new_tokens"].as_u64().unwrap() as usize;
         for case in greedy["base"].as_array().unwrap() {
@@ -86,7 +86,7 @@ fn greedy_decoding_gives_transformers_tokens() {
 #[test]
 fn a_prompt_outside_the_vocabulary_is_an_error() {
     let model = Model::load(&fixtures().join("mistral-tiny/base"), &cpu()).unwrap();
-    let head = HostHead::new(&model);
+    let head = OutputHead::new(&model);
     let err = generate(&model, &head, &[1, 100_000], &[2], 4, Sampling::GREEDY).unwrap_err();
     assert!(
         err.to_string().contains("token id 100000 is outside"),
@@ -97,7 +97,7 @@ fn a_prompt_outside_the_vocabulary_is_an_error() {
 #[test]
 fn cached_greedy_decoding_equals_recomputing_every_step_and_sampling_is_seeded() {
     let model = Model::load(&fixtures().join("mistral-tiny/policy"), &cpu()).unwrap();
-    let head = HostHead::new(&model);
+    let head = OutputHead::new(&model);
     let eos = model.config.eos_token_id();
     let new = generate(&model, &head, &prompt(), &[eos], 12, Sampling::GREEDY).unwrap();
 
@@ -106,7 +106,7 @@ fn cached_greedy_decoding_equals_recomputing_every_step_and_sampling_is_seeded()
     let hidden = model.config.hidden_size;
     while expected.len() < 12 {
         let states = full_hidden(&model, &seq);
-        let logits = head.logits(&states[states.len() - hidden..]);
+        let logits = HostHead::new(&model).logits(&states[states.len() - hidden..]);
         let token =
             (0..logits.len()).fold(0, |b, i| if logits[i] > logits[b] { i } else { b }) as u32;
         expected.push(token);
@@ -173,4 +173,27 @@ fn generation_config_eos_ids_are_stop_tokens() {
     .unwrap();
     let tokenizer = flow_model::tokenize::PreferenceTokenizer::load(dir.path()).unwrap();
     assert_eq!(tokenizer.stop_ids, [2, 9]);
+}
+
+#[test]
+fn greedy_decoding_gives_transformers_tokens_on_the_test_device() {
+    let Some(device) = common::test_device() else {
+        return;
+    };
+    for family in FAMILIES {
+        let g = golden_of(family);
+        let model = Model::load(&fixtures().join(family).join("base"), &device).unwrap();
+        let head = OutputHead::new(&model);
+        assert!(
+            matches!(head, OutputHead::Device(_)) != flow_model::is_host(&device),
+            "the output layer stays on a GPU and runs on the host for the CPU"
+        );
+        let greedy = &g["greedy"];
+        let steps = greedy["max_new_tokens"].as_u64().unwrap() as usize;
+        for case in greedy["base"].as_array().unwrap() {
+            let prompt = ids(&case["prompt_ids"]);
+            let new = generate(&model, &head, &prompt, &[], steps, Sampling::GREEDY).unwrap();
+            assert_eq!(new, ids(&case["new_ids"]), "{family} on {device:?}");
+        }
+    }
 }

@@ -11,11 +11,13 @@ use flow_model::train::dpo::{LossConfig, LossType, PairLogps, preference_loss};
 use flow_model::train::optim::AdamWConfig;
 use flow_model::train::schedule::{BetaSchedule, BetaShape, LrScheduler};
 use flow_model::train::{Example, Objective, Record, Schedule, TrainConfig, Trainer};
-use flow_model::{Model, Tensor, cpu};
+use flow_model::{Device, Model, Tensor, cpu};
 use serde_json::Value;
 
 mod common;
-use common::{FAMILIES, assert_close, assert_relative, fixtures, floats, golden, golden_of, ids};
+use common::{
+    FAMILIES, assert_close, assert_relative, fixtures, floats, golden, golden_of, ids, test_device,
+};
 
 fn pairs(g: &Value) -> &Vec<Value> {
     g["pairs"].as_array().unwrap()
@@ -47,7 +49,11 @@ fn policy() -> Model {
 }
 
 fn policy_of(family: &str) -> Model {
-    Model::load(&fixtures().join(family).join("policy"), &cpu()).unwrap()
+    policy_on(family, &cpu())
+}
+
+fn policy_on(family: &str, device: &Device) -> Model {
+    Model::load(&fixtures().join(family).join("policy"), device).unwrap()
 }
 
 /// A sigmoid-DPO (β 0.1) trainer of the Mistral fixture policy on the golden pairs.
@@ -57,13 +63,18 @@ fn golden_trainer(g: &Value, config: TrainConfig) -> Trainer {
 
 /// A sigmoid-DPO (β 0.1) trainer of `family`'s fixture policy on its golden pairs.
 fn golden_trainer_of(family: &str, g: &Value, config: TrainConfig) -> Trainer {
+    golden_trainer_on(family, g, config, &cpu())
+}
+
+/// [`golden_trainer_of`] on `device`.
+fn golden_trainer_on(family: &str, g: &Value, config: TrainConfig, device: &Device) -> Trainer {
     Trainer::new(
-        policy_of(family),
+        policy_on(family, device),
         config,
         sigmoid_objective(0.1),
         golden_examples(g),
         Vec::new(),
-        cpu(),
+        device.clone(),
     )
     .unwrap()
 }
@@ -207,7 +218,7 @@ fn learning_rate_multipliers_are_transformers_exactly() {
 #[test]
 fn three_trl_steps_give_trls_losses_gradients_and_weights() {
     for family in FAMILIES {
-        three_trl_steps(family, false);
+        three_trl_steps(family, false, &cpu());
     }
 }
 
@@ -215,18 +226,19 @@ fn three_trl_steps_give_trls_losses_gradients_and_weights() {
 fn three_trl_steps_through_autodiff_give_trls_weights() {
     // Through burn's autodiff (the path of bf16 and GPUs) instead of the host backward pass.
     for family in FAMILIES {
-        three_trl_steps(family, true);
+        three_trl_steps(family, true, &cpu());
     }
 }
 
-/// TRL's three steps on `family`, on the host path or (`tape`) through burn's autodiff.
-fn three_trl_steps(family: &str, tape: bool) {
+/// TRL's three steps on `family` on `device`, on the host path or (`tape`, and always off the
+/// CPU) through burn's autodiff.
+fn three_trl_steps(family: &str, tape: bool, device: &Device) {
     let g = golden_of(family);
     let config = TrainConfig {
         autodiff: tape,
         ..trl_config(&g)
     };
-    let mut trainer = golden_trainer_of(family, &g, config);
+    let mut trainer = golden_trainer_on(family, &g, config, device);
     let mut log = Log::default();
     trainer.run(&Schedule::default(), &mut log).unwrap();
     let trl_log = g["train_3_steps"]["log"].as_array().unwrap();
@@ -274,13 +286,14 @@ fn three_trl_steps(family: &str, tape: bool) {
 fn sigmoid_loss_gradient_matches_trl() {
     for family in FAMILIES {
         for tape in [false, true] {
-            sigmoid_gradient(family, tape);
+            sigmoid_gradient(family, tape, &cpu());
         }
     }
 }
 
-/// The gradient of TRL's batch loss on `family`, on the host path or through burn's autodiff.
-fn sigmoid_gradient(family: &str, tape: bool) {
+/// The gradient of TRL's batch loss on `family` on `device`, on the host path or through burn's
+/// autodiff.
+fn sigmoid_gradient(family: &str, tape: bool, device: &Device) {
     let g = golden_of(family);
     let config = TrainConfig {
         max_steps: Some(1),
@@ -288,7 +301,7 @@ fn sigmoid_gradient(family: &str, tape: bool) {
         autodiff: tape,
         ..trl_config(&g)
     };
-    let mut trainer = golden_trainer_of(family, &g, config);
+    let mut trainer = golden_trainer_on(family, &g, config, device);
     let (record, grads) = trainer.gradients().unwrap();
     assert_relative(
         record.get("loss").unwrap(),
@@ -577,10 +590,10 @@ fn lora_golden() -> Value {
     .unwrap()
 }
 
-/// A trainer of the base with the golden's initial PEFT adapter, on the host path or through
-/// autodiff, with TRL's reference log-probs or scoring them itself.
-fn peft_trainer(g: &Value, tape: bool, known_reference: bool) -> Trainer {
-    let mut model = Model::load(&fixtures().join("mistral-tiny/base"), &cpu()).unwrap();
+/// A trainer of the base with the golden's initial PEFT adapter on `device`, on the host path
+/// or through autodiff, with TRL's reference log-probs or scoring them itself.
+fn peft_trainer(g: &Value, tape: bool, known_reference: bool, device: &Device) -> Trainer {
+    let mut model = Model::load(&fixtures().join("mistral-tiny/base"), device).unwrap();
     let lora = lora::load_peft(
         &mut model,
         &fixtures().join("mistral-tiny/lora/adapter_init"),
@@ -601,7 +614,7 @@ fn peft_trainer(g: &Value, tape: bool, known_reference: bool) -> Trainer {
         sigmoid_objective(0.1),
         examples,
         Vec::new(),
-        cpu(),
+        device.clone(),
     )
     .unwrap()
 }
@@ -610,8 +623,17 @@ fn peft_trainer(g: &Value, tape: bool, known_reference: bool) -> Trainer {
 fn lora_dpo_from_a_peft_adapter_matches_trl_and_peft() {
     let g = lora_golden();
     for (tape, known_reference) in [(false, false), (false, true), (true, true)] {
+        lora_dpo_matches(&g, tape, known_reference, &cpu());
+    }
+}
+
+/// TRL + PEFT's LoRA DPO gradients, three steps' losses and adapters after them, on `device`.
+fn lora_dpo_matches(g: &Value, tape: bool, known_reference: bool, device: &Device) {
+    {
         let what = format!("autodiff {tape}, reference given {known_reference}");
-        let (record, grads) = peft_trainer(&g, tape, known_reference).gradients().unwrap();
+        let (record, grads) = peft_trainer(g, tape, known_reference, device)
+            .gradients()
+            .unwrap();
         assert_relative(
             record.get("loss").unwrap(),
             g["trl_batch_loss_sigmoid"].as_f64().unwrap(),
@@ -634,7 +656,7 @@ fn lora_dpo_from_a_peft_adapter_matches_trl_and_peft() {
                 );
             }
         }
-        let mut trainer = peft_trainer(&g, tape, known_reference);
+        let mut trainer = peft_trainer(g, tape, known_reference, device);
         let mut log = Log::default();
         trainer.run(&Schedule::default(), &mut log).unwrap();
         for (ours, theirs) in log
@@ -671,5 +693,20 @@ fn lora_dpo_from_a_peft_adapter_matches_trl_and_peft() {
                 &format!("{what} {name}"),
             );
         }
+    }
+}
+
+#[test]
+fn trl_steps_gradients_and_lora_match_on_the_test_device() {
+    let Some(device) = test_device() else {
+        return;
+    };
+    for family in FAMILIES {
+        sigmoid_gradient(family, true, &device);
+        three_trl_steps(family, true, &device);
+    }
+    let g = lora_golden();
+    for known_reference in [false, true] {
+        lora_dpo_matches(&g, true, known_reference, &device);
     }
 }

@@ -8,7 +8,9 @@ use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 use tokio_util::sync::CancellationToken;
 
-/// Where tensor work runs: `cpu`, `auto` (CUDA when built with it and present, else CPU) or `cuda:N`.
+/// Where tensor work runs: `cpu`, `cuda:N` (NVIDIA GPU N, the `cuda` feature), `wgpu` (the
+/// default Vulkan or Metal adapter, the `wgpu` feature) or `auto` (CUDA device 0, then wgpu, then
+/// the CPU: the first this build has and the machine can run).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub enum DeviceSpec {
@@ -19,7 +21,12 @@ pub enum DeviceSpec {
     Auto,
     /// CUDA device N.
     Cuda(usize),
+    /// The default wgpu adapter (Vulkan, Metal).
+    Wgpu,
 }
+
+/// What a device param accepts, for errors and the schema.
+const DEVICE_FORMS: &str = "`cpu`, `auto`, `cuda:N` or `wgpu`";
 
 impl TryFrom<String> for DeviceSpec {
     type Error = String;
@@ -28,13 +35,12 @@ impl TryFrom<String> for DeviceSpec {
             "cpu" => Ok(DeviceSpec::Cpu),
             "auto" => Ok(DeviceSpec::Auto),
             "cuda" => Ok(DeviceSpec::Cuda(0)),
+            "wgpu" => Ok(DeviceSpec::Wgpu),
             other => other
                 .strip_prefix("cuda:")
                 .and_then(|n| n.parse().ok())
                 .map(DeviceSpec::Cuda)
-                .ok_or_else(|| {
-                    format!("invalid device `{other}`: expected `cpu`, `auto` or `cuda:N`")
-                }),
+                .ok_or_else(|| format!("invalid device `{other}`: expected {DEVICE_FORMS}")),
         }
     }
 }
@@ -45,6 +51,7 @@ impl From<DeviceSpec> for String {
             DeviceSpec::Cpu => "cpu".into(),
             DeviceSpec::Auto => "auto".into(),
             DeviceSpec::Cuda(n) => format!("cuda:{n}"),
+            DeviceSpec::Wgpu => "wgpu".into(),
         }
     }
 }
@@ -56,20 +63,24 @@ impl JsonSchema for DeviceSpec {
     fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
         schemars::json_schema!({
             "type": "string",
-            "pattern": "^(cpu|auto|cuda(:[0-9]+)?)$",
-            "description": "`cpu`, `auto` or `cuda:N`"
+            "pattern": "^(cpu|auto|wgpu|cuda(:[0-9]+)?)$",
+            "description": DEVICE_FORMS
         })
     }
 }
 
 impl DeviceSpec {
-    /// The burn device: `auto` is CUDA device 0 when this build has CUDA and the machine a
-    /// usable GPU, else the CPU; CUDA without the `cuda` feature is an error naming the feature.
+    /// The burn device, checked by a probe kernel: `auto` is the first of CUDA device 0, the
+    /// wgpu adapter and the CPU that this build has and the machine runs; a device this build
+    /// lacks is an error naming the cargo feature.
     pub fn resolve(&self) -> Result<Device, NodeError> {
         match self {
             DeviceSpec::Cpu => Ok(flow_model::cpu()),
-            DeviceSpec::Auto => Ok(cuda_device(0).unwrap_or_else(|_| flow_model::cpu())),
+            DeviceSpec::Auto => Ok(cuda_device(0)
+                .or_else(|_| wgpu_device())
+                .unwrap_or_else(|_| flow_model::cpu())),
             DeviceSpec::Cuda(n) => cuda_device(*n),
+            DeviceSpec::Wgpu => wgpu_device(),
         }
     }
 }
@@ -83,12 +94,28 @@ fn cuda_device(index: usize) -> Result<Device, NodeError> {
 /// Without the `cuda` feature: an error that says how to get it.
 #[cfg(not(feature = "cuda"))]
 fn cuda_device(index: usize) -> Result<Device, NodeError> {
-    Err(NodeError::new(format!(
-        "device `cuda:{index}` needs flow built with the `cuda` feature (cargo build --release --features cuda); use `device: cpu` here"
-    )))
+    Err(missing_feature(&format!("cuda:{index}"), "cuda"))
 }
 
-impl DeviceSpec {}
+/// The wgpu adapter, checked.
+#[cfg(feature = "wgpu")]
+fn wgpu_device() -> Result<Device, NodeError> {
+    flow_model::wgpu().map_err(model_error)
+}
+
+/// Without the `wgpu` feature: an error that says how to get it.
+#[cfg(not(feature = "wgpu"))]
+fn wgpu_device() -> Result<Device, NodeError> {
+    Err(missing_feature("wgpu", "wgpu"))
+}
+
+/// The error for a device this build lacks.
+#[cfg(not(all(feature = "cuda", feature = "wgpu")))]
+fn missing_feature(device: &str, feature: &str) -> NodeError {
+    NodeError::new(format!(
+        "device `{device}` needs flow built with the `{feature}` feature (cargo build --release --features {feature}); use `device: cpu` here"
+    ))
+}
 
 /// Floating-point precision of tensor work.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

@@ -219,6 +219,21 @@ nodes:
       run: "echo ${params.label} > $FLOW_OUT/label.txt"
 "#;
 
+/// The device `FLOW_TEST_DEVICE` names (`wgpu`, `cuda:N`) for the node tests that also run on a
+/// GPU (CI: `wgpu` over Mesa's software Vulkan); `None`, said on stderr past the harness's
+/// capture, when it is unset.
+pub fn test_device_name() -> Option<String> {
+    use std::io::Write;
+    let name = std::env::var("FLOW_TEST_DEVICE").ok();
+    if name.is_none() {
+        let _ = writeln!(
+            std::io::stderr(),
+            "skipped on a device: FLOW_TEST_DEVICE is unset (e.g. FLOW_TEST_DEVICE=wgpu)"
+        );
+    }
+    name
+}
+
 /// `tests/fixtures` (tiny Mistral models and golden numbers made with transformers and TRL).
 pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")

@@ -1,14 +1,17 @@
 //! Scoring: the log-probability of every completion token of a batch of sequences and their
 //! sum per sequence, on either path — the host ([`host`]) or the tensor library ([`tensor`],
-//! differentiable for training) — and [`ReferenceScorer`], which picks the faster one a model
-//! allows. This room reads models; it never changes weights.
+//! differentiable for training) — the output layer where the trunk ran ([`head`]), and
+//! [`ReferenceScorer`], which picks the faster one a model allows. This room reads models; it
+//! never changes weights.
 
+pub mod head;
 pub mod host;
 pub mod tensor;
 
 use burn::tensor::DType;
 
 pub use crate::sequence::Sequence;
+pub use head::{DeviceHead, OutputHead};
 pub use host::{HostHead, HostScorer};
 pub use tensor::{CHUNK_LOGIT_ELEMENTS, Scorer, Scores, score};
 
@@ -54,7 +57,7 @@ impl ReferenceScorer {
     /// The fastest scorer `model` allows.
     pub fn new(model: Model) -> ReferenceScorer {
         let host = model.embed_tokens.dtype() == DType::F32
-            && model.embed_tokens.device() == crate::device::cpu()
+            && crate::device::is_host(&model.embed_tokens.device())
             && crate::tensor::lora::adapter_tensors(&model).is_empty();
         if host {
             ReferenceScorer::Host(Box::new(HostScorer::new(model)))

@@ -1,15 +1,16 @@
 //! Scoring on the tensor path: batched, right-padded, differentiable when the weights are
 //! tracked (training through burn's autodiff), and [`Scorer`] (the trunk on the model's
-//! device, the output layer on the host) for evaluation. The lm_head, log-softmax and gather
-//! run in row chunks, so the full `(tokens × vocab)` logits of a batch are never held at once.
+//! device, the output layer where [`OutputHead`] puts it) for evaluation. The lm_head,
+//! log-softmax and gather run in row chunks, so the full `(tokens × vocab)` logits of a batch
+//! are never held at once; on a GPU they never leave it.
 
 use burn::prelude::*;
 use burn::tensor::{DType, TensorData, activation};
 use rayon::prelude::*;
 
 use super::ScoreValues;
-use super::host::HostHead;
-use crate::device::{to_f32, to_f64};
+use super::head::OutputHead;
+use crate::device::{is_host, to_f32};
 use crate::error::Result;
 use crate::host::vector::softmax_in_place;
 use crate::sequence::Sequence;
@@ -110,16 +111,16 @@ pub fn score(model: &Model, batch: &[Sequence], device: &Device) -> Result<Score
 }
 
 /// Scores without gradients: the trunk on the model's device, then the lm_head, log-sum-exp and
-/// gather on the host, fused tile by tile (see [`HostHead::token_logps`]).
+/// gather by [`OutputHead`] (fused tile by tile on the host for the CPU, on the device for a GPU).
 pub struct Scorer {
     model: Model,
-    head: HostHead,
+    head: OutputHead,
 }
 
 impl Scorer {
-    /// A scorer for `model` (copies the lm_head to the host once).
+    /// A scorer for `model` (on the CPU, copies the lm_head to the host once).
     pub fn new(model: Model) -> Scorer {
-        let head = HostHead::new(&model);
+        let head = OutputHead::new(&model);
         Scorer { model, head }
     }
 
@@ -128,16 +129,15 @@ impl Scorer {
         &self.model
     }
 
-    /// The lm_head on the host.
-    pub fn head(&self) -> &HostHead {
+    /// The output layer.
+    pub fn head(&self) -> &OutputHead {
         &self.head
     }
 
     /// Scores one right-padded batch.
     pub fn score(&self, batch: &[Sequence], device: &Device) -> Result<ScoreValues> {
         let prepared = prepare(&self.model, batch, device)?;
-        let rows = to_f32(prepared.rows);
-        let token_logps = self.head.token_logps(&rows, &prepared.targets);
+        let token_logps = self.head.token_logps(prepared.rows, &prepared.targets);
         Ok(ScoreValues::of_tokens(token_logps, &prepared.counts))
     }
 }
@@ -145,7 +145,8 @@ impl Scorer {
 /// `log_softmax(rows · Wᵀ)[targets]`, a chunk of rows at a time, differentiable in `rows` and `W`.
 ///
 /// In f32 the logits never enter the autodiff graph: they are computed without it, and the
-/// log-sum-exp and softmax `P` on the host (vectorised). The graph sees only the surrogate
+/// log-sum-exp and softmax `P` on the host (vectorised) for the CPU, on the device for a GPU
+/// (nothing of the vocabulary's width leaves it). The graph sees only the surrogate
 /// `rows · (W[targets] − P W)` per row, whose gradients are exactly those of
 /// `log_softmax(rows Wᵀ)[targets]` (`onehot − P` for the logits), plus a constant that makes its
 /// value the log-prob. That saves the dozen whole-logits passes of a generic log-softmax and its
@@ -218,8 +219,24 @@ fn surrogate_token_logps(
     device: &Device,
 ) -> Tensor<1> {
     let n = targets.len();
-    let vocab = lm_head.dims()[0];
-    let mut probs = to_f32(rows.clone().inner().matmul(head_t.clone()));
+    let logits = rows.clone().inner().matmul(head_t.clone());
+    let (probs, values) = if is_host(device) {
+        softmax_on_host(logits, targets, device)
+    } else {
+        softmax_on_device(logits, targets, device)
+    };
+    let target = Tensor::<1, Int>::from_data(TensorData::new(targets.to_vec(), [n]), device);
+    let direction = lm_head.clone().select(0, target) - probs.matmul(lm_head.clone());
+    let surrogate = (rows * direction).sum_dim(1).reshape([n]);
+    let offsets = values - surrogate.clone().inner();
+    surrogate + offsets
+}
+
+/// `(softmax(logits), log_softmax(logits)[targets])` of `[n, vocab]` logits computed outside
+/// autodiff, both outside autodiff: vectorised on the host, one row per thread.
+fn softmax_on_host(logits: Tensor<2>, targets: &[i64], device: &Device) -> (Tensor<2>, Tensor<1>) {
+    let [n, vocab] = logits.dims();
+    let mut probs = to_f32(logits);
     let mut values = vec![0f32; n];
     probs
         .par_chunks_mut(vocab)
@@ -229,16 +246,23 @@ fn surrogate_token_logps(
             let logit = row[target as usize];
             *value = logit - softmax_in_place(row);
         });
-    let probs = Tensor::<2>::from_data(TensorData::new(probs, [n, vocab]), device).inner();
-    let target = Tensor::<1, Int>::from_data(TensorData::new(targets.to_vec(), [n]), device);
-    let direction = lm_head.clone().select(0, target) - probs.matmul(lm_head.clone());
-    let surrogate = (rows * direction).sum_dim(1).reshape([n]);
-    let offsets: Vec<f32> = to_f64(surrogate.clone().inner())
-        .iter()
-        .zip(&values)
-        .map(|(s, v)| (f64::from(*v) - s) as f32)
-        .collect();
-    surrogate + Tensor::<1>::from_data(TensorData::new(offsets, [n]), device).inner()
+    (
+        Tensor::<2>::from_data(TensorData::new(probs, [n, vocab]), device).inner(),
+        Tensor::<1>::from_data(TensorData::new(values, [n]), device).inner(),
+    )
+}
+
+/// [`softmax_on_host`] as tensor operations on the logits' device.
+fn softmax_on_device(
+    logits: Tensor<2>,
+    targets: &[i64],
+    device: &Device,
+) -> (Tensor<2>, Tensor<1>) {
+    let n = targets.len();
+    let target = Tensor::<2, Int>::from_data(TensorData::new(targets.to_vec(), [n, 1]), device);
+    let logps = activation::log_softmax(logits, 1);
+    let values = logps.clone().gather(1, target).reshape([n]);
+    (logps.exp(), values)
 }
 
 /// Sums consecutive segments of `values` with the given lengths (a `[segments, n] · [n]` product).

@@ -223,6 +223,11 @@ impl Attention {
                 softcap: self.softcap,
                 is_causal: false,
             };
+            // burn-cubecl 0.22.1's attention (GPU backends) takes as many key/value heads as
+            // query heads: grouped heads are repeated there (burn-flex reads them in place).
+            if !crate::device::is_host(&q.device()) {
+                (k, v) = (self.repeat_kv(k), self.repeat_kv(v));
+            }
             module::attention(q, k, v, None, Some(mask.clone()), options)
         };
         self.o_proj.forward(
@@ -315,7 +320,7 @@ fn map_on_host<const D: usize>(x: Tensor<D>, f: impl FnOnce(&mut [f32])) -> Tens
 fn on_host_without_gradients<const D: usize>(tensors: &[&Tensor<D>]) -> bool {
     tensors
         .iter()
-        .all(|t| t.dtype() == DType::F32 && !t.is_autodiff() && t.device() == crate::cpu())
+        .all(|t| t.dtype() == DType::F32 && !t.is_autodiff() && crate::device::is_host(&t.device()))
 }
 
 /// One decoder layer (pre-norm residual blocks; Gemma 2 also norms each block's output).

@@ -20,7 +20,7 @@ use crate::tensor::model::Model;
 /// fine-tuning or LoRA, with or without gradient checkpointing (bf16 and GPUs go through
 /// burn's autodiff).
 pub(super) fn trains_on_host(config: &TrainConfig, device: &Device) -> bool {
-    config.compute_dtype == DType::F32 && *device == crate::device::cpu() && !config.autodiff
+    config.compute_dtype == DType::F32 && crate::device::is_host(device) && !config.autodiff
 }
 
 /// What the trained tensors are plugged into.

@@ -1,0 +1,27 @@
+//! The `cuda` build compiles kernels with NVRTC: cubecl-cuda's `cpp` feature makes the CUDA C++
+//! backend the default, and the LLVM backend is the stand-in of `vendor/cubecl-llvm`, which
+//! refuses to compile. Losing `cpp` (a dependency change) would make every kernel fail at run
+//! time on a GPU; this test makes it fail here, where no GPU is needed.
+#![cfg(feature = "cuda")]
+
+use cubecl_cuda::compiler::{CudaBackend, CudaCompiler};
+
+#[test]
+fn nvrtc_is_the_default_cuda_compiler() {
+    assert_eq!(CudaBackend::default(), CudaBackend::Cpp);
+    assert!(matches!(CudaCompiler::default(), CudaCompiler::Cpp(_)));
+}
+
+#[test]
+fn the_lock_has_no_llvm_download() {
+    // What made `--features cuda` need network: cubecl-llvm's LLVM bundle and its bindings.
+    let lock = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.lock"))
+        .expect("the workspace lock");
+    for package in ["tracel-llvm-bundler", "llvm-sys", "pliron-llvm"] {
+        assert!(
+            !lock.contains(&format!("name = \"{package}\"")),
+            "Cargo.lock has {package}: is vendor/cubecl-llvm still patched in?"
+        );
+    }
+    assert!(lock.contains("name = \"cubecl-llvm\"\nversion = \"0.11.3\"\ndependencies"));
+}

@@ -59,7 +59,7 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Show one run: per node status, duration, cache hit, artifact digests, log path.
+    /// Show one run: per node status, duration, cache hit, executor and job id, artifact digests, logs.
     Show {
         /// Run id, a unique prefix of one, or `last`.
         run: String,
@@ -110,6 +110,12 @@ pub enum Command {
         /// What to measure.
         #[command(subcommand)]
         what: BenchCommand,
+    },
+    /// Run one node attempt from a spec file (what an executor's job runs; written by `flow run`).
+    #[command(hide = true)]
+    Worker {
+        /// The attempt's spec (`worker.json` in the store's `tmp/`).
+        spec: PathBuf,
     },
     /// Remove artifacts that no run record references.
     Gc {
@@ -165,6 +171,10 @@ pub struct RunArgs {
     /// Resource capacities, `gpu=1,mem_gb=20`; a resource not named holds the largest single request.
     #[arg(long, value_name = "NAME=N,…")]
     pub resources: Option<String>,
+    /// Where nodes run: `local` (this process) or `slurm` (each node a batch job); a node's own
+    /// `executor:` still wins, and this wins over the workflow's top-level `executor:`.
+    #[arg(long, env = "FLOW_EXECUTOR", value_name = "NAME")]
+    pub executor: Option<String>,
 }
 
 /// `flow schedule`.

@@ -7,18 +7,7 @@ mod llm_server;
 mod support;
 
 use std::path::Path;
-use support::{Project, Run, actions, expect};
-
-fn flow_at_root(p: &Project, args: &[&str]) -> Run {
-    p.command(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env("FLOW_STORE", p.store())
-        .env("HF_HUB_OFFLINE", "1")
-        .env("HF_ENDPOINT", "http://127.0.0.1:9")
-        .output()
-        .expect("run flow")
-        .into()
-}
+use support::{Project, Run, actions, expect, flow_at_root};
 
 fn read_json(path: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(path).expect("read")).expect("JSON")

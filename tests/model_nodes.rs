@@ -79,6 +79,23 @@ fn ref_logprobs_on_the_test_device_reproduce_the_golden_reference_logps() {
             assert!((a - b).abs() < 1e-4, "{device} {ours}: {a} vs {b}");
         }
     }
+    if device == "wgpu" {
+        // WGSL has no bf16: refused up front, naming the dtype and the device, not a panic.
+        let bf16 = exec_ref_logprobs(
+            &p,
+            &data,
+            "bf16",
+            &["--with", &with, "--with", "dtype=bf16"],
+        );
+        let bf16 = bf16.expect_code(1);
+        assert!(
+            bf16.stderr
+                .contains("dtype bf16 is not supported on device `wgpu`")
+                && !bf16.stderr.contains("panicked"),
+            "{}",
+            bf16.stderr
+        );
+    }
 }
 
 #[test]

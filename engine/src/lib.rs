@@ -9,7 +9,8 @@
 //!   into a [`workflow::ValidWorkflow`], and the JSON Schemas.
 //! - [`store`]: the content-addressed artifact store, its lock and the run records.
 //! - [`plan`]: fingerprints (the cache-key recipe and the reasons a node re-runs) and the plan.
-//! - [`exec`]: running a workflow: dispatch within jobs and resources, attempts, retries.
+//! - [`exec`]: running a workflow: dispatch within jobs and resources, attempts, retries,
+//!   and the executors attempts run on (in-process, Slurm jobs running `flow worker`).
 //! - [`scheduler`]: `flow schedule`'s loop on an injectable clock.
 
 pub mod diagnostic;

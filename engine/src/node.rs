@@ -308,7 +308,7 @@ pub fn mask_secrets(text: &str, secrets: &[String]) -> String {
 
 /// Where a node's run comes from: the workflow and the artifacts it reads, for records that
 /// travel with a result (a model card, say).
-#[derive(Clone, Debug, Default, serde::Serialize)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Lineage {
     /// The workflow's name.
     pub workflow: String,
@@ -325,7 +325,7 @@ pub struct Lineage {
 }
 
 /// A node that produced an input artifact, as the workflow declares it.
-#[derive(Clone, Debug, Default, serde::Serialize)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Producer {
     /// Its node type (`uses:`).
     pub uses: String,

@@ -41,6 +41,24 @@ pub fn wgpu() -> Result<Device> {
     )
 }
 
+/// A hardware GPU through wgpu, for `auto`: the first discrete GPU, else the first integrated
+/// one (Apple silicon), each checked; never a software adapter (lavapipe, on the CPU, is slower
+/// than the CPU path itself), which only an explicit [`wgpu`] uses.
+#[cfg(feature = "wgpu")]
+pub fn wgpu_hardware() -> Result<Device> {
+    use burn::tensor::DeviceKind;
+    checked_device(
+        Device::wgpu(DeviceKind::DiscreteGpu(0)),
+        "a discrete GPU (wgpu)",
+    )
+    .or_else(|_| {
+        checked_device(
+            Device::wgpu(DeviceKind::IntegratedGpu(0)),
+            "an integrated GPU (wgpu)",
+        )
+    })
+}
+
 /// `device` after one tiny kernel ran on it: a machine without a driver or without that GPU
 /// gets an error naming `what` here, rather than a panic in the middle of the work.
 pub fn checked_device(device: Device, what: &str) -> Result<Device> {
@@ -51,19 +69,37 @@ pub fn checked_device(device: Device, what: &str) -> Result<Device> {
     }
 }
 
-/// Runs `work`, turning a panic into its message without printing it.
+/// Runs `work`, turning a panic into its message without printing it. A runtime that fails on
+/// its own thread (a CUDA driver that does not load) panics there first and the caller only
+/// sees a closed channel: the first message any thread panicked with is the one reported.
 fn quietly<T>(work: impl FnOnce() -> T) -> std::result::Result<T, String> {
+    let first = std::sync::Arc::new(std::sync::Mutex::new(None::<String>));
     let hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
+    let seen = first.clone();
+    std::panic::set_hook(Box::new(move |info| {
+        let mut seen = seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        seen.get_or_insert_with(|| panic_message(info.payload()));
+    }));
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work));
     std::panic::set_hook(hook);
     outcome.map_err(|payload| {
-        payload
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_else(|| "its runtime failed to start".to_string())
+        let first = first
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        first.unwrap_or_else(|| panic_message(payload.as_ref()))
     })
+}
+
+/// The text a panic carried.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "its runtime failed to start".to_string())
 }
 
 /// Reads a tensor back as row-major `f32`s, whatever its float dtype.

@@ -42,8 +42,8 @@ pub use burn::prelude::{Device, Int, Tensor};
 pub use burn::tensor::DType;
 #[cfg(feature = "cuda")]
 pub use device::cuda;
-#[cfg(feature = "wgpu")]
-pub use device::wgpu;
 pub use device::{CUDA_BUILT, WGPU_BUILT, checked_device, cpu, is_host};
+#[cfg(feature = "wgpu")]
+pub use device::{wgpu, wgpu_hardware};
 pub use error::{ModelError, Result};
 pub use tensor::model::Model;

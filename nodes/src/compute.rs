@@ -9,8 +9,9 @@ use std::borrow::Cow;
 use tokio_util::sync::CancellationToken;
 
 /// Where tensor work runs: `cpu`, `cuda:N` (NVIDIA GPU N, the `cuda` feature), `wgpu` (the
-/// default Vulkan or Metal adapter, the `wgpu` feature) or `auto` (CUDA device 0, then wgpu, then
-/// the CPU: the first this build has and the machine can run).
+/// default Vulkan or Metal adapter, software ones included, the `wgpu` feature) or `auto` (CUDA
+/// device 0, then a hardware GPU through wgpu, then the CPU: the first this build has and the
+/// machine can run).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub enum DeviceSpec {
@@ -70,16 +71,23 @@ impl JsonSchema for DeviceSpec {
 }
 
 impl DeviceSpec {
-    /// The burn device, checked by a probe kernel: `auto` is the first of CUDA device 0, the
-    /// wgpu adapter and the CPU that this build has and the machine runs; a device this build
-    /// lacks is an error naming the cargo feature.
-    pub fn resolve(&self) -> Result<Device, NodeError> {
+    /// The burn device for work in `precision`, checked by a probe kernel: `auto` is the first
+    /// of CUDA device 0, a hardware GPU through wgpu (f32 only) and the CPU that this build has
+    /// and the machine runs; a device this build lacks is an error naming the cargo feature, and
+    /// bf16 on wgpu an error (WGSL has no bf16: cubecl's shader compiler would panic mid-run).
+    pub fn resolve(&self, precision: Precision) -> Result<Device, NodeError> {
         match self {
             DeviceSpec::Cpu => Ok(flow_model::cpu()),
             DeviceSpec::Auto => Ok(cuda_device(0)
-                .or_else(|_| wgpu_device())
+                .or_else(|e| match precision {
+                    Precision::F32 => wgpu_hardware(),
+                    Precision::Bf16 => Err(e),
+                })
                 .unwrap_or_else(|_| flow_model::cpu())),
             DeviceSpec::Cuda(n) => cuda_device(*n),
+            DeviceSpec::Wgpu if precision == Precision::Bf16 => Err(NodeError::new(
+                "dtype bf16 is not supported on device `wgpu`: WGSL has no bf16 type; use `dtype: f32` there, or bf16 on `cuda:N` or the CPU",
+            )),
             DeviceSpec::Wgpu => wgpu_device(),
         }
     }
@@ -107,6 +115,18 @@ fn wgpu_device() -> Result<Device, NodeError> {
 #[cfg(not(feature = "wgpu"))]
 fn wgpu_device() -> Result<Device, NodeError> {
     Err(missing_feature("wgpu", "wgpu"))
+}
+
+/// A hardware GPU through wgpu (for `auto`: never a software adapter).
+#[cfg(feature = "wgpu")]
+fn wgpu_hardware() -> Result<Device, NodeError> {
+    flow_model::wgpu_hardware().map_err(model_error)
+}
+
+/// Without the `wgpu` feature, `auto` has no wgpu candidate.
+#[cfg(not(feature = "wgpu"))]
+fn wgpu_hardware() -> Result<Device, NodeError> {
+    wgpu_device()
 }
 
 /// The error for a device this build lacks.

@@ -52,7 +52,7 @@ fn run_options(args: &BenchShapeArgs) -> Result<BenchRun, Failure> {
             ))
         })?;
     Ok(BenchRun {
-        device: device.resolve().map_err(|e| input(e.message))?,
+        device: device.resolve(dtype).map_err(|e| input(e.message))?,
         dtype: dtype.compute_dtype(),
         lora_r: args.lora_r,
         gradient_checkpointing: args.gradient_checkpointing,

@@ -190,8 +190,11 @@ pub fn show(store: &Store, wanted: &str, json: bool) -> Result<(), Failure> {
         "STATUS".into(),
         "CACHE".into(),
         "TIME".into(),
+        "EXECUTOR".into(),
+        "JOB".into(),
         "OUTPUTS".into(),
         "LOG".into(),
+        "JOB LOG".into(),
     ]];
     for n in &record.nodes {
         let outputs: Vec<String> = n
@@ -209,11 +212,11 @@ pub fn show(store: &Store, wanted: &str, json: bool) -> Result<(), Failure> {
                 "miss".into()
             },
             format!("{:.2}s", n.duration_ms as f64 / 1000.0),
+            n.executor.clone().unwrap_or_else(|| "-".into()),
+            n.job_id.clone().unwrap_or_else(|| "-".into()),
             outputs.join(" "),
-            n.log
-                .as_ref()
-                .map(|p| p.display().to_string())
-                .unwrap_or_default(),
+            path_text(n.log.as_deref()),
+            path_text(n.job_log.as_deref()),
         ]);
     }
     print_table(&rows);
@@ -221,6 +224,11 @@ pub fn show(store: &Store, wanted: &str, json: bool) -> Result<(), Failure> {
         println!("{}: {}", n.id, n.error.as_deref().unwrap_or_default());
     }
     Ok(())
+}
+
+/// A path for a table cell, empty when none.
+fn path_text(path: Option<&Path>) -> String {
+    path.map(|p| p.display().to_string()).unwrap_or_default()
 }
 
 /// `flow schema [--check]`.

@@ -6,6 +6,7 @@ mod inspect;
 mod report;
 mod run;
 mod schedule;
+mod worker;
 
 use flow_engine::diagnostic::Diagnostics;
 use flow_engine::store::{Store, StoreError};
@@ -82,6 +83,7 @@ pub fn dispatch(command: Command, store: &Store) -> Result<(), Failure> {
         Command::Compare { a, b, json } => report::compare(store, &a, &b, json),
         Command::Schema { dir, check } => inspect::schema(&dir, check),
         Command::Gc { dry_run } => inspect::gc(store, dry_run),
+        Command::Worker { spec } => worker::worker(&spec),
         Command::Bench { what } => bench::bench(what),
         Command::Schedule(args) => schedule::schedule(args, store),
         Command::Cron {

@@ -4,6 +4,7 @@ use flow_engine::exec::{CancellationToken, RunOptions, execute};
 use flow_engine::plan::{Action, PlannedNode, Selection, plan as plan_nodes};
 use flow_engine::store::Store;
 use flow_engine::store::record::{NodeStatus, RunRecord, RunStatus};
+use flow_engine::workflow::executor::ExecutorKind;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -81,6 +82,12 @@ fn parse_resources(text: Option<&str>) -> Result<BTreeMap<String, u32>, Failure>
 pub fn run(args: RunArgs, store: &Store) -> Result<(), Failure> {
     let wf = load_workflow(&args.select.file, &args.select.set)?;
     let resources = parse_resources(args.resources.as_deref())?;
+    let executor = args
+        .executor
+        .as_deref()
+        .map(ExecutorKind::parse)
+        .transpose()
+        .map_err(|e| Failure::Input(format!("error: --executor / FLOW_EXECUTOR: {e}")))?;
     let select = selection(&args.select);
     if args.dry_run {
         let planned = plan_nodes(&wf, store, &select)?;
@@ -99,6 +106,7 @@ pub fn run(args: RunArgs, store: &Store) -> Result<(), Failure> {
         keep_going: args.keep_going,
         resources,
         trigger: "manual".into(),
+        executor,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -234,6 +234,18 @@ pub fn test_device_name() -> Option<String> {
     name
 }
 
+/// `flow ARGS` in the repository root (where the workflows are), with `p`'s store, offline.
+pub fn flow_at_root(p: &Project, args: &[&str]) -> Run {
+    p.command(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("FLOW_STORE", p.store())
+        .env("HF_HUB_OFFLINE", "1")
+        .env("HF_ENDPOINT", "http://127.0.0.1:9")
+        .output()
+        .expect("run flow")
+        .into()
+}
+
 /// `tests/fixtures` (tiny Mistral models and golden numbers made with transformers and TRL).
 pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")

@@ -14,14 +14,16 @@ use crate::workflow::reference::Reference;
 use crate::workflow::validate::{ValidNode, ValidWorkflow};
 
 /// Capacity per resource: given by `--resources`, else the largest single request.
+/// Only the resources `held` says flow holds tokens for count (not those an executor schedules).
 pub(super) fn resource_capacity(
     wf: &ValidWorkflow,
     selected: &BTreeSet<String>,
     given: &BTreeMap<String, u32>,
+    held: impl Fn(&ValidNode) -> BTreeMap<String, u32>,
 ) -> Result<BTreeMap<String, u32>, RunError> {
     let mut capacity = given.clone();
     for node in wf.nodes.iter().filter(|n| selected.contains(&n.id)) {
-        for (name, &amount) in &node.resources {
+        for (name, &amount) in &held(node) {
             match given.get(name) {
                 Some(&have) if amount > have => {
                     return Err(RunError::Resources(format!(
@@ -103,7 +105,7 @@ impl Dispatcher {
             if !ready || self.running.len() >= self.options.jobs.max(1) || !self.fits(node) {
                 continue;
             }
-            for (name, amount) in &node.resources {
+            for (name, amount) in &self.shared.held(node) {
                 *self
                     .free
                     .get_mut(name)
@@ -145,14 +147,15 @@ impl Dispatcher {
     }
 
     fn fits(&self, node: &ValidNode) -> bool {
-        node.resources
+        self.shared
+            .held(node)
             .iter()
             .all(|(name, amount)| self.free.get(name).is_some_and(|free| free >= amount))
     }
 
     fn finish(&mut self, record: &mut RunRecord, node: NodeRecord) -> Result<(), StoreError> {
         if let Some(spec) = self.shared.wf.node(&node.id) {
-            for (name, amount) in &spec.resources {
+            for (name, amount) in &self.shared.held(spec) {
                 *self
                     .free
                     .get_mut(name)

@@ -5,15 +5,18 @@
 //!
 //! [`execute`] builds the run record and hands it to the dispatcher (`dispatch`: which node
 //! starts when, within jobs and resources); each started node is a `NodeJob` (`node_job`: cache
-//! lookup, attempts, timeout, commit); `retry` is the backoff recipe. This room owns the run's
-//! order and its records; it does not decide what is cached (that is [`crate::plan`]) nor how
-//! artifacts are stored ([`crate::store`]).
+//! lookup, attempts, retries, commit), whose attempts run as jobs of an [`executor`] (`local`:
+//! in this process; `slurm`: batch jobs running `flow worker`, see [`worker`]); `retry` is the
+//! backoff recipe. This room owns the run's order and its records; it does not decide what is
+//! cached (that is [`crate::plan`]) nor how artifacts are stored ([`crate::store`]).
 
 mod dispatch;
+pub mod executor;
 mod node_job;
 mod retry;
+pub mod worker;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinSet;
@@ -23,8 +26,10 @@ use crate::node::ProgressSink;
 use crate::plan::Selection;
 use crate::store::record::{NodeRecord, RunRecord, RunStatus, new_run_id, now_rfc3339};
 use crate::store::{Store, StoreError};
-use crate::workflow::validate::ValidWorkflow;
+use crate::workflow::executor::{ExecutorKind, choose};
+use crate::workflow::validate::{ValidNode, ValidWorkflow};
 use dispatch::{Dispatcher, resource_capacity};
+use executor::Executors;
 pub use retry::backoff_delay;
 
 /// How to run.
@@ -40,6 +45,8 @@ pub struct RunOptions {
     pub resources: BTreeMap<String, u32>,
     /// What started the run, for the record.
     pub trigger: String,
+    /// `--executor` / `FLOW_EXECUTOR`: where nodes run unless a node says otherwise.
+    pub executor: Option<ExecutorKind>,
 }
 
 /// Hears about the run as it goes (progress display, logs).
@@ -76,6 +83,30 @@ pub(crate) struct Shared {
     verify: bool,
     observer: Arc<dyn Observer>,
     cancel: CancellationToken,
+    executors: Executors,
+}
+
+impl Shared {
+    /// The resources of `node` flow holds tokens for while it runs.
+    fn held(&self, node: &ValidNode) -> BTreeMap<String, u32> {
+        self.executors.held(&node.id, &node.resources)
+    }
+}
+
+/// Node id → the executor it runs on, for the selected nodes.
+fn placement(
+    wf: &ValidWorkflow,
+    selected: &BTreeSet<String>,
+    command_line: Option<ExecutorKind>,
+) -> BTreeMap<String, ExecutorKind> {
+    wf.nodes
+        .iter()
+        .filter(|n| selected.contains(&n.id))
+        .map(|n| {
+            let kind = choose(n.executor, command_line, wf.executor.default);
+            (n.id.clone(), kind)
+        })
+        .collect()
 }
 
 /// Runs the workflow; the caller holds the store lock ([`Store::lock`]). Returns the final run
@@ -88,7 +119,10 @@ pub async fn execute(
     cancel: CancellationToken,
 ) -> Result<RunRecord, RunError> {
     let selected = options.selection.nodes(&wf)?;
-    let capacity = resource_capacity(&wf, &selected, &options.resources)?;
+    let executors = Executors::start(placement(&wf, &selected, options.executor), &wf.executor);
+    let capacity = resource_capacity(&wf, &selected, &options.resources, |n| {
+        executors.held(&n.id, &n.resources)
+    })?;
     let mut record = RunRecord {
         id: new_run_id(),
         workflow: wf.name.clone(),
@@ -118,6 +152,7 @@ pub async fn execute(
         verify: options.selection.verify,
         observer,
         cancel,
+        executors,
     });
     let mut dispatcher = Dispatcher {
         shared,

@@ -1,20 +1,23 @@
 //! One node of a run: its fingerprint, the cache lookup ([`crate::plan::assess`]), attempts
-//! with retries and a timeout in fresh temporary directories, and the commit of its outputs to
-//! the store. The in-process lock of a cache key lives here too.
+//! with retries in fresh temporary directories, each submitted as a job to the node's executor
+//! and done only when its result names outputs published in the store, and the cache entry
+//! after a success. The in-process lock of a cache key lives here too.
 
 use serde_json::Value as Json;
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use super::Shared;
+use super::executor::{JobEnd, JobRequest};
 use super::retry::backoff;
-use crate::node::{Lineage, LogSink, NodeContext, Producer, ProgressSink};
+use super::worker::{AttemptError, WorkerResult, WorkerSpec};
+use super::{CancellationToken, Shared};
+use crate::node::{Lineage, LogSink, Producer};
 use crate::plan::fingerprint::{Fingerprint, Reason};
 use crate::plan::{Assessment, assess};
 use crate::store::record::{NodeRecord, NodeStatus, RunRecord, now_rfc3339};
-use crate::store::{CacheEntry, StoreError};
+use crate::store::{ArtifactHealth, CacheEntry, StoreError};
 use crate::workflow::reference::{Reference, interpolate};
 use crate::workflow::validate::{ValidNode, param_value};
 
@@ -26,12 +29,6 @@ pub(super) struct NodeJob {
     pub(super) forced: bool,
     /// The remote state in the node's cache key, once looked up.
     pub(super) remote: BTreeMap<String, String>,
-}
-
-/// How one attempt ended, when not with success.
-enum AttemptError {
-    Failed(String),
-    Cancelled,
 }
 
 impl NodeJob {
@@ -81,6 +78,11 @@ impl NodeJob {
             .observer
             .node_started(&self.node.id, &rec.reasons);
         self.remote = fp.remote.clone();
+        rec.executor = self
+            .shared
+            .executors
+            .kind_of(&self.node.id)
+            .map(|kind| kind.name().to_string());
         let outcome = self.run_with_retries(&key, &log_path, &mut rec).await;
         rec.duration_ms = started.elapsed().as_millis() as u64;
         match outcome {
@@ -125,7 +127,7 @@ impl NodeJob {
         let attempts = self.node.retries + 1;
         for attempt in 1..=attempts {
             rec.attempts = attempt;
-            match self.attempt(key, &log).await {
+            match self.attempt(key, &log, rec).await {
                 Ok(outputs) => return Ok(outputs),
                 Err(AttemptError::Failed(message)) if attempt < attempts => {
                     let message = log.mask(&message);
@@ -205,11 +207,14 @@ impl NodeJob {
         &self,
         key: &str,
         log: &LogSink,
+        rec: &mut NodeRecord,
     ) -> Result<BTreeMap<String, String>, AttemptError> {
         let failed = |e: StoreError| AttemptError::Failed(e.to_string());
         let tmp = self.shared.store.temp_dir(&self.node.id).map_err(failed)?;
         let resume = self.shared.store.resume_dir(key).map_err(failed)?;
-        let result = self.attempt_in(&tmp, absolute(resume), log).await;
+        let result = self
+            .attempt_in(&absolute(tmp.clone()), absolute(resume), log, rec)
+            .await;
         let _ = std::fs::remove_dir_all(&tmp);
         if result.is_ok() {
             self.shared.store.remove_resume_dir(key).map_err(failed)?;
@@ -217,61 +222,155 @@ impl NodeJob {
         result
     }
 
+    /// Submits the attempt to the node's executor and waits for its job; the node succeeded
+    /// only when its result file names outputs that are in the store.
     async fn attempt_in(
         &self,
-        tmp: &std::path::Path,
+        tmp: &Path,
         resume: PathBuf,
         log: &LogSink,
+        rec: &mut NodeRecord,
     ) -> Result<BTreeMap<String, String>, AttemptError> {
+        let watcher = self
+            .shared
+            .executors
+            .for_node(&self.node.id)
+            .ok_or_else(|| {
+                AttemptError::Failed(format!("node `{}` has no executor", self.node.id))
+            })?;
+        let executor = watcher.executor().clone();
+        (rec.job_id, rec.job_log) = (None, None);
+        // An in-process job stops when this attempt does, even when its task is dropped.
+        let stop = self.shared.cancel.child_token();
+        let _stop_with_the_attempt = stop.clone().drop_guard();
+        let request = self.job_request(tmp, resume, log, stop)?;
+        let result_path = request.spec.result.clone();
+        let job = executor
+            .submit(request)
+            .await
+            .map_err(AttemptError::Failed)?;
+        if executor.has_job_ids() {
+            tracing::info!(job = %job, executor = executor.kind().name(), "submitted");
+            rec.job_log = executor.log(&job);
+            rec.job_id = Some(job.clone());
+        }
+        let end = watcher
+            .wait(&job, &self.shared.cancel)
+            .await
+            .ok_or(AttemptError::Cancelled)?;
+        self.outcome(end, WorkerResult::read(&result_path))
+    }
+
+    /// How the attempt went: what the executor says of its job, and the result file.
+    fn outcome(
+        &self,
+        end: JobEnd,
+        result: Option<WorkerResult>,
+    ) -> Result<BTreeMap<String, String>, AttemptError> {
+        let error = result.as_ref().and_then(|r| r.error.clone());
+        match (end, result) {
+            (JobEnd::Failed(job), _) => Err(AttemptError::Failed(match error {
+                Some(error) => format!("{error}; {job}"),
+                None => job,
+            })),
+            (JobEnd::Exited, None) => Err(AttemptError::Failed(
+                "the job ended without writing its result".into(),
+            )),
+            (JobEnd::Exited, Some(r)) if r.cancelled => Err(AttemptError::Cancelled),
+            (JobEnd::Exited, Some(r)) => match r.error {
+                Some(error) => Err(AttemptError::Failed(error)),
+                None => self.published(r.outputs),
+            },
+        }
+    }
+
+    /// The outputs, once each is checked to be in the store.
+    fn published(
+        &self,
+        outputs: BTreeMap<String, String>,
+    ) -> Result<BTreeMap<String, String>, AttemptError> {
+        let store = &self.shared.store;
+        for (name, digest) in &outputs {
+            if store.check_artifact(digest, false) != ArtifactHealth::Healthy {
+                return Err(AttemptError::Failed(format!(
+                    "output `{name}` ({digest}) is not in the store {}",
+                    store.root().display()
+                )));
+            }
+        }
+        let declared = self.node.node_type.outputs().len();
+        if outputs.len() != declared {
+            return Err(AttemptError::Failed(format!(
+                "the job published {} of {declared} outputs",
+                outputs.len()
+            )));
+        }
+        Ok(outputs)
+    }
+
+    /// The attempt as a job: output and scratch directories in `tmp`, the worker spec.
+    fn job_request(
+        &self,
+        tmp: &Path,
+        resume: PathBuf,
+        log: &LogSink,
+        cancel: CancellationToken,
+    ) -> Result<JobRequest, AttemptError> {
         let io = |e: std::io::Error| AttemptError::Failed(e.to_string());
         let mut outputs = BTreeMap::new();
         for spec in self.node.node_type.outputs() {
-            let dir = absolute(tmp.join("out").join(spec.name));
+            let dir = tmp.join("out").join(spec.name);
             std::fs::create_dir_all(&dir).map_err(io)?;
             outputs.insert(spec.name.to_string(), dir);
         }
-        let work = absolute(tmp.join("work"));
+        let work = tmp.join("work");
         std::fs::create_dir_all(&work).map_err(io)?;
-        let params = self.resolved_params().map_err(AttemptError::Failed)?;
-        let cancel = self.shared.cancel.child_token();
-        // Whatever ends the attempt (success, failure, timeout) also tells blocking work to stop.
-        let _stop_on_exit = cancel.clone().drop_guard();
-        let progress: Arc<dyn ProgressSink> = self.shared.observer.clone();
-        let ctx = NodeContext::new(
-            &self.node.id,
-            work,
-            resume,
-            outputs.clone(),
-            log.clone(),
-            cancel.clone(),
-            progress,
-        )
-        .with_lineage(self.lineage())
-        .with_cache_root(absolute(self.shared.store.root().join("node-cache")))
-        .with_remote_state(self.remote.clone());
-        let running = self.node.node_type.clone().run_json(ctx, params);
-        let limit = self.node.timeout.unwrap_or(Duration::MAX);
-        let outcome = tokio::select! {
-            // A node that noticed the cancellation itself and returned an error was cancelled too.
-            result = running => result.map_err(|e| if cancel.is_cancelled() {
-                AttemptError::Cancelled
-            } else {
-                AttemptError::Failed(e.message)
-            }),
-            _ = cancel.cancelled() => Err(AttemptError::Cancelled),
-            _ = tokio::time::sleep(limit) => Err(AttemptError::Failed(format!("timed out after {}", humantime::format_duration(limit)))),
+        let shared = &self.shared;
+        let spec = WorkerSpec {
+            node_id: self.node.id.clone(),
+            node_type: self.node.node_type.type_name().to_string(),
+            params: self.resolved_params().map_err(AttemptError::Failed)?,
+            outputs,
+            work_dir: work,
+            resume_dir: resume,
+            store: absolute(shared.store.root().to_path_buf()),
+            lineage: self.lineage(),
+            remote_state: self.remote.clone(),
+            log: absolute(RunRecord::log_path(
+                &shared.store,
+                &shared.run_id,
+                &self.node.id,
+            )),
+            secrets: self.secret_names(),
+            timeout_ms: self.node.timeout.map(|t| t.as_millis() as u64),
+            result: tmp.join("result.json"),
+            cwd: std::env::current_dir().map_err(io)?,
         };
-        outcome?;
-        let mut digests = BTreeMap::new();
-        for (name, dir) in outputs {
-            let digest = self
-                .shared
-                .store
-                .commit_artifact(&dir)
-                .map_err(|e| AttemptError::Failed(e.to_string()))?;
-            digests.insert(name, digest);
-        }
-        Ok(digests)
+        Ok(JobRequest {
+            spec,
+            node_type: self.node.node_type.clone(),
+            workflow: shared.wf.name.clone(),
+            run_id: shared.run_id.clone(),
+            store: shared.store.clone(),
+            attempt_dir: tmp.to_path_buf(),
+            resources: self.node.resources.clone(),
+            timeout: self.node.timeout,
+            log: log.clone(),
+            progress: shared.observer.clone(),
+            cancel,
+        })
+    }
+
+    /// The names of every `${secret.X}` the node uses.
+    fn secret_names(&self) -> Vec<String> {
+        self.node
+            .references
+            .iter()
+            .filter_map(|r| match r {
+                Reference::Secret(name) => Some(name.clone()),
+                _ => None,
+            })
+            .collect()
     }
 }
 

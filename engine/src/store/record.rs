@@ -1,5 +1,5 @@
 //! Run records: what happened in each run (per node status, duration, cache hit, artifact
-//! digests, log path), kept under `runs/<run-id>/` in the store.
+//! digests, log path, executor and job), kept under `runs/<run-id>/` in the store.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
@@ -77,6 +77,15 @@ pub struct NodeRecord {
     pub log: Option<PathBuf>,
     /// The failure message (secrets masked).
     pub error: Option<String>,
+    /// Where it ran (`local`, `slurm`); records from before executors say nothing (local).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub executor: Option<String>,
+    /// The id of the job its last attempt ran as (a Slurm job id); none in-process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<String>,
+    /// The output file of that job (Slurm's `--output`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_log: Option<PathBuf>,
 }
 
 impl NodeRecord {
@@ -94,6 +103,9 @@ impl NodeRecord {
             reasons: Vec::new(),
             log: None,
             error: None,
+            executor: None,
+            job_id: None,
+            job_log: None,
         }
     }
 }
@@ -146,6 +158,14 @@ impl RunRecord {
         Self::dir(store, id)
             .join("logs")
             .join(format!("{node}.log"))
+    }
+
+    /// Where job `job` of node `node` on executor `executor` writes its output:
+    /// `logs/<node>.<executor>-<job>.log` (Slurm's `--output`, given `%j` as the job).
+    pub fn job_log_path(store: &Store, id: &str, node: &str, executor: &str, job: &str) -> PathBuf {
+        Self::dir(store, id)
+            .join("logs")
+            .join(format!("{node}.{executor}-{job}.log"))
     }
 
     /// Writes the record atomically.
@@ -210,5 +230,22 @@ impl RunRecord {
     /// The artifact digests this record references.
     pub fn digests(&self) -> impl Iterator<Item = &String> {
         self.nodes.iter().flat_map(|n| n.outputs.values())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_record_from_before_executors_still_loads() {
+        let old = r#"{"id": "a", "node_type": "shell", "status": "succeeded", "cache_hit": false,
+            "duration_ms": 5, "attempts": 1, "key": null, "outputs": {}, "reasons": [],
+            "log": null, "error": null}"#;
+        let node: NodeRecord = serde_json::from_str(old).unwrap();
+        assert_eq!(
+            (node.executor, node.job_id, node.job_log),
+            (None, None, None)
+        );
     }
 }

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::diagnostic::{Diagnostic, Diagnostics, Span};
+use crate::workflow::executor::ExecutorSection;
 use crate::workflow::schedule::ScheduleList;
 use crate::workflow::yaml::{SpannedMap, Yaml};
 
@@ -31,6 +32,9 @@ pub struct WorkflowSpec {
     #[serde(default)]
     #[schemars(with = "Option<crate::workflow::schedule::ScheduleListSchema>")]
     pub schedule: Option<ScheduleList>,
+    /// Where nodes run by default (`{type: slurm, partition: gpu}`) and the Slurm settings; `flow run --executor` overrides the type.
+    #[serde(default)]
+    pub executor: Option<ExecutorSection>,
     /// The nodes, by id. `${NODE.OUTPUT}` references and `after` lists make the DAG's edges.
     #[schemars(with = "BTreeMap<String, NodeSpec>")]
     pub nodes: Spanned<SpannedMap<NodeSpec>>,
@@ -59,10 +63,14 @@ pub struct NodeSpec {
     #[serde(default)]
     #[schemars(with = "Option<String>")]
     pub timeout: Option<Spanned<String>>,
-    /// Resource tokens the node holds while it runs (`{gpu: 1}`); a run never over-commits them.
+    /// Resource tokens the node holds while it runs (`{gpu: 1, mem_gb: 16, cpus: 4}`); a run never over-commits them. On Slurm, `gpu`, `mem_gb` and `cpus` become `--gres=gpu:N`, `--mem=NG` and `--cpus-per-task=N`.
     #[serde(default)]
     #[schemars(with = "BTreeMap<String, u32>")]
     pub resources: SpannedMap<u32>,
+    /// Where this node runs (`local` or `slurm`), over `--executor` and the top-level `executor:`.
+    #[serde(default)]
+    #[schemars(with = "Option<crate::workflow::executor::ExecutorKind>")]
+    pub executor: Option<Spanned<String>>,
 }
 
 /// A parsed workflow file together with its source text (for error snippets).

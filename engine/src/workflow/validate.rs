@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use crate::diagnostic::{Diagnostic, Diagnostics, Span, did_you_mean};
 use crate::node::{DynNode, Registry};
+use crate::workflow::executor::{ExecutorConfig, ExecutorKind, check_name};
 use crate::workflow::graph::Dag;
 use crate::workflow::params::effective_params;
 use crate::workflow::reference::{Reference, interpolate, references_in};
@@ -36,6 +37,8 @@ pub struct ValidNode {
     pub timeout: Option<Duration>,
     /// Resource tokens held while running.
     pub resources: BTreeMap<String, u32>,
+    /// The node's own `executor:`, when it names one.
+    pub executor: Option<ExecutorKind>,
 }
 
 /// A workflow ready to plan and run.
@@ -52,6 +55,8 @@ pub struct ValidWorkflow {
     pub dag: Dag,
     /// When the workflow runs by itself (`schedule:`), checked.
     pub schedules: Vec<Schedule>,
+    /// The top-level `executor:` section, checked.
+    pub executor: ExecutorConfig,
 }
 
 impl ValidWorkflow {
@@ -138,6 +143,8 @@ pub fn validate(
         None => (Vec::new(), Vec::new()),
     };
     errors.append(&mut schedule_errors);
+    let (executor, mut executor_errors) = ExecutorConfig::check(file.spec.executor.as_ref());
+    errors.append(&mut executor_errors);
     let order = dag.topological_order().unwrap_or_else(|cycle| {
         let first = spec_nodes
             .value
@@ -162,6 +169,7 @@ pub fn validate(
         nodes,
         dag,
         schedules,
+        executor,
     })
 }
 
@@ -208,6 +216,11 @@ impl Checker<'_> {
             .as_ref()
             .and_then(|t| self.duration(t, &format!("{field}.timeout")));
         let references = self.references(id, spec);
+        let executor = spec.executor.as_ref().and_then(|name| {
+            check_name(name, &format!("{field}.executor"))
+                .map_err(|d| self.errors.push(d))
+                .ok()
+        });
         let node_type = node_type?;
         self.typed_params(id, spec, &node_type);
         Some(ValidNode {
@@ -223,6 +236,7 @@ impl Checker<'_> {
                 .iter()
                 .map(|(k, v)| (k.value.clone(), v.value))
                 .collect(),
+            executor,
         })
     }
 

@@ -15,7 +15,7 @@ pub enum OutputHead {
     /// On the host (the model is on the CPU).
     Host(HostHead),
     /// On the model's device.
-    Device(DeviceHead),
+    Device(Box<DeviceHead>),
 }
 
 impl OutputHead {
@@ -25,7 +25,7 @@ impl OutputHead {
         if is_host(&model.embed_tokens.device()) {
             OutputHead::Host(HostHead::new(model))
         } else {
-            OutputHead::Device(DeviceHead::new(model))
+            OutputHead::Device(Box::new(DeviceHead::new(model)))
         }
     }
 

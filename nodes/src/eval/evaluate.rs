@@ -191,7 +191,7 @@ impl Node for Evaluate {
     }
 
     async fn run(&self, ctx: NodeContext, params: EvaluateParams) -> Result<(), NodeError> {
-        let device = params.device.resolve()?;
+        let device = params.device.resolve(crate::compute::Precision::F32)?;
         let out = ctx.output_dir("report")?.to_path_buf();
         let log = ctx.log().clone();
         let params = std::sync::Arc::new(params);

@@ -547,7 +547,7 @@ where
         + Send
         + 'static,
 {
-    let device = params.common().device.resolve()?;
+    let device = params.common().device.resolve(params.common().dtype)?;
     let worker = ctx.clone();
     run_blocking(&ctx, move |token| {
         let common = params.common();

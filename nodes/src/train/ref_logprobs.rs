@@ -181,7 +181,7 @@ impl Node for RefLogprobs {
     }
 
     async fn run(&self, ctx: NodeContext, params: RefLogprobsParams) -> Result<(), NodeError> {
-        let device = params.device.resolve()?;
+        let device = params.device.resolve(params.dtype)?;
         let out = ctx.output_dir("logprobs")?.to_path_buf();
         let worker = ctx.clone();
         run_blocking(&ctx, move |token| {

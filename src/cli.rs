@@ -175,6 +175,11 @@ pub struct RunArgs {
     /// `executor:` still wins, and this wins over the workflow's top-level `executor:`.
     #[arg(long, env = "FLOW_EXECUTOR", value_name = "NAME")]
     pub executor: Option<String>,
+    /// A shared store mirrored by this one: `s3://BUCKET/PREFIX` (credentials, region and
+    /// endpoint from the AWS variables) or `file:///PATH`. Nodes found there are downloaded
+    /// instead of run; nodes that run are published there.
+    #[arg(long, env = "FLOW_REMOTE", value_name = "URL")]
+    pub remote: Option<String>,
 }
 
 /// `flow schedule`.
@@ -221,6 +226,11 @@ pub struct PlanArgs {
     /// Which nodes.
     #[command(flatten)]
     pub select: SelectArgs,
+    /// A shared store mirrored by this one: `s3://BUCKET/PREFIX` (credentials, region and
+    /// endpoint from the AWS variables) or `file:///PATH`. Nodes found there are downloaded
+    /// instead of run; nodes that run are published there.
+    #[arg(long, env = "FLOW_REMOTE", value_name = "URL")]
+    pub remote: Option<String>,
 }
 
 /// `flow exec`.

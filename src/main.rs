@@ -48,11 +48,17 @@ fn keep_large_allocations_in_the_heap() {
     }
 }
 
-/// tracing to stderr: warnings by default, `-v` info, `-vv` debug; `RUST_LOG` overrides.
+/// tracing to stderr: warnings by default, `-v` info, `-vv` debug; `RUST_LOG` overrides. The
+/// GPU runtimes' own logs are kept to `-vv`: probing devices (`auto`, a missing driver, wgpu's
+/// adapters) makes them warn about every backend they try, and flow reports what matters.
 fn init_tracing(verbose: u8) {
     let default = match verbose {
-        0 => "warn",
-        1 => "info",
+        0 => {
+            "warn,cubecl=off,cubecl_runtime=off,cubecl_server=off,cubecl_common=off,cubecl_cuda=off,cubecl_wgpu=off,burn_cubecl=off,wgpu_hal=off,wgpu_core=error,naga=error"
+        }
+        1 => {
+            "info,cubecl=off,cubecl_runtime=off,cubecl_server=off,cubecl_common=off,cubecl_cuda=off,cubecl_wgpu=off,burn_cubecl=off,wgpu_hal=off,wgpu_core=error,naga=error"
+        }
         _ => "debug",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

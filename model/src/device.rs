@@ -65,7 +65,23 @@ pub fn checked_device(device: Device, what: &str) -> Result<Device> {
     let probe = device.clone();
     match quietly(move || Tensor::<1>::ones([4], &probe).sum().into_data()) {
         Ok(_) => Ok(device),
-        Err(why) => Err(ModelError::Device(format!("{what} is not usable: {why}"))),
+        Err(why) => Err(ModelError::Device(format!(
+            "{what} is not usable: {}",
+            plain_cause(&why)
+        ))),
+    }
+}
+
+/// A runtime's panic message in a user's words where one is known: cudarc's list of the 34
+/// library names it tried becomes "the NVIDIA driver (libcuda.so) was not found".
+fn plain_cause(why: &str) -> String {
+    let missing = |library: &str| why.contains(&format!("dynamically load the \"{library}\""));
+    if missing("cuda") {
+        "the NVIDIA driver (libcuda.so) was not found".to_string()
+    } else if missing("nvrtc") {
+        "NVRTC (libnvrtc.so) was not found: add the CUDA toolkit's or the nvidia-cuda-nvrtc wheel's lib directory to LD_LIBRARY_PATH".to_string()
+    } else {
+        why.lines().next().unwrap_or(why).to_string()
     }
 }
 

@@ -1,7 +1,7 @@
 //! What node types that do tensor work share: device and dtype params, and running blocking
 //! work off the async runtime with cooperative cancellation.
 
-use flow_engine::node::{NodeContext, NodeError};
+use flow_engine::node::{NodeContext, NodeError, ParamError};
 use flow_model::{DType, Device, ModelError};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -85,13 +85,23 @@ impl DeviceSpec {
                 })
                 .unwrap_or_else(|_| flow_model::cpu())),
             DeviceSpec::Cuda(n) => cuda_device(*n),
-            DeviceSpec::Wgpu if precision == Precision::Bf16 => Err(NodeError::new(
-                "dtype bf16 is not supported on device `wgpu`: WGSL has no bf16 type; use `dtype: f32` there, or bf16 on `cuda:N` or the CPU",
-            )),
+            DeviceSpec::Wgpu if precision == Precision::Bf16 => Err(NodeError::new(WGPU_BF16)),
             DeviceSpec::Wgpu => wgpu_device(),
         }
     }
 }
+
+/// A `device`/`dtype` pair no device can compute (bf16 on wgpu: WGSL has no bf16 type), refused
+/// when the params are checked, before anything runs (`flow plan`/`validate` say so too).
+pub fn check_device_dtype(device: &DeviceSpec, precision: Precision) -> Result<(), ParamError> {
+    if *device == DeviceSpec::Wgpu && precision == Precision::Bf16 {
+        return Err(ParamError::at("dtype", WGPU_BF16));
+    }
+    Ok(())
+}
+
+/// Why bf16 is refused on wgpu.
+const WGPU_BF16: &str = "dtype bf16 is not supported on device `wgpu`: WGSL has no bf16 type; use `dtype: f32` there, or bf16 on `cuda:N` or the CPU";
 
 /// CUDA device `index`, checked.
 #[cfg(feature = "cuda")]

@@ -52,7 +52,10 @@ fn run_options(args: &BenchShapeArgs) -> Result<BenchRun, Failure> {
             ))
         })?;
     Ok(BenchRun {
-        device: device.resolve(dtype).map_err(|e| input(e.message))?,
+        // A device that is not there (no driver, bf16 on wgpu) fails the run, as in `flow exec`.
+        device: device
+            .resolve(dtype)
+            .map_err(|e| Failure::Run(format!("error: {}", e.message)))?,
         dtype: dtype.compute_dtype(),
         lora_r: args.lora_r,
         gradient_checkpointing: args.gradient_checkpointing,

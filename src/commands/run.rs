@@ -1,9 +1,10 @@
 //! `flow run` and `flow plan`.
 
 use flow_engine::exec::{CancellationToken, RunOptions, execute};
-use flow_engine::plan::{Action, PlannedNode, Selection, plan as plan_nodes};
+use flow_engine::plan::{Action, PlanError, PlannedNode, Selection, plan_with_remote};
 use flow_engine::store::Store;
 use flow_engine::store::record::{NodeStatus, RunRecord, RunStatus};
+use flow_engine::store::remote::Remote;
 use flow_engine::workflow::executor::ExecutorKind;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -23,10 +24,49 @@ fn selection(args: &SelectArgs) -> Selection {
 
 /// `flow plan`: prints `run` / `cached` per node with reasons; runs and writes nothing.
 pub fn plan(args: PlanArgs, store: &Store) -> Result<(), Failure> {
+    let remote = parse_remote(args.remote.as_deref())?;
     let wf = load_workflow(&args.select.file, &args.select.set)?;
-    let planned = plan_nodes(&wf, store, &selection(&args.select))?;
+    let planned = plan_nodes(&wf, store, &selection(&args.select), remote.as_ref())?;
     print_plan(&planned, args.select.json);
     Ok(())
+}
+
+/// `--remote` / `FLOW_REMOTE`; a bad value is bad input.
+fn parse_remote(url: Option<&str>) -> Result<Option<Remote>, Failure> {
+    url.filter(|u| !u.is_empty())
+        .map(Remote::parse)
+        .transpose()
+        .map_err(|e| Failure::Input(format!("error: --remote / FLOW_REMOTE: {e}")))
+}
+
+/// The plan, asking the remote (when given) about nodes the local store would run.
+fn plan_nodes(
+    wf: &flow_engine::workflow::validate::ValidWorkflow,
+    store: &Store,
+    select: &Selection,
+    remote: Option<&Remote>,
+) -> Result<Vec<PlannedNode>, Failure> {
+    let Some(remote) = remote else {
+        return Ok(flow_engine::plan::plan(wf, store, select)?);
+    };
+    let runtime = runtime()?;
+    plan_with_remote(wf, store, select, |key| {
+        runtime
+            .block_on(remote.entry(key))
+            .map(|entry| entry.map(|e| (e, remote.url().to_string())))
+            .map_err(|e| e.to_string())
+    })
+    .map_err(|e| match e {
+        PlanError::Workflow(d) => Failure::from(d),
+        PlanError::Remote(message) => Failure::Run(format!("error: {message}")),
+    })
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Run(format!("error: cannot start the async runtime: {e}")))
 }
 
 fn print_plan(planned: &[PlannedNode], json: bool) {
@@ -88,9 +128,10 @@ pub fn run(args: RunArgs, store: &Store) -> Result<(), Failure> {
         .map(ExecutorKind::parse)
         .transpose()
         .map_err(|e| Failure::Input(format!("error: --executor / FLOW_EXECUTOR: {e}")))?;
+    let remote = parse_remote(args.remote.as_deref())?;
     let select = selection(&args.select);
     if args.dry_run {
-        let planned = plan_nodes(&wf, store, &select)?;
+        let planned = plan_nodes(&wf, store, &select, remote.as_ref())?;
         print_plan(&planned, args.select.json);
         return Ok(());
     }
@@ -107,11 +148,9 @@ pub fn run(args: RunArgs, store: &Store) -> Result<(), Failure> {
         resources,
         trigger: "manual".into(),
         executor,
+        remote,
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Failure::Run(format!("error: cannot start the async runtime: {e}")))?;
+    let runtime = runtime()?;
     let record = runtime.block_on(async {
         let cancel = CancellationToken::new();
         // Ctrl-C or SIGTERM cancels running nodes; the store stays consistent.

@@ -47,6 +47,9 @@ pub struct RunOptions {
     pub trigger: String,
     /// `--executor` / `FLOW_EXECUTOR`: where nodes run unless a node says otherwise.
     pub executor: Option<ExecutorKind>,
+    /// `--remote` / `FLOW_REMOTE`: the shared store looked up after the local cache misses and
+    /// published to after a node runs.
+    pub remote: Option<crate::store::remote::Remote>,
 }
 
 /// Hears about the run as it goes (progress display, logs).
@@ -84,6 +87,7 @@ pub(crate) struct Shared {
     observer: Arc<dyn Observer>,
     cancel: CancellationToken,
     executors: Executors,
+    remote: Option<crate::store::remote::Remote>,
 }
 
 impl Shared {
@@ -153,6 +157,7 @@ pub async fn execute(
         observer,
         cancel,
         executors,
+        remote: options.remote.clone(),
     });
     let mut dispatcher = Dispatcher {
         shared,

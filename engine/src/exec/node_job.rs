@@ -72,6 +72,32 @@ impl NodeJob {
             }
             Assessment::Run(reasons) => reasons,
         };
+        match self.remote_lookup(&key, &fp).await {
+            Ok(Some(entry)) => {
+                tracing::info!(key = %key, "remote cache hit");
+                rec.status = NodeStatus::Cached;
+                rec.cache_hit = true;
+                rec.outputs = entry.outputs;
+                rec.log = None;
+                rec.duration_ms = started.elapsed().as_millis() as u64;
+                if let Err(e) = self
+                    .shared
+                    .store
+                    .put_node_state(&wf.name, &self.node.id, &fp)
+                {
+                    rec.status = NodeStatus::Failed;
+                    rec.error = Some(e.to_string());
+                }
+                return rec;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                rec.error = Some(e.to_string());
+                rec.log = None;
+                rec.duration_ms = started.elapsed().as_millis() as u64;
+                return rec;
+            }
+        }
         rec.reasons = reasons.iter().map(Reason::to_string).collect();
         tracing::info!(reasons = %rec.reasons.join("; "), "running");
         self.shared
@@ -89,7 +115,10 @@ impl NodeJob {
             Ok(outputs) => {
                 rec.outputs = outputs;
                 rec.status = NodeStatus::Succeeded;
-                if let Err(e) = self.remember(&key, &fp, &rec) {
+                if let Err(e) = self.publish(&key, &mut rec).await {
+                    rec.status = NodeStatus::Failed;
+                    rec.error = Some(e.to_string());
+                } else if let Err(e) = self.remember(&key, &fp, &rec) {
                     rec.status = NodeStatus::Failed;
                     rec.error = Some(e.to_string());
                 }
@@ -99,6 +128,45 @@ impl NodeJob {
         }
         tracing::info!(status = ?rec.status, duration_ms = rec.duration_ms, "finished");
         rec
+    }
+
+    /// After the local cache missed: the shared store's entry for `key`, its outputs now in the
+    /// local store (none without `--remote`, when forced, or while an input is pending).
+    async fn remote_lookup(
+        &self,
+        key: &str,
+        fp: &Fingerprint,
+    ) -> Result<Option<CacheEntry>, crate::store::remote::RemoteError> {
+        match &self.shared.remote {
+            Some(remote) if !self.forced && !fp.has_pending_inputs() => {
+                remote.fetch(key, &self.shared.store).await
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Publishes a success to the shared store; when another publisher won the key, its
+    /// outputs become this node's.
+    async fn publish(
+        &self,
+        key: &str,
+        rec: &mut NodeRecord,
+    ) -> Result<(), crate::store::remote::RemoteError> {
+        let Some(remote) = &self.shared.remote else {
+            return Ok(());
+        };
+        let entry = CacheEntry {
+            outputs: rec.outputs.clone(),
+            duration_ms: rec.duration_ms,
+            created: now_rfc3339(),
+        };
+        if let crate::store::remote::Published::Adopted(winner) =
+            remote.publish(key, &entry, &self.shared.store).await?
+        {
+            tracing::info!(key = %key, "another publisher won the key; adopting its outputs");
+            rec.outputs = winner.outputs;
+        }
+        Ok(())
     }
 
     /// Writes the cache entry and the node state after a success.

@@ -143,7 +143,7 @@ pub struct PlannedNode {
     pub node_type: String,
     /// Decision.
     pub action: Action,
-    /// Why it runs (empty when cached).
+    /// Why it runs (empty when cached locally; where, when cached in the remote store).
     pub reasons: Vec<String>,
 }
 
@@ -153,6 +153,31 @@ pub fn plan(
     store: &Store,
     selection: &Selection,
 ) -> Result<Vec<PlannedNode>, Diagnostics> {
+    plan_with_remote(wf, store, selection, |_| Ok(None)).map_err(|e| match e {
+        PlanError::Workflow(d) => d,
+        PlanError::Remote(_) => unreachable!("no remote to fail"),
+    })
+}
+
+/// Why a plan could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    /// The workflow or selection is wrong.
+    #[error("{0}")]
+    Workflow(#[from] Diagnostics),
+    /// The shared store could not be read.
+    #[error("{0}")]
+    Remote(String),
+}
+
+/// [`plan`], asking `remote` for a key's cache entry (and where it was found, for the reason)
+/// when the local store would run a node that is not forced and whose inputs are known.
+pub fn plan_with_remote(
+    wf: &ValidWorkflow,
+    store: &Store,
+    selection: &Selection,
+    mut remote: impl FnMut(&str) -> Result<Option<(CacheEntry, String)>, String>,
+) -> Result<Vec<PlannedNode>, PlanError> {
     let selected = selection.nodes(wf)?;
     let mut digests: BTreeMap<String, String> = BTreeMap::new();
     let mut planned = Vec::new();
@@ -173,10 +198,25 @@ pub fn plan(
                 }
                 (Action::Cached, Vec::new())
             }
-            Assessment::Run(reasons) => (
-                Action::Run,
-                reasons.iter().map(ToString::to_string).collect(),
-            ),
+            Assessment::Run(reasons) => {
+                let remote = if selection.is_forced(&node.id) || fp.has_pending_inputs() {
+                    None
+                } else {
+                    remote(&fp.key()).map_err(PlanError::Remote)?
+                };
+                match remote {
+                    Some((entry, place)) => {
+                        for (output, digest) in entry.outputs {
+                            digests.insert(format!("{}.{output}", node.id), digest);
+                        }
+                        (Action::Cached, vec![format!("in the remote store {place}")])
+                    }
+                    None => (
+                        Action::Run,
+                        reasons.iter().map(ToString::to_string).collect(),
+                    ),
+                }
+            }
         };
         planned.push(PlannedNode {
             id: node.id.clone(),

@@ -8,4 +8,6 @@
 pub mod assess;
 pub mod fingerprint;
 
-pub use assess::{Action, Assessment, PlannedNode, Selection, assess, plan};
+pub use assess::{
+    Action, Assessment, PlanError, PlannedNode, Selection, assess, plan, plan_with_remote,
+};

@@ -15,6 +15,8 @@
 //!   tmp/                      outputs being written; renamed into artifacts/ when complete
 //! ```
 //!
+//! A store can be mirrored in a shared one (`--remote`): see [`remote`].
+//!
 //! An artifact's digest is blake3 over its sorted `(path, size, file hash)` list, so equal
 //! content is stored once. Outputs are written under `tmp/` and renamed into place, and the
 //! manifest is written after the rename: a crash at any point leaves nothing a later run trusts.
@@ -28,6 +30,7 @@ use std::path::{Path, PathBuf};
 mod artifact;
 mod lock;
 pub mod record;
+pub mod remote;
 
 pub use artifact::{ArtifactHealth, Manifest, ManifestFile, hash_dir, metadata_digest};
 pub use lock::StoreLock;

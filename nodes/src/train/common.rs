@@ -284,6 +284,7 @@ impl Common<'_> {
                 ))
             }
         };
+        crate::compute::check_device_dtype(self.device, self.dtype)?;
         positive("learning_rate", self.learning_rate)?;
         positive("adam_eps", self.adam_eps)?;
         if let Some(norm) = self.max_grad_norm {

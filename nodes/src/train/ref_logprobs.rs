@@ -123,6 +123,7 @@ impl RefLogprobsParams {
         if self.max_tokens_per_batch == Some(0) {
             return Err(ParamError::at("max_tokens_per_batch", "must be at least 1"));
         }
+        crate::compute::check_device_dtype(&self.device, self.dtype)?;
         self.lengths().check()
     }
 

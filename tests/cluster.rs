@@ -150,10 +150,14 @@ fn a_job_killed_with_scancel_is_reported_and_retried() {
     assert_ne!(sleeper["job_id"].as_str(), Some(first.as_str()));
     let log = p.path().join(sleeper["log"].as_str().unwrap());
     let log = std::fs::read_to_string(log).unwrap();
+    // The node's own error comes first when the worker saw its command killed before Slurm
+    // killed the worker ("command was killed by a signal; slurm job N CANCELLED …").
+    let failed = log
+        .lines()
+        .find(|l| l.contains("attempt 1/2 failed:"))
+        .unwrap_or_else(|| panic!("no failed first attempt in {log}"));
     assert!(
-        log.contains(&format!(
-            "attempt 1/2 failed: slurm job {first} CANCELLED (log: "
-        )),
+        failed.contains(&format!("slurm job {first} CANCELLED (log: ")),
         "{log}"
     );
     let done = std::fs::read_to_string(p.artifact_file("done.txt")).unwrap();

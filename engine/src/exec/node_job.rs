@@ -63,11 +63,7 @@ impl NodeJob {
         ) {
             Assessment::Cached(entry) => {
                 tracing::info!(key = %key, "cache hit");
-                rec.status = NodeStatus::Cached;
-                rec.cache_hit = true;
-                rec.outputs = entry.outputs;
-                rec.log = None;
-                rec.duration_ms = started.elapsed().as_millis() as u64;
+                mark_cached(&mut rec, entry.outputs, started);
                 return rec;
             }
             Assessment::Run(reasons) => reasons,
@@ -75,11 +71,7 @@ impl NodeJob {
         match self.remote_lookup(&key, &fp).await {
             Ok(Some(entry)) => {
                 tracing::info!(key = %key, "remote cache hit");
-                rec.status = NodeStatus::Cached;
-                rec.cache_hit = true;
-                rec.outputs = entry.outputs;
-                rec.log = None;
-                rec.duration_ms = started.elapsed().as_millis() as u64;
+                mark_cached(&mut rec, entry.outputs, started);
                 if let Err(e) = self
                     .shared
                     .store
@@ -494,6 +486,15 @@ fn key_lock(key: &str) -> Arc<tokio::sync::Mutex<()>> {
     let lock = Arc::new(tokio::sync::Mutex::new(()));
     locks.insert(key.to_string(), Arc::downgrade(&lock));
     lock
+}
+
+/// Records a cache hit (local or remote): the cached outputs, no log, the time the lookup took.
+fn mark_cached(rec: &mut NodeRecord, outputs: BTreeMap<String, String>, started: Instant) {
+    rec.status = NodeStatus::Cached;
+    rec.cache_hit = true;
+    rec.outputs = outputs;
+    rec.log = None;
+    rec.duration_ms = started.elapsed().as_millis() as u64;
 }
 
 pub(super) fn absolute(path: PathBuf) -> PathBuf {

@@ -165,23 +165,106 @@ fn killed_ref_logprobs_resumes_after_its_last_batch_with_identical_results() {
     signal(&child, libc::SIGKILL);
     drop(child.wait_with_output());
     p.flow(&["run", "w.yaml"]).expect_code(0);
-    let resumed_summary: Value =
-        serde_json::from_str(&std::fs::read_to_string(p.artifact_file("summary.json")).unwrap())
-            .unwrap();
-    assert!(
-        resumed_summary["resumed_pairs"].as_u64().unwrap() >= 20,
-        "{resumed_summary}"
-    );
+    let said_resumed = files_named(&p.store().join("runs"), "ref.log")
+        .iter()
+        .filter_map(|log| std::fs::read_to_string(log).ok())
+        .flat_map(|text| text.lines().map(str::to_string).collect::<Vec<_>>())
+        .filter_map(|line| {
+            let rest = line.split("resuming after ").nth(1)?;
+            rest.split(' ').next()?.parse::<usize>().ok()
+        })
+        .max();
+    assert!(said_resumed.is_some_and(|n| n >= 20), "{said_resumed:?}");
     let resumed = jsonl(&p.artifact_file("logprobs.jsonl"));
     assert_eq!(resumed.len(), 900);
-    // An uninterrupted run in another store gives the same rows.
+    // An uninterrupted run in another store gives the same artifact, byte for byte.
     let fresh = Project::new();
     fresh.write("w.yaml", &workflow);
     fresh.flow(&["run", "w.yaml"]).expect_code(0);
-    assert_eq!(jsonl(&fresh.artifact_file("logprobs.jsonl")), resumed);
+    for file in ["logprobs.jsonl", "summary.json"] {
+        assert_eq!(
+            std::fs::read(fresh.artifact_file(file)).unwrap(),
+            std::fs::read(p.artifact_file(file)).unwrap(),
+            "{file}"
+        );
+    }
     assert!(
         std::fs::read_dir(&resume).unwrap().next().is_none(),
         "the resume directory is removed after success"
+    );
+}
+
+/// Every file called `name` below `dir`.
+fn files_named(dir: &Path, name: &str) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            found.extend(files_named(&path, name));
+        } else if path.file_name().is_some_and(|n| n == name) {
+            found.push(path);
+        }
+    }
+    found
+}
+
+/// A workflow scoring `data` with the base fixture model twice: `whole` unsharded and `split`
+/// with `shards` (batches of 4 pairs).
+fn sharded_workflow(data: &Path, shards: usize) -> String {
+    let model = fixtures().join("mistral-tiny/base");
+    format!(
+        "name: shards\nnodes:\n  whole:\n    uses: model.ref_logprobs\n    with: {{ model: {m}, dataset: {d}, batch_size: 4 }}\n  split:\n    uses: model.ref_logprobs\n    with: {{ model: {m}, dataset: {d}, batch_size: 4, shards: {shards} }}\n",
+        m = model.display(),
+        d = data.display()
+    )
+}
+
+#[test]
+fn sharded_reference_scoring_equals_the_unsharded_artifact_byte_for_byte() {
+    let p = Project::new();
+    // 66 pairs: 17 batches of 4, so 3 shards take 5, 6 and 6 batches (the last one short).
+    let data = golden_dataset(&p, 11);
+    p.write("w.yaml", &sharded_workflow(&data, 3));
+    let run = p.flow(&["run", "w.yaml", "--json"]).expect_code(0).json();
+    let nodes = run["nodes"].as_array().unwrap();
+    let outputs = |id: &str| {
+        nodes.iter().find(|n| n["id"] == id).unwrap()["outputs"]["logprobs"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(outputs("split"), outputs("whole"), "{run}");
+    let rows = jsonl(
+        &p.store()
+            .join("artifacts")
+            .join(outputs("whole"))
+            .join("logprobs.jsonl"),
+    );
+    assert_eq!(rows.len(), 66);
+    let logs = files_named(&p.store().join("runs"), "split.log");
+    let log = std::fs::read_to_string(&logs[0]).unwrap();
+    for slice in [
+        "shard 0 of 3: batches 0..5 of 17",
+        "shard 2 of 3: batches 11..17 of 17",
+        "merging the outputs of 3 shards",
+    ] {
+        assert!(log.contains(slice), "{log}");
+    }
+    // More shards than batches: the empty slices merge to the same artifact.
+    p.write("w.yaml", &sharded_workflow(&golden_dataset(&p, 1), 5));
+    let run = p.flow(&["run", "w.yaml", "--json"]).expect_code(0).json();
+    let digests: Vec<_> = run["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["outputs"]["logprobs"].clone())
+        .collect();
+    assert_eq!(digests[0], digests[1], "{run}");
+    p.write("bad.yaml", &sharded_workflow(&data, 0));
+    let error = p.flow(&["validate", "bad.yaml"]).expect_code(2).stderr;
+    assert!(
+        error.contains("shards") && error.contains("at least 1"),
+        "{error}"
     );
 }
 

@@ -1,5 +1,8 @@
 //! The node library contract. The engine never names a concrete node: every node type
 //! implements [`Node`] and is registered with one line, `registry.register(MyNode)`.
+//! A node type whose work splits into independent slices (scoring a dataset, say) may also
+//! declare [`Node::shards`] and [`Node::merge`]: the engine then runs the slices as separate
+//! jobs ([`Shard`]) and merges their outputs in slice order.
 
 use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
@@ -85,11 +88,55 @@ pub trait Node: Send + Sync + 'static {
     }
 
     /// Does the work: reads inputs through `params`, writes each output into `ctx.output_dir(name)`.
+    /// In a sharded run ([`Node::shards`] > 1) only the slice `ctx.shard()` names.
     fn run(
         &self,
         ctx: NodeContext,
         params: Self::Params,
     ) -> impl Future<Output = Result<(), NodeError>> + Send;
+
+    /// Into how many slices the params split the work (a `shards` param, say); 1: not sharded.
+    /// Each slice runs as its own job with [`NodeContext::shard`] set, then [`Node::merge`]
+    /// joins them; the merged outputs must equal what one unsharded run writes, byte for byte.
+    fn shards(_params: &Self::Params) -> usize {
+        1
+    }
+
+    /// Writes the node's outputs into `ctx.output_dir(name)` from the slices' outputs:
+    /// `shards[i][name]` is the directory slice `i` wrote for output `name`, in slice order.
+    /// Only called when [`Node::shards`] is above 1.
+    fn merge(
+        &self,
+        ctx: NodeContext,
+        params: Self::Params,
+        shards: Vec<BTreeMap<String, PathBuf>>,
+    ) -> impl Future<Output = Result<(), NodeError>> + Send {
+        let _ = (ctx, params, shards);
+        async {
+            Err(NodeError::new(format!(
+                "node type `{}` cannot be sharded",
+                Self::TYPE
+            )))
+        }
+    }
+}
+
+/// One slice of a sharded node's work: slice `index` of `count` (0-based).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Shard {
+    /// Which slice, from 0.
+    pub index: usize,
+    /// How many slices.
+    pub count: usize,
+}
+
+impl Shard {
+    /// The items of `0..len` this slice takes: contiguous and in order, so the slices
+    /// concatenated in index order are `0..len`; their sizes differ by at most one.
+    pub fn range(&self, len: usize) -> std::ops::Range<usize> {
+        let count = self.count.max(1);
+        len * self.index / count..len * (self.index + 1) / count
+    }
 }
 
 impl ParamError {
@@ -133,6 +180,16 @@ pub trait DynNode: Send + Sync {
     fn remote_state(&self, params: &Json) -> Result<BTreeMap<String, String>, String>;
     /// Runs with params given as JSON.
     fn run_json(self: Arc<Self>, ctx: NodeContext, params: Json) -> BoxFuture;
+    /// Into how many slices `params` split the work (see [`Node::shards`]); 1 when not sharded
+    /// or when the params do not parse (the run then reports them).
+    fn shards(&self, params: &Json) -> usize;
+    /// Merges the slices' outputs (see [`Node::merge`]).
+    fn merge_json(
+        self: Arc<Self>,
+        ctx: NodeContext,
+        params: Json,
+        shards: Vec<BTreeMap<String, PathBuf>>,
+    ) -> BoxFuture;
 }
 
 struct Erased<N>(N);
@@ -192,12 +249,31 @@ impl<N: Node> DynNode for Erased<N> {
     }
     fn run_json(self: Arc<Self>, ctx: NodeContext, params: Json) -> BoxFuture {
         Box::pin(async move {
-            let typed = deserialize_params::<N::Params>(&params)
-                .and_then(|p| N::check(&p).map(|()| p))
-                .map_err(|e| NodeError::new(e.message))?;
+            let typed = checked_params::<N>(&params)?;
             self.0.run(ctx, typed).await
         })
     }
+    fn shards(&self, params: &Json) -> usize {
+        deserialize_params::<N::Params>(params).map_or(1, |p| N::shards(&p).max(1))
+    }
+    fn merge_json(
+        self: Arc<Self>,
+        ctx: NodeContext,
+        params: Json,
+        shards: Vec<BTreeMap<String, PathBuf>>,
+    ) -> BoxFuture {
+        Box::pin(async move {
+            let typed = checked_params::<N>(&params)?;
+            self.0.merge(ctx, typed, shards).await
+        })
+    }
+}
+
+/// `params` as `N`'s typed params, checked.
+fn checked_params<N: Node>(params: &Json) -> Result<N::Params, NodeError> {
+    deserialize_params::<N::Params>(params)
+        .and_then(|p| N::check(&p).map(|()| p))
+        .map_err(|e| NodeError::new(e.message))
 }
 
 /// The node library: node types by name.
@@ -350,6 +426,7 @@ pub struct NodeContext {
     lineage: Lineage,
     cache_root: Option<PathBuf>,
     remote_state: BTreeMap<String, String>,
+    shard: Option<Shard>,
 }
 
 impl NodeContext {
@@ -374,7 +451,19 @@ impl NodeContext {
             lineage: Lineage::default(),
             cache_root: None,
             remote_state: BTreeMap::new(),
+            shard: None,
         }
+    }
+
+    /// The same context, for slice `shard` of a sharded node (see [`Node::shards`]).
+    pub fn with_shard(mut self, shard: Option<Shard>) -> Self {
+        self.shard = shard;
+        self
+    }
+
+    /// The slice of the work this run does (`None`: all of it).
+    pub fn shard(&self) -> Option<Shard> {
+        self.shard
     }
 
     /// The same context, with the remote state the engine looked up for this run's cache key

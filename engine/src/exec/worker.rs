@@ -13,7 +13,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-use crate::node::{DynNode, Lineage, LogSink, NoProgress, NodeContext, ProgressSink, Registry};
+use crate::node::{
+    DynNode, Lineage, LogSink, NoProgress, NodeContext, ProgressSink, Registry, Shard,
+};
 use crate::store::{Store, read_json, write_json_atomic};
 
 /// Everything one node attempt needs, as JSON (`flow worker SPEC.json`).
@@ -47,6 +49,9 @@ pub struct WorkerSpec {
     pub result: PathBuf,
     /// The working directory relative paths in params are read against.
     pub cwd: PathBuf,
+    /// The slice of a sharded node this attempt runs (`None`: all of it).
+    #[serde(default)]
+    pub shard: Option<Shard>,
 }
 
 /// How an attempt ended, as the result file says.
@@ -109,21 +114,58 @@ pub async fn run_attempt(
     cancel: CancellationToken,
     progress: Arc<dyn ProgressSink>,
 ) -> Result<BTreeMap<String, String>, AttemptError> {
-    // Whatever ends the attempt (success, failure, timeout) also tells blocking work to stop.
-    let _stop_on_exit = cancel.clone().drop_guard();
-    let ctx = NodeContext::new(
+    let ctx = context(spec, log, cancel.clone(), progress);
+    let running = node_type.run_json(ctx, spec.params.clone());
+    within_limits(running, spec, cancel).await?;
+    commit_outputs(&Store::at(&spec.store), &spec.outputs)
+}
+
+/// Merges the outputs of a sharded node's slices (`shards[i]`: output name → the directory
+/// slice `i` committed) into the outputs of `spec`, in this process, then commits them.
+pub async fn run_merge(
+    node_type: Arc<dyn DynNode>,
+    spec: &WorkerSpec,
+    shards: Vec<BTreeMap<String, PathBuf>>,
+    log: LogSink,
+    cancel: CancellationToken,
+    progress: Arc<dyn ProgressSink>,
+) -> Result<BTreeMap<String, String>, AttemptError> {
+    let ctx = context(spec, log, cancel.clone(), progress);
+    let merging = node_type.merge_json(ctx, spec.params.clone(), shards);
+    within_limits(merging, spec, cancel).await?;
+    commit_outputs(&Store::at(&spec.store), &spec.outputs)
+}
+
+/// The node's view of the attempt `spec` describes.
+fn context(
+    spec: &WorkerSpec,
+    log: LogSink,
+    cancel: CancellationToken,
+    progress: Arc<dyn ProgressSink>,
+) -> NodeContext {
+    NodeContext::new(
         &spec.node_id,
         spec.work_dir.clone(),
         spec.resume_dir.clone(),
         spec.outputs.clone(),
         log,
-        cancel.clone(),
+        cancel,
         progress,
     )
     .with_lineage(spec.lineage.clone())
     .with_cache_root(spec.store.join("node-cache"))
-    .with_remote_state(spec.remote_state.clone());
-    let running = node_type.run_json(ctx, spec.params.clone());
+    .with_remote_state(spec.remote_state.clone())
+    .with_shard(spec.shard)
+}
+
+/// Runs the node's future with the attempt's timeout and cancellation.
+async fn within_limits(
+    running: impl std::future::Future<Output = Result<(), crate::node::NodeError>>,
+    spec: &WorkerSpec,
+    cancel: CancellationToken,
+) -> Result<(), AttemptError> {
+    // Whatever ends the attempt (success, failure, timeout) also tells blocking work to stop.
+    let _stop_on_exit = cancel.clone().drop_guard();
     let limit = spec.timeout_ms.map_or(Duration::MAX, Duration::from_millis);
     tokio::select! {
         // A node that noticed the cancellation itself and returned an error was cancelled too.
@@ -134,8 +176,7 @@ pub async fn run_attempt(
         }),
         _ = cancel.cancelled() => Err(AttemptError::Cancelled),
         _ = tokio::time::sleep(limit) => Err(AttemptError::Failed(format!("timed out after {}", humantime::format_duration(limit)))),
-    }?;
-    commit_outputs(&Store::at(&spec.store), &spec.outputs)
+    }
 }
 
 fn commit_outputs(

@@ -1,5 +1,8 @@
 //! `model.ref_logprobs`: the frozen reference model's log-probs of every chosen and rejected
-//! completion, computed once so DPO training need not hold a reference model.
+//! completion, computed once so DPO training need not hold a reference model. With `shards: N`
+//! the batches are split into N contiguous slices scored by separate jobs and concatenated in
+//! order; since a slice holds whole batches, each batch is scored exactly as in one run, and the
+//! merged artifact is byte-identical to the unsharded one.
 
 use flow_engine::node::{LogSink, Node, NodeContext, NodeError, OutputSpec, ParamError};
 use flow_model::scoring::{ReferenceScorer, Sequence};
@@ -51,10 +54,19 @@ pub struct RefLogprobsParams {
     /// Device.
     #[serde(default)]
     pub device: DeviceSpec,
+    /// Split the scoring into this many jobs (a Slurm job array under the `slurm` executor,
+    /// tasks at once under `local`), each scoring a contiguous run of whole batches; their
+    /// outputs are concatenated in order, byte-identical to one unsharded run.
+    #[serde(default = "one_shard")]
+    pub shards: usize,
 }
 
 fn default_batch_size() -> usize {
     4
+}
+
+fn one_shard() -> usize {
+    1
 }
 
 fn no_cut(cut: &[usize; 2]) -> bool {
@@ -82,8 +94,9 @@ pub struct LogprobRow {
     pub rejected_logps: f64,
 }
 
-/// `summary.json`.
-#[derive(Debug, Serialize, Deserialize)]
+/// `summary.json`: what was scored, a function of the params and inputs only (timings go to the
+/// node's log), so equal inputs give equal artifacts, sharded or not, resumed or not.
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
     /// Pairs read.
     pub pairs_in: usize,
@@ -99,14 +112,8 @@ pub struct Summary {
     /// Kept pairs cut to fit the length limits.
     #[serde(default)]
     pub pairs_truncated: usize,
-    /// Pairs taken over from an interrupted earlier attempt.
-    pub resumed_pairs: usize,
-    /// Tokens scored in this attempt (all positions of all sequences).
+    /// Tokens scored (all positions of the chosen and rejected sequences of every kept pair).
     pub tokens: usize,
-    /// Seconds spent scoring in this attempt.
-    pub seconds: f64,
-    /// `tokens / seconds`.
-    pub tokens_per_s: f64,
 }
 
 /// A tokenized pair to score, with its id.
@@ -122,6 +129,9 @@ impl RefLogprobsParams {
         }
         if self.max_tokens_per_batch == Some(0) {
             return Err(ParamError::at("max_tokens_per_batch", "must be at least 1"));
+        }
+        if self.shards == 0 {
+            return Err(ParamError::at("shards", "must be at least 1"));
         }
         crate::compute::check_device_dtype(&self.device, self.dtype)?;
         self.lengths().check()
@@ -166,11 +176,11 @@ impl RefLogprobsParams {
 impl Node for RefLogprobs {
     type Params = RefLogprobsParams;
     const TYPE: &'static str = "model.ref_logprobs";
-    const VERSION: &'static str = "1";
-    const DESCRIPTION: &'static str = "Computes the frozen reference model's log-probs of every chosen and rejected completion of a preference dataset, tokenized exactly as TRL's DPOTrainer does (EOS appended, completion starting where prompt and prompt+completion ids diverge), in right-padded batches with a chunked lm_head. Resumable: a killed run continues after its last completed batch.";
+    const VERSION: &'static str = "2";
+    const DESCRIPTION: &'static str = "Computes the frozen reference model's log-probs of every chosen and rejected completion of a preference dataset, tokenized exactly as TRL's DPOTrainer does (EOS appended, completion starting where prompt and prompt+completion ids diverge), in right-padded batches with a chunked lm_head. Resumable: a killed run continues after its last completed batch. `shards: N` scores contiguous runs of whole batches in N jobs (a Slurm job array) and concatenates them: the artifact is byte-identical to an unsharded run's.";
     const OUTPUTS: &'static [OutputSpec] = &[OutputSpec {
         name: "logprobs",
-        description: "`logprobs.jsonl` (one row per kept pair in input order: id, prompt_ids, chosen_ids, rejected_ids, chosen_logps, rejected_logps) and `summary.json`",
+        description: "`logprobs.jsonl` (one row per kept pair in input order: id, prompt_ids, chosen_ids, rejected_ids, chosen_logps, rejected_logps) and `summary.json` (pairs in, kept, dropped with reasons, truncated; tokens)",
     }];
 
     fn check(params: &RefLogprobsParams) -> Result<(), ParamError> {
@@ -189,6 +199,47 @@ impl Node for RefLogprobs {
             score_dataset(&worker, &params, &device, &out, &token)
         })
         .await
+    }
+
+    fn shards(params: &RefLogprobsParams) -> usize {
+        params.shards
+    }
+
+    /// Concatenates the slices' `logprobs.jsonl` in order; every slice wrote the same
+    /// `summary.json` (it describes the whole dataset), which is checked and kept.
+    async fn merge(
+        &self,
+        ctx: NodeContext,
+        _params: RefLogprobsParams,
+        shards: Vec<std::collections::BTreeMap<String, PathBuf>>,
+    ) -> Result<(), NodeError> {
+        let out = ctx.output_dir("logprobs")?;
+        let dirs: Vec<&PathBuf> = shards
+            .iter()
+            .map(|s| {
+                s.get("logprobs")
+                    .ok_or_else(|| NodeError::new("a shard has no `logprobs` output"))
+            })
+            .collect::<Result<_, _>>()?;
+        let read = |path: PathBuf| {
+            std::fs::read(&path).map_err(|e| NodeError::new(format!("{}: {e}", path.display())))
+        };
+        let mut rows = Vec::new();
+        for dir in &dirs {
+            rows.extend(read(dir.join("logprobs.jsonl"))?);
+        }
+        let summary = read(dirs[0].join("summary.json"))?;
+        for (index, dir) in dirs.iter().enumerate().skip(1) {
+            if read(dir.join("summary.json"))? != summary {
+                return Err(NodeError::new(format!(
+                    "shard {index} read another dataset than shard 0 (their summary.json differ)"
+                )));
+            }
+        }
+        std::fs::write(out.join("logprobs.jsonl"), rows)?;
+        std::fs::write(out.join("summary.json"), summary)?;
+        ctx.log().line(&format!("merged {} shards", dirs.len()));
+        Ok(())
     }
 }
 
@@ -217,58 +268,24 @@ fn score_dataset(
             pair: pair.clone(),
         })
         .collect();
-    let partial = params_partial_path(ctx);
-    let resumed = resume_count(&partial, &jobs)?;
-    if resumed > 0 {
-        ctx.log().line(&format!(
-            "resuming after {resumed} pairs scored by an earlier attempt"
-        ));
-    }
-    let mut sink = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&partial)
-        .map_err(|e| NodeError::new(format!("{}: {e}", partial.display())))?;
-    let started = Instant::now();
-    let mut tokens = 0;
-    let mut done = resumed;
-    for batch in params.batches(&jobs[resumed..]) {
-        check_cancelled(token)?;
-        let sequences: Vec<Sequence> = batch.iter().flat_map(|j| j.pair.sequences()).collect();
-        tokens += sequences.iter().map(|s| s.ids.len()).sum::<usize>();
-        let sums = scorer
-            .score(&sequences, device)
-            .map_err(|e| {
-                let ids: Vec<&str> = batch.iter().map(|j| j.id.as_str()).collect();
-                NodeError::new(format!("pairs {}: {e}", ids.join(", ")))
-            })?
-            .sums;
-        let mut lines = String::new();
-        for (job, logps) in batch.iter().zip(sums.chunks(2)) {
-            if logps.iter().any(|l| !l.is_finite()) {
-                return Err(NodeError::new(format!(
-                    "pair `{}`: the reference model gives non-finite log-probs ({}, {}); its weights or config hold NaN or infinite values",
-                    job.id, logps[0], logps[1]
-                )));
-            }
-            let row = LogprobRow {
-                id: job.id.clone(),
-                prompt_ids: job.pair.prompt_ids.clone(),
-                chosen_ids: job.pair.chosen_ids.clone(),
-                rejected_ids: job.pair.rejected_ids.clone(),
-                cut: job.pair.cut,
-                chosen_logps: logps[0],
-                rejected_logps: logps[1],
-            };
-            lines.push_str(&serde_json::to_string(&row).expect("JSON"));
-            lines.push('\n');
+    let batches = params.batches(&jobs);
+    let mine = match ctx.shard() {
+        Some(shard) => {
+            let range = shard.range(batches.len());
+            ctx.log().line(&format!(
+                "shard {} of {}: batches {}..{} of {}",
+                shard.index,
+                shard.count,
+                range.start,
+                range.end,
+                batches.len()
+            ));
+            &batches[range]
         }
-        append_durably(&mut sink, &lines, &partial)?;
-        done += batch.len();
-        ctx.progress(done as u64, jobs.len() as u64);
-        report_progress(ctx.log(), done, jobs.len(), tokens, started);
-    }
-    let seconds = started.elapsed().as_secs_f64();
+        None => &batches[..],
+    };
+    let partial = params_partial_path(ctx);
+    score_batches(ctx, &scorer, device, mine, &partial, token)?;
     std::fs::copy(&partial, out.join("logprobs.jsonl"))
         .map_err(|e| NodeError::new(e.to_string()))?;
     let summary = Summary {
@@ -278,14 +295,7 @@ fn score_dataset(
         dropped_ids: tokenized.dropped.iter().map(|d| d.id.clone()).collect(),
         dropped: tokenized.dropped.clone(),
         pairs_truncated: tokenized.truncated,
-        resumed_pairs: resumed,
-        tokens,
-        seconds,
-        tokens_per_s: if seconds > 0.0 {
-            tokens as f64 / seconds
-        } else {
-            0.0
-        },
+        tokens: jobs.iter().map(|j| sequence_tokens(&j.pair)).sum(),
     };
     std::fs::write(
         out.join("summary.json"),
@@ -299,27 +309,109 @@ fn score_dataset(
     Ok(())
 }
 
+/// Tokens of a pair's two sequences (prompt + chosen, prompt + rejected).
+fn sequence_tokens(pair: &TokenizedPair) -> usize {
+    pair.sequences().iter().map(|s| s.ids.len()).sum()
+}
+
+/// Scores `batches` in order, appending each batch's rows durably to `partial`; batches an
+/// earlier attempt finished are taken from it.
+fn score_batches(
+    ctx: &NodeContext,
+    scorer: &ReferenceScorer,
+    device: &Device,
+    batches: &[&[Job]],
+    partial: &Path,
+    token: &CancellationToken,
+) -> Result<(), NodeError> {
+    let total: usize = batches.iter().map(|b| b.len()).sum();
+    let resumed_batches = resume_batches(partial, batches)?;
+    let resumed: usize = batches[..resumed_batches].iter().map(|b| b.len()).sum();
+    if resumed > 0 {
+        ctx.log().line(&format!(
+            "resuming after {resumed} pairs scored by an earlier attempt"
+        ));
+    }
+    let mut sink = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(partial)
+        .map_err(|e| NodeError::new(format!("{}: {e}", partial.display())))?;
+    let started = Instant::now();
+    let mut tokens = 0;
+    let mut done = resumed;
+    for batch in &batches[resumed_batches..] {
+        check_cancelled(token)?;
+        let sequences: Vec<Sequence> = batch.iter().flat_map(|j| j.pair.sequences()).collect();
+        tokens += sequences.iter().map(|s| s.ids.len()).sum::<usize>();
+        let sums = scorer
+            .score(&sequences, device)
+            .map_err(|e| {
+                let ids: Vec<&str> = batch.iter().map(|j| j.id.as_str()).collect();
+                NodeError::new(format!("pairs {}: {e}", ids.join(", ")))
+            })?
+            .sums;
+        append_durably(&mut sink, &rows(batch, &sums)?, partial)?;
+        done += batch.len();
+        ctx.progress(done as u64, total as u64);
+        report_progress(ctx.log(), done, total, tokens, started);
+    }
+    Ok(())
+}
+
+/// The JSONL lines of a scored batch (`sums`: chosen and rejected log-prob sums per pair).
+fn rows(batch: &[Job], sums: &[f64]) -> Result<String, NodeError> {
+    let mut lines = String::new();
+    for (job, logps) in batch.iter().zip(sums.chunks(2)) {
+        if logps.iter().any(|l| !l.is_finite()) {
+            return Err(NodeError::new(format!(
+                "pair `{}`: the reference model gives non-finite log-probs ({}, {}); its weights or config hold NaN or infinite values",
+                job.id, logps[0], logps[1]
+            )));
+        }
+        let row = LogprobRow {
+            id: job.id.clone(),
+            prompt_ids: job.pair.prompt_ids.clone(),
+            chosen_ids: job.pair.chosen_ids.clone(),
+            rejected_ids: job.pair.rejected_ids.clone(),
+            cut: job.pair.cut,
+            chosen_logps: logps[0],
+            rejected_logps: logps[1],
+        };
+        lines.push_str(&serde_json::to_string(&row).expect("JSON"));
+        lines.push('\n');
+    }
+    Ok(lines)
+}
+
 fn params_partial_path(ctx: &NodeContext) -> PathBuf {
     ctx.resume_dir.join("logprobs.partial.jsonl")
 }
 
-/// How many leading jobs an earlier attempt finished: complete lines whose ids match, in order.
-/// A torn last line is cut off.
-fn resume_count(partial: &Path, jobs: &[Job]) -> Result<usize, NodeError> {
+/// How many leading batches an earlier attempt finished: complete lines whose ids match, in
+/// order, counted in whole batches (so every batch is scored as one run would); the file is cut
+/// back to them, a torn last line included.
+fn resume_batches(partial: &Path, batches: &[&[Job]]) -> Result<usize, NodeError> {
     let Ok(text) = std::fs::read_to_string(partial) else {
         return Ok(0);
     };
     let complete = text.rfind('\n').map_or(0, |i| i + 1);
-    let mut count = 0;
-    for line in text[..complete].lines() {
-        match serde_json::from_str::<LogprobRow>(line) {
-            Ok(row) if jobs.get(count).is_some_and(|j| j.id == row.id) => count += 1,
-            _ => break,
-        }
+    let mut expected = batches.iter().flat_map(|b| b.iter());
+    let matching = text[..complete]
+        .lines()
+        .take_while(|line| {
+            let id = serde_json::from_str::<LogprobRow>(line).map(|row| row.id);
+            id.is_ok_and(|id| expected.next().is_some_and(|j| j.id == id))
+        })
+        .count();
+    let (mut whole, mut rows) = (0, 0);
+    while whole < batches.len() && rows + batches[whole].len() <= matching {
+        rows += batches[whole].len();
+        whole += 1;
     }
     let keep: usize = text[..complete]
         .lines()
-        .take(count)
+        .take(rows)
         .map(|l| l.len() + 1)
         .sum();
     let file = std::fs::OpenOptions::new()
@@ -328,7 +420,7 @@ fn resume_count(partial: &Path, jobs: &[Job]) -> Result<usize, NodeError> {
         .map_err(|e| NodeError::new(e.to_string()))?;
     file.set_len(keep as u64)
         .map_err(|e| NodeError::new(e.to_string()))?;
-    Ok(count)
+    Ok(whole)
 }
 
 fn append_durably(sink: &mut std::fs::File, lines: &str, path: &Path) -> Result<(), NodeError> {

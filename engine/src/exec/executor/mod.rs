@@ -89,6 +89,29 @@ pub trait Executor: Send + Sync {
     }
     /// Submits one attempt as a job; returns its id, or why it could not be submitted.
     fn submit(&self, request: JobRequest) -> BoxFuture<'_, Result<String, String>>;
+    /// Submits the slices of a sharded attempt (`requests[i]` runs slice `i`) as jobs that may
+    /// run at once; returns their ids in slice order. By default one [`Executor::submit`] each
+    /// (the jobs already submitted are cancelled when one cannot be); Slurm makes a job array.
+    fn submit_array(
+        &self,
+        requests: Vec<JobRequest>,
+    ) -> BoxFuture<'_, Result<Vec<String>, String>> {
+        Box::pin(async move {
+            let mut jobs = Vec::new();
+            for request in requests {
+                match self.submit(request).await {
+                    Ok(job) => jobs.push(job),
+                    Err(message) => {
+                        for job in &jobs {
+                            let _ = self.cancel(job).await;
+                        }
+                        return Err(message);
+                    }
+                }
+            }
+            Ok(jobs)
+        })
+    }
     /// The states of many jobs, in one call; a job left out is still in flight.
     fn poll<'a>(
         &'a self,

@@ -19,7 +19,7 @@ use super::{BoxFuture, Executor, JobEnd, JobRequest, JobState};
 use crate::store::record::RunRecord;
 use crate::workflow::executor::{ExecutorKind, SlurmSettings};
 use parse::SlurmState;
-use sbatch::{JobShape, SCHEDULED, batch_script, job_name, sbatch_args};
+use sbatch::{JobShape, SCHEDULED, array_script, batch_script, job_name, sbatch_args};
 
 /// How long one Slurm command may take before the call counts as failed.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
@@ -46,18 +46,51 @@ impl Slurm {
     }
 
     async fn submit_job(&self, request: JobRequest) -> Result<String, String> {
-        let script = write_job_files(&request)?;
-        let logs = |job: &str| {
-            let path = RunRecord::job_log_path(
-                &request.store,
-                &request.run_id,
-                &request.spec.node_id,
-                "slurm",
-                job,
-            );
-            std::path::absolute(&path).unwrap_or(path)
+        let spec = write_spec(&request)?;
+        let script = request.attempt_dir.join("job.sh");
+        write_script(
+            &script,
+            &batch_script(&flow_binary()?, &spec, &what(&request)),
+        )?;
+        let job = self.sbatch(&request, &script, None).await?;
+        self.remember(&request, &job);
+        Ok(job)
+    }
+
+    /// One `sbatch --array=0-(N-1)` whose task `i` runs `requests[i]`; ids `ARRAY_i`.
+    async fn submit_job_array(&self, requests: Vec<JobRequest>) -> Result<Vec<String>, String> {
+        let Some(first) = requests.first() else {
+            return Ok(Vec::new());
         };
-        let output = logs("%j");
+        let specs = requests
+            .iter()
+            .map(write_spec)
+            .collect::<Result<Vec<_>, _>>()?;
+        let script = first.attempt_dir.join("array.sh");
+        write_script(
+            &script,
+            &array_script(&flow_binary()?, &specs, &what(first)),
+        )?;
+        let array = self.sbatch(first, &script, Some(requests.len())).await?;
+        let jobs: Vec<String> = (0..requests.len())
+            .map(|i| format!("{array}_{i}"))
+            .collect();
+        for (request, job) in requests.iter().zip(&jobs) {
+            self.remember(request, job);
+        }
+        Ok(jobs)
+    }
+
+    /// Runs `sbatch` for `script` with the request's shape (an array of `tasks` when given);
+    /// returns the job id.
+    async fn sbatch(
+        &self,
+        request: &JobRequest,
+        script: &Path,
+        tasks: Option<usize>,
+    ) -> Result<String, String> {
+        let pattern = if tasks.is_some() { "%A_%a" } else { "%j" };
+        let output = self.log_path(request, pattern);
         if let Some(dir) = output.parent() {
             std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         }
@@ -67,21 +100,36 @@ impl Slurm {
             chdir: &request.spec.cwd,
             resources: &request.resources,
             timeout: request.timeout,
+            array_tasks: tasks,
         };
         let mut args = sbatch_args(&self.settings, &shape);
         args.push(script.to_string_lossy().to_string());
         let out = slurm_command("sbatch", &args).await?;
         let stdout = String::from_utf8_lossy(&out.stdout);
-        let job = match parse::sbatch_job_id(&stdout) {
-            Some(job) if out.status.success() => job,
-            _ => return Err(format!("sbatch failed: {}", said(&out))),
-        };
+        match parse::sbatch_job_id(&stdout) {
+            Some(job) if out.status.success() => Ok(job),
+            _ => Err(format!("sbatch failed: {}", said(&out))),
+        }
+    }
+
+    /// The log file of `request`'s job `job` (or an sbatch filename pattern).
+    fn log_path(&self, request: &JobRequest, job: &str) -> PathBuf {
+        let path = RunRecord::job_log_path(
+            &request.store,
+            &request.run_id,
+            &request.spec.node_id,
+            "slurm",
+            job,
+        );
+        std::path::absolute(&path).unwrap_or(path)
+    }
+
+    fn remember(&self, request: &JobRequest, job: &str) {
         let submitted = Submitted {
-            log: logs(&job),
+            log: self.log_path(request, job),
             result: request.spec.result.clone(),
         };
-        self.jobs_lock().insert(job.clone(), submitted);
-        Ok(job)
+        self.jobs_lock().insert(job.to_string(), submitted);
     }
 
     fn jobs_lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Submitted>> {
@@ -110,6 +158,8 @@ impl Slurm {
         let args = [
             "--noheader".to_string(),
             "--states=all".to_string(),
+            // One line per array task, pending ones too (else `5_[1-2]`).
+            "--array".to_string(),
             "--format=%i|%T|%r".to_string(),
             format!("--jobs={}", jobs.join(",")),
         ];
@@ -192,6 +242,13 @@ impl Executor for Slurm {
         Box::pin(self.submit_job(request))
     }
 
+    fn submit_array(
+        &self,
+        requests: Vec<JobRequest>,
+    ) -> BoxFuture<'_, Result<Vec<String>, String>> {
+        Box::pin(self.submit_job_array(requests))
+    }
+
     fn poll<'a>(
         &'a self,
         jobs: &'a [String],
@@ -215,25 +272,34 @@ impl Executor for Slurm {
     }
 }
 
-/// Writes the attempt's worker spec (owner-only: resolved params may hold secrets) and the
-/// batch script into its directory; returns the script.
-fn write_job_files(request: &JobRequest) -> Result<PathBuf, String> {
-    let flow = std::env::current_exe()
-        .map_err(|e| format!("cannot find the flow binary for `flow worker`: {e}"))?;
+/// Writes the attempt's worker spec into its directory (owner-only: resolved params may hold
+/// secrets); returns its path.
+fn write_spec(request: &JobRequest) -> Result<PathBuf, String> {
     let mut spec = request.spec.clone();
     // Slurm enforces the limit (`--time`), so that a job past it ends as TIMEOUT.
     spec.timeout_ms = None;
     let spec_path = request.attempt_dir.join("worker.json");
     let json = serde_json::to_vec_pretty(&spec).map_err(|e| e.to_string())?;
     write_private(&spec_path, &json)?;
-    let script = request.attempt_dir.join("job.sh");
-    let what = format!(
+    Ok(spec_path)
+}
+
+/// This very binary, which the job runs as `flow worker`.
+fn flow_binary() -> Result<PathBuf, String> {
+    std::env::current_exe()
+        .map_err(|e| format!("cannot find the flow binary for `flow worker`: {e}"))
+}
+
+/// The comment line of a job's script: which node of which run.
+fn what(request: &JobRequest) -> String {
+    format!(
         "flow: node `{}` of workflow `{}`, run {}",
-        spec.node_id, request.workflow, request.run_id
-    );
-    std::fs::write(&script, batch_script(&flow, &spec_path, &what))
-        .map_err(|e| format!("{}: {e}", script.display()))?;
-    Ok(script)
+        request.spec.node_id, request.workflow, request.run_id
+    )
+}
+
+fn write_script(path: &Path, text: &str) -> Result<(), String> {
+    std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), String> {

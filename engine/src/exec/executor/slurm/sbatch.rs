@@ -24,6 +24,8 @@ pub struct JobShape<'a> {
     pub resources: &'a BTreeMap<String, u32>,
     /// The node's `timeout`.
     pub timeout: Option<Duration>,
+    /// A job array of this many tasks (`--array=0-(N-1)`), for a sharded node.
+    pub array_tasks: Option<usize>,
 }
 
 /// `flow-<workflow>-<node>`, with anything but letters, digits, `.`, `_` and `-` as `_`.
@@ -64,6 +66,9 @@ pub fn sbatch_args(settings: &SlurmSettings, job: &JobShape) -> Vec<String> {
     if let Some(limit) = job.timeout {
         args.push(format!("--time={}", time_minutes(limit)));
     }
+    if let Some(tasks) = job.array_tasks {
+        args.push(format!("--array=0-{}", tasks.saturating_sub(1)));
+    }
     args.extend(settings.sbatch_args.iter().cloned());
     args
 }
@@ -93,6 +98,23 @@ pub fn batch_script(flow: &Path, spec: &Path, what: &str) -> String {
     )
 }
 
+/// The script of a job array: task `i` (`$SLURM_ARRAY_TASK_ID`) execs `FLOW worker specs[i]`.
+pub fn array_script(flow: &Path, specs: &[impl AsRef<Path>], what: &str) -> String {
+    let flow = shell_quote(&flow.to_string_lossy());
+    let mut script = format!(
+        "#!/bin/sh\n# {}\ncase \"$SLURM_ARRAY_TASK_ID\" in\n",
+        what.replace('\n', " ")
+    );
+    for (task, spec) in specs.iter().enumerate() {
+        let spec = shell_quote(&spec.as_ref().to_string_lossy());
+        script.push_str(&format!("  {task}) exec {flow} worker {spec} ;;\n"));
+    }
+    script.push_str(
+        "esac\necho \"flow: no worker spec for array task $SLURM_ARRAY_TASK_ID\" >&2\nexit 2\n",
+    );
+    script
+}
+
 /// `text` as one word for `sh`.
 fn shell_quote(text: &str) -> String {
     format!("'{}'", text.replace('\'', r"'\''"))
@@ -114,6 +136,7 @@ mod tests {
             chdir: &paths.1,
             resources,
             timeout,
+            array_tasks: None,
         }
     }
 
@@ -170,6 +193,19 @@ mod tests {
         assert_eq!(time_minutes(Duration::from_secs(60)), 1);
         assert_eq!(time_minutes(Duration::from_secs(61)), 2);
         assert_eq!(time_minutes(Duration::from_secs(5400)), 90);
+    }
+
+    #[test]
+    fn a_sharded_node_is_one_array_whose_tasks_run_one_spec_each() {
+        let paths = (PathBuf::from("/l/%A_%a.log"), PathBuf::from("/p"));
+        let none = BTreeMap::new();
+        let mut job = shape(&none, None, &paths);
+        job.array_tasks = Some(3);
+        let args = sbatch_args(&SlurmSettings::default(), &job);
+        assert_eq!(args.last().unwrap(), "--array=0-2");
+        let script = array_script(Path::new("/f"), &["/s/0.json", "/s/1.json"], "x");
+        assert!(script.contains("case \"$SLURM_ARRAY_TASK_ID\" in\n  0) exec '/f' worker '/s/0.json' ;;\n  1) exec '/f' worker '/s/1.json' ;;\nesac\n"), "{script}");
+        assert!(script.ends_with("exit 2\n"), "{script}");
     }
 
     #[test]

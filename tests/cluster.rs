@@ -307,3 +307,49 @@ fn without_sbatch_the_node_fails_naming_it() {
         run.stderr
     );
 }
+
+#[test]
+fn a_sharded_reference_scoring_is_one_job_array_equal_to_the_unsharded_artifact() {
+    if !cluster() {
+        return;
+    }
+    let p = Project::new();
+    let name = unique("shards");
+    let data = support::golden_dataset(&p, 4);
+    let model = support::fixtures().join("mistral-tiny/base");
+    let with = format!(
+        "model: {}, dataset: {}, batch_size: 4",
+        model.display(),
+        data.display()
+    );
+    p.write(
+        "w.yaml",
+        &format!(
+            "name: {name}\nnodes:\n  whole:\n    uses: model.ref_logprobs\n    executor: local\n    with: {{ {with} }}\n  split:\n    uses: model.ref_logprobs\n    with: {{ {with}, shards: 3 }}\n"
+        ),
+    );
+    p.flow(&["run", "w.yaml", "--executor", "slurm"])
+        .expect_code(0);
+    let record = last_run(&p);
+    let (whole, split) = (node(&record, "whole"), node(&record, "split"));
+    assert_eq!(
+        whole["outputs"]["logprobs"], split["outputs"]["logprobs"],
+        "{record}"
+    );
+    let jobs: Vec<&str> = split["job_id"].as_str().unwrap().split(',').collect();
+    let array = jobs[0].split('_').next().unwrap();
+    assert_eq!(
+        jobs,
+        (0..3).map(|i| format!("{array}_{i}")).collect::<Vec<_>>(),
+        "{split}"
+    );
+    let tasks = jobs_named(&format!("flow-{name}-split"));
+    assert_eq!(tasks.len(), 3, "{tasks:?}");
+    assert!(
+        tasks.iter().all(|(_, state)| state == "COMPLETED"),
+        "{tasks:?}"
+    );
+    let log = split["job_log"].as_str().unwrap();
+    assert!(log.ends_with(&format!(".slurm-{array}_0.log")), "{log}");
+    assert!(std::path::Path::new(log).is_file(), "{log}");
+}

@@ -116,6 +116,10 @@ impl Observer for ProgressUi {
             .insert(id.to_string(), bar);
     }
 
+    fn node_waiting(&self, id: &str, why: &str) {
+        self.line(format!("⧗ {id}: {why}"));
+    }
+
     fn node_retrying(&self, id: &str, attempt: u32, delay: Duration, error: &str) {
         self.line(format!(
             "↻ {id}: attempt {attempt} failed ({error}); retrying in {delay:.1?}"

@@ -112,23 +112,155 @@ fn a_bad_remote_is_bad_input_before_anything_runs() {
     assert!(!p.store().join("runs").exists());
 }
 
-#[test]
-fn a_fresh_store_takes_everything_from_s3() {
+/// A fresh `s3://` remote in the test S3 server, or `None` (said on stderr) without one.
+fn s3_remote(name: &str) -> Option<String> {
     if std::env::var_os("FLOW_TEST_S3").is_none() {
         let _ = writeln!(
             std::io::stderr(),
             "skipped: FLOW_TEST_S3 is unset (scripts/test-cluster.sh start; source /tmp/flow-test-cluster/env)"
         );
-        return;
+        return None;
     }
     let bucket = std::env::var("FLOW_TEST_S3_BUCKET").unwrap_or_else(|_| "flow".into());
-    let prefix = format!(
-        "remote-store-test-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    Some(format!(
+        "s3://{bucket}/{name}-{}-{nanos}",
+        std::process::id()
+    ))
+}
+
+#[test]
+fn a_fresh_store_takes_everything_from_s3() {
+    if let Some(remote) = s3_remote("remote-store-test") {
+        shares_results_through(&remote);
+    }
+}
+
+/// A slow node whose output is different on every run (and that counts its runs in `counter`),
+/// and a node reading it.
+fn racing_workflow(counter: &std::path::Path) -> String {
+    format!(
+        "name: race\nnodes:\n  slow:\n    uses: shell\n    with:\n      run: \"echo run >> {c}; sleep 4; date +%s%N > $FLOW_OUT/value.txt\"\n  read:\n    uses: shell\n    with:\n      inputs: {{ value: \"${{slow.out}}\" }}\n      run: \"cat $FLOW_IN_VALUE/value.txt > $FLOW_OUT/copy.txt\"\n",
+        c = counter.display()
+    )
+}
+
+/// Two `flow run`s at once on two stores sharing `remote`: the slow node runs once (the other
+/// run waits on its lease and takes the result), and both stores end with the same outputs.
+fn two_runs_at_once_build_each_key_once(remote: &str) {
+    let shared = tempfile::tempdir().unwrap();
+    let counter = shared.path().join("runs.txt");
+    let (a, b) = (Project::new(), Project::new());
+    for p in [&a, &b] {
+        p.write("w.yaml", &racing_workflow(&counter));
+    }
+    let args = ["run", "w.yaml", "--remote", remote];
+    let (first, second) = (a.spawn(&args), b.spawn(&args));
+    let runs: Vec<support::Run> = [first, second]
+        .into_iter()
+        .map(|child| child.wait_with_output().unwrap().into())
+        .collect();
+    assert!(
+        runs.iter()
+            .any(|r| r.stderr.contains("⧗ slow: waiting for")
+                && r.stderr.contains("holds the lease")),
+        "{:?}",
+        runs.iter().map(|r| &r.stderr).collect::<Vec<_>>()
     );
-    shares_results_through(&format!("s3://{bucket}/{prefix}"));
+    for run in runs {
+        run.expect_code(0);
+    }
+    let records: Vec<serde_json::Value> = [&a, &b]
+        .iter()
+        .map(|p| p.flow(&["show", "last", "--json"]).expect_code(0).json())
+        .collect();
+    let runs_of_slow = std::fs::read_to_string(&counter).unwrap();
+    assert_eq!(
+        runs_of_slow.lines().count(),
+        1,
+        "the slow node ran more than once"
+    );
+    let mut statuses: Vec<String> = records
+        .iter()
+        .map(|r| node_field(r, "status")[0].clone())
+        .collect();
+    statuses.sort();
+    assert_eq!(statuses, ["cached", "succeeded"], "{records:?}");
+    let waited = records
+        .iter()
+        .find(|r| node_field(r, "status")[0] == "cached")
+        .unwrap();
+    assert_eq!(node_field(waited, "status")[1], "cached", "{waited}");
+    assert_eq!(outputs(&a), outputs(&b));
+}
+
+#[test]
+fn two_runs_at_once_on_a_file_remote_build_each_key_once() {
+    let shared = tempfile::tempdir().unwrap();
+    let remote = format!("file://{}", shared.path().join("remote").display());
+    two_runs_at_once_build_each_key_once(&remote);
+    let entries = std::fs::read_dir(shared.path().join("remote/cache"))
+        .unwrap()
+        .count();
+    assert_eq!(entries, 2, "one cache entry per key");
+    assert!(
+        std::fs::read_dir(shared.path().join("remote/leases")).map_or(true, |d| d
+            .flatten()
+            .all(|e| std::fs::read_dir(e.path()).unwrap().next().is_none())),
+        "leases are released"
+    );
+}
+
+#[test]
+fn two_runs_at_once_on_s3_build_each_key_once() {
+    if let Some(remote) = s3_remote("race-test") {
+        two_runs_at_once_build_each_key_once(&remote);
+    }
+}
+
+#[test]
+fn a_corrupted_remote_blob_is_an_error_naming_it_and_nothing_is_cached() {
+    let shared = tempfile::tempdir().unwrap();
+    let root = shared.path().join("remote");
+    let remote = format!("file://{}", root.display());
+    let a = Project::new();
+    a.write("w.yaml", SUM_WORKFLOW);
+    a.flow(&["run", "w.yaml", "--remote", &remote])
+        .expect_code(0);
+    let blobs: Vec<std::path::PathBuf> = std::fs::read_dir(root.join("blobs"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    for blob in &blobs {
+        let mut bytes = std::fs::read(blob).unwrap();
+        bytes.push(b'!');
+        std::fs::write(blob, bytes).unwrap();
+    }
+    let b = Project::new();
+    b.write("w.yaml", SUM_WORKFLOW);
+    let run = b
+        .flow(&["run", "w.yaml", "--remote", &remote, "--json"])
+        .expect_code(1);
+    let record = run.json();
+    let first = &record["nodes"][0];
+    assert_eq!(first["status"], "failed", "{record}");
+    let error = first["error"].as_str().unwrap();
+    assert!(
+        error.contains("corrupted") && error.contains("blobs/"),
+        "{error}"
+    );
+    assert!(
+        blobs
+            .iter()
+            .any(|b| error.contains(&b.file_name().unwrap().to_string_lossy().to_string())),
+        "{error}"
+    );
+    assert!(
+        b.artifact_files().is_empty(),
+        "nothing corrupted reached the store"
+    );
 }

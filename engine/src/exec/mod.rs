@@ -58,6 +58,8 @@ pub trait Observer: ProgressSink {
     fn run_started(&self, _record: &RunRecord) {}
     /// A node starts running (not called for cache hits).
     fn node_started(&self, _id: &str, _reasons: &[String]) {}
+    /// A node waits for another process that builds the same key (`why` says which).
+    fn node_waiting(&self, _id: &str, _why: &str) {}
     /// A node attempt failed and will be retried after `delay`.
     fn node_retrying(&self, _id: &str, _attempt: u32, _delay: Duration, _error: &str) {}
     /// A node finished (any status).

@@ -17,9 +17,28 @@ use crate::node::{Lineage, LogSink, Producer, Shard};
 use crate::plan::fingerprint::{Fingerprint, Reason};
 use crate::plan::{Assessment, assess};
 use crate::store::record::{NodeRecord, NodeStatus, RunRecord, now_rfc3339};
+use crate::store::remote::{Claim, Lease};
 use crate::store::{ArtifactHealth, CacheEntry, StoreError};
 use crate::workflow::reference::{Reference, interpolate};
 use crate::workflow::validate::{ValidNode, param_value};
+
+/// What claiming a key in the shared store gave.
+enum Claimed {
+    /// Build it (holding the key's lease, with `--remote`).
+    Build(Option<Lease>),
+    /// Another process published it; its outputs are in the local store.
+    Published(CacheEntry),
+    /// The run was cancelled while waiting.
+    Cancelled,
+}
+
+/// This machine's name, for lease owners.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|name| name.trim().to_string())
+        .unwrap_or_else(|_| "an unnamed host".into())
+}
 
 /// One node to run.
 pub(super) struct NodeJob {
@@ -68,8 +87,9 @@ impl NodeJob {
             }
             Assessment::Run(reasons) => reasons,
         };
-        match self.remote_lookup(&key, &fp).await {
-            Ok(Some(entry)) => {
+        let lease = match self.claim(&key, &fp).await {
+            Ok(Claimed::Build(lease)) => lease,
+            Ok(Claimed::Published(entry)) => {
                 tracing::info!(key = %key, "remote cache hit");
                 mark_cached(&mut rec, entry.outputs, started);
                 if let Err(e) = self
@@ -82,14 +102,18 @@ impl NodeJob {
                 }
                 return rec;
             }
-            Ok(None) => {}
+            Ok(Claimed::Cancelled) => {
+                rec.status = NodeStatus::Cancelled;
+                rec.log = None;
+                return rec;
+            }
             Err(e) => {
                 rec.error = Some(e.to_string());
                 rec.log = None;
                 rec.duration_ms = started.elapsed().as_millis() as u64;
                 return rec;
             }
-        }
+        };
         rec.reasons = reasons.iter().map(Reason::to_string).collect();
         tracing::info!(reasons = %rec.reasons.join("; "), "running");
         self.shared
@@ -118,23 +142,49 @@ impl NodeJob {
             Err(AttemptError::Cancelled) => rec.status = NodeStatus::Cancelled,
             Err(AttemptError::Failed(message)) => rec.error = Some(message),
         }
+        if let Some(lease) = lease {
+            lease.release().await;
+        }
         tracing::info!(status = ?rec.status, duration_ms = rec.duration_ms, "finished");
         rec
     }
 
-    /// After the local cache missed: the shared store's entry for `key`, its outputs now in the
-    /// local store (none without `--remote`, when forced, or while an input is pending).
-    async fn remote_lookup(
+    /// After the local cache missed, with `--remote`: the shared store's entry for `key`, its
+    /// outputs now in the local store, or the key's lease (waiting while another process holds
+    /// it). Nothing to claim without `--remote`, when forced, or while an input is pending.
+    async fn claim(
         &self,
         key: &str,
         fp: &Fingerprint,
-    ) -> Result<Option<CacheEntry>, crate::store::remote::RemoteError> {
-        match &self.shared.remote {
-            Some(remote) if !self.forced && !fp.has_pending_inputs() => {
-                remote.fetch(key, &self.shared.store).await
-            }
-            _ => Ok(None),
-        }
+    ) -> Result<Claimed, crate::store::remote::RemoteError> {
+        let remote = match &self.shared.remote {
+            Some(remote) if !self.forced && !fp.has_pending_inputs() => remote,
+            _ => return Ok(Claimed::Build(None)),
+        };
+        let owner = format!(
+            "{} (pid {}, run {})",
+            host_name(),
+            std::process::id(),
+            self.shared.run_id
+        );
+        let waiting = |why: &str| {
+            tracing::info!(key = %key, "{why}");
+            self.shared.observer.node_waiting(&self.node.id, why);
+        };
+        let claimed = remote
+            .claim(
+                key,
+                &owner,
+                &self.shared.store,
+                &self.shared.cancel,
+                &waiting,
+            )
+            .await?;
+        Ok(match claimed {
+            Some(Claim::Held(lease)) => Claimed::Build(Some(lease)),
+            Some(Claim::Done(entry)) => Claimed::Published(entry),
+            None => Claimed::Cancelled,
+        })
     }
 
     /// Publishes a success to the shared store; when another publisher won the key, its

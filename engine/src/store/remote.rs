@@ -24,8 +24,8 @@
 //! written and the node counts as cached. A byte that does not match is an error naming the
 //! object, never a silent cache hit.
 //!
-//! Not built yet: leases (two machines may both run a node before one publishes; the race above
-//! keeps the result single) and garbage collection of the remote (`flow gc --remote`).
+//! **Leases** ([`lease`]) keep two machines from building the same key at once: before running
+//! a node, a machine claims the key's lease and waits while another holds it.
 
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
@@ -35,6 +35,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{ArtifactHealth, CacheEntry, Manifest, ManifestFile, Store};
+
+mod lease;
+pub use lease::{Claim, DEFAULT_LEASE_TTL, Lease, LeaseBody};
 
 /// A remote store error: a clear sentence naming the remote or the object.
 #[derive(Debug, thiserror::Error)]
@@ -95,12 +98,30 @@ pub struct Remote {
     url: String,
     objects: Arc<dyn ObjectStore>,
     prefix: String,
+    lease_ttl: Duration,
 }
 
 impl Remote {
     /// Parses `s3://BUCKET[/PREFIX]` (credentials, region and endpoint from the standard AWS
-    /// variables) or `file:///ABSOLUTE/PATH`. Touches no network.
+    /// variables) or `file:///ABSOLUTE/PATH`, with leases living `FLOW_LEASE_TTL` (a duration
+    /// such as `90s`; default [`DEFAULT_LEASE_TTL`]). Touches no network.
     pub fn parse(url: &str) -> Result<Remote, RemoteError> {
+        let mut remote = Self::parse_url(url)?;
+        if let Some(ttl) = std::env::var_os("FLOW_LEASE_TTL") {
+            let ttl = ttl.to_string_lossy();
+            remote.lease_ttl = humantime::parse_duration(&ttl)
+                .ok()
+                .filter(|t| !t.is_zero())
+                .ok_or_else(|| {
+                    RemoteError(format!(
+                        "FLOW_LEASE_TTL=`{ttl}` is not a duration above zero (expected e.g. 60s or 5m)"
+                    ))
+                })?;
+        }
+        Ok(remote)
+    }
+
+    fn parse_url(url: &str) -> Result<Remote, RemoteError> {
         let bad = |why: &str| {
             RemoteError(format!(
                 "invalid remote `{url}`: {why} (expected s3://BUCKET/PREFIX or file:///PATH)"
@@ -154,6 +175,7 @@ impl Remote {
             url: url.to_string(),
             objects,
             prefix: prefix.trim_matches('/').to_string(),
+            lease_ttl: DEFAULT_LEASE_TTL,
         }
     }
 

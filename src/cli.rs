@@ -117,11 +117,20 @@ pub enum Command {
         /// The attempt's spec (`worker.json` in the store's `tmp/`).
         spec: PathBuf,
     },
-    /// Remove artifacts that no run record references.
+    /// Remove artifacts that no run record references; with `--remote`, those of a shared store.
     Gc {
         /// Only report what would be removed.
         #[arg(long)]
         dry_run: bool,
+        /// Collect the shared store `s3://BUCKET/PREFIX` or `file:///PATH` instead of the local
+        /// one: what neither its run records nor the local store's reference, once older than
+        /// `--grace`.
+        #[arg(long, value_name = "URL")]
+        remote: Option<String>,
+        /// With `--remote`: keep everything younger than this (`24h`, `30m`, `0s`), so runs still
+        /// publishing on other machines lose nothing.
+        #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_grace)]
+        grace: std::time::Duration,
     },
 }
 
@@ -335,4 +344,10 @@ pub enum GraphFormat {
     Mermaid,
     /// Graphviz dot.
     Dot,
+}
+
+/// A `--grace` duration (`24h`, `90m`, `0s`).
+fn parse_grace(text: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(text)
+        .map_err(|e| format!("`{text}` is not a duration (e.g. 24h, 30m, 0s): {e}"))
 }

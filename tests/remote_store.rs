@@ -264,3 +264,106 @@ fn a_corrupted_remote_blob_is_an_error_naming_it_and_nothing_is_cached() {
         "nothing corrupted reached the store"
     );
 }
+
+/// `flow gc --remote URL ARGS…` in `p`: its one-line report.
+fn gc_remote(p: &Project, remote: &str, args: &[&str]) -> String {
+    let mut all = vec!["gc", "--remote", remote];
+    all.extend_from_slice(args);
+    p.flow(&all).expect_code(0).stdout
+}
+
+/// The nodes' plan actions of `SUM_WORKFLOW` (with `args`) on a fresh store with `remote`.
+fn fresh_plan(remote: &str, args: &[&str]) -> Vec<String> {
+    let p = Project::new();
+    p.write("w.yaml", SUM_WORKFLOW);
+    let mut all = vec!["plan", "w.yaml", "--remote", remote, "--json"];
+    all.extend_from_slice(args);
+    node_field(&p.flow(&all).expect_code(0).json(), "action")
+}
+
+#[test]
+fn gc_of_a_remote_deletes_only_old_objects_no_run_record_references() {
+    let shared = tempfile::tempdir().unwrap();
+    let root = shared.path().join("remote");
+    let remote = format!("file://{}", root.display());
+    let (a, b, c) = (Project::new(), Project::new(), Project::new());
+    for p in [&a, &b] {
+        p.write("w.yaml", SUM_WORKFLOW);
+    }
+    a.flow(&["run", "w.yaml", "--remote", &remote])
+        .expect_code(0);
+    b.flow(&["run", "w.yaml", "--remote", &remote, "--set", "n=4"])
+        .expect_code(0);
+    // B's record leaves the shared store (B's local store keeps its own), and a publish that
+    // died after one blob left an orphan.
+    let runs: Vec<_> = std::fs::read_dir(root.join("runs"))
+        .unwrap()
+        .flatten()
+        .collect();
+    assert_eq!(runs.len(), 2);
+    let b_run = b.flow(&["show", "last", "--json"]).expect_code(0).json()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    std::fs::remove_file(root.join("runs").join(format!("{b_run}.json"))).unwrap();
+    std::fs::write(root.join("blobs/feedface"), "half a publish").unwrap();
+
+    let young = gc_remote(&c, &remote, &[]);
+    assert!(
+        young.contains("removed from") && young.contains(": 0 cache entries, 0 artifacts, 0 blobs"),
+        "{young}"
+    );
+    assert!(young.contains("younger than 1day"), "{young}");
+    // From B's project its own records still count.
+    let from_b = gc_remote(&b, &remote, &["--grace", "0s", "--dry-run"]);
+    assert!(
+        from_b.contains("would remove") && from_b.contains("0 cache entries, 0 artifacts, 1 blobs"),
+        "{from_b}"
+    );
+    let dry = gc_remote(&c, &remote, &["--grace", "0s", "--dry-run"]);
+    assert!(
+        dry.contains("2 cache entries, 2 artifacts, 3 blobs"),
+        "{dry}"
+    );
+    assert_eq!(
+        fresh_plan(&remote, &["--set", "n=4"]),
+        ["cached", "cached", "cached"]
+    );
+    let done = gc_remote(&c, &remote, &["--grace", "0s"]);
+    assert!(
+        done.contains("removed from") && done.contains("2 cache entries, 2 artifacts, 3 blobs"),
+        "{done}"
+    );
+    assert_eq!(fresh_plan(&remote, &[]), ["cached", "cached", "cached"]);
+    // `label` does not read `n`: A's record still references it.
+    assert_eq!(
+        fresh_plan(&remote, &["--set", "n=4"]),
+        ["run", "cached", "run"]
+    );
+    assert!(!root.join("blobs/feedface").exists());
+    let bad = c
+        .flow(&["gc", "--remote", &remote, "--grace", "soon"])
+        .expect_code(2);
+    assert!(
+        bad.stderr.contains("--grace") && bad.stderr.contains("soon"),
+        "{}",
+        bad.stderr
+    );
+}
+
+#[test]
+fn gc_of_an_s3_remote_keeps_what_its_run_records_reference() {
+    let Some(remote) = s3_remote("gc-test") else {
+        return;
+    };
+    let a = Project::new();
+    a.write("w.yaml", SUM_WORKFLOW);
+    a.flow(&["run", "w.yaml", "--remote", &remote])
+        .expect_code(0);
+    let done = gc_remote(&Project::new(), &remote, &["--grace", "0s"]);
+    assert!(
+        done.contains("0 cache entries, 0 artifacts, 0 blobs"),
+        "{done}"
+    );
+    assert_eq!(fresh_plan(&remote, &[]), ["cached", "cached", "cached"]);
+}

@@ -82,7 +82,16 @@ pub fn dispatch(command: Command, store: &Store) -> Result<(), Failure> {
         Command::Report { run, open } => report::report(store, &run, open),
         Command::Compare { a, b, json } => report::compare(store, &a, &b, json),
         Command::Schema { dir, check } => inspect::schema(&dir, check),
-        Command::Gc { dry_run } => inspect::gc(store, dry_run),
+        Command::Gc {
+            dry_run,
+            remote: None,
+            ..
+        } => inspect::gc(store, dry_run),
+        Command::Gc {
+            dry_run,
+            remote: Some(url),
+            grace,
+        } => run::gc_remote(store, &url, grace, dry_run),
         Command::Worker { spec } => worker::worker(&spec),
         Command::Bench { what } => bench::bench(what),
         Command::Schedule(args) => schedule::schedule(args, store),

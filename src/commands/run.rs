@@ -62,6 +62,40 @@ fn plan_nodes(
     })
 }
 
+/// `flow gc --remote URL`: collects the shared store, keeping what its run records and the
+/// local store's reference, and everything younger than `grace`.
+pub fn gc_remote(
+    store: &Store,
+    url: &str,
+    grace: std::time::Duration,
+    dry_run: bool,
+) -> Result<(), Failure> {
+    let remote = Remote::parse(url).map_err(|e| Failure::Input(format!("error: --remote: {e}")))?;
+    let local: std::collections::BTreeSet<String> = if store.exists() {
+        flow_engine::store::record::RunRecord::list(store)
+            .iter()
+            .flat_map(|r| r.digests().cloned())
+            .collect()
+    } else {
+        Default::default()
+    };
+    let report = runtime()?
+        .block_on(remote.gc(&local, grace, dry_run))
+        .map_err(|e| Failure::Run(format!("error: {e}")))?;
+    let verb = if dry_run { "would remove" } else { "removed" };
+    println!(
+        "{verb} from {url}: {} cache entries, {} artifacts, {} blobs ({} bytes), {} expired leases; kept {} unreferenced objects younger than {}",
+        report.cache_entries,
+        report.artifacts,
+        report.blobs,
+        report.bytes,
+        report.leases,
+        report.young,
+        humantime::format_duration(grace)
+    );
+    Ok(())
+}
+
 fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -76,7 +76,7 @@ impl Dispatcher {
                 }
             };
             let node = finished.unwrap_or_else(|e| panicked_node(&e));
-            self.finish(record, node)?;
+            self.finish(record, node).await?;
         }
         Ok(())
     }
@@ -153,7 +153,7 @@ impl Dispatcher {
             .all(|(name, amount)| self.free.get(name).is_some_and(|free| free >= amount))
     }
 
-    fn finish(&mut self, record: &mut RunRecord, node: NodeRecord) -> Result<(), StoreError> {
+    async fn finish(&mut self, record: &mut RunRecord, node: NodeRecord) -> Result<(), StoreError> {
         if let Some(spec) = self.shared.wf.node(&node.id) {
             for (name, amount) in &self.shared.held(spec) {
                 *self
@@ -169,7 +169,7 @@ impl Dispatcher {
         if let Some(slot) = record.nodes.iter_mut().find(|n| n.id == node.id) {
             *slot = node;
         }
-        record.save(&self.shared.store)
+        super::save_record(record, &self.shared.store, self.shared.remote.as_ref()).await
     }
 }
 

@@ -149,7 +149,7 @@ pub async fn execute(
             .map(|n| NodeRecord::pending(&n.id, n.node_type.type_name()))
             .collect(),
     };
-    record.save(&store)?;
+    save_record(&record, &store, options.remote.as_ref()).await?;
     observer.run_started(&record);
     let shared = Arc::new(Shared {
         wf: wf.clone(),
@@ -177,8 +177,24 @@ pub async fn execute(
     } else {
         RunStatus::Failed
     };
-    record.save(&store)?;
+    save_record(&record, &store, dispatcher.shared.remote.as_ref()).await?;
     Ok(record)
+}
+
+/// Saves the run record in the store and, with `--remote`, in the shared store too (where
+/// `flow gc --remote` reads what runs reference); a remote that cannot take it is a warning.
+async fn save_record(
+    record: &RunRecord,
+    store: &Store,
+    remote: Option<&crate::store::remote::Remote>,
+) -> Result<(), StoreError> {
+    record.save(store)?;
+    if let Some(remote) = remote
+        && let Err(e) = remote.publish_run(record).await
+    {
+        tracing::warn!("{e}");
+    }
+    Ok(())
 }
 
 /// An observer that ignores everything.

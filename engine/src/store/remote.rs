@@ -7,6 +7,8 @@
 //!   blobs/<blake3>              one file's bytes, named by their blake3
 //!   artifacts/<digest>.json     an artifact's manifest: path, size, blake3 of every file
 //!   cache/<key>.json            fingerprint key → output digests (a local `CacheEntry`)
+//!   runs/<run id>.json          the run records of runs with this remote
+//!   leases/<key>/<gen>.json     who builds a key now
 //! ```
 //!
 //! **Publish** (after a node ran locally): every file blob by its digest (skipped when already
@@ -25,7 +27,9 @@
 //! object, never a silent cache hit.
 //!
 //! **Leases** ([`lease`]) keep two machines from building the same key at once: before running
-//! a node, a machine claims the key's lease and waits while another holds it.
+//! a node, a machine claims the key's lease and waits while another holds it. **Run records**
+//! live at `runs/<id>.json` too, and **garbage collection** ([`gc`]) deletes only what none of
+//! them references and what is older than a grace period.
 
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
@@ -36,7 +40,9 @@ use std::time::Duration;
 
 use super::{ArtifactHealth, CacheEntry, Manifest, ManifestFile, Store};
 
+mod gc;
 mod lease;
+pub use gc::RemoteGcReport;
 pub use lease::{Claim, DEFAULT_LEASE_TTL, Lease, LeaseBody};
 
 /// A remote store error: a clear sentence naming the remote or the object.

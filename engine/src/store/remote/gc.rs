@@ -1,0 +1,285 @@
+//! Run records in the shared store and its garbage collection (`flow gc --remote`).
+//!
+//! Every run with `--remote` keeps its record at `runs/<run id>.json` there, rewritten as nodes
+//! finish, as the local store keeps it. Collection deletes only what no run record references
+//! (the shared store's and the local store's) **and** what is older than a grace period, so a
+//! run still publishing on another machine (blobs written, entry not yet) loses nothing:
+//!
+//! - a cache entry whose outputs are not all referenced (as the local `flow gc` judges them);
+//! - an artifact manifest whose digest is not referenced;
+//! - a blob that no kept manifest lists (kept manifests include young unreferenced ones);
+//! - a lease not renewed within the grace period (its holder is gone).
+//!
+//! Entries go first, then manifests, then blobs: a reader that finds an entry can still fetch
+//! everything it names. Run records are never deleted (as locally).
+
+use object_store::ObjectMeta;
+use object_store::ObjectStoreExt;
+use object_store::path::Path as ObjectPath;
+use serde::Serialize;
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use super::{Remote, RemoteError, RemoteManifest};
+use crate::store::CacheEntry;
+use crate::store::record::RunRecord;
+
+/// What [`Remote::gc`] deleted (or would delete).
+#[derive(Debug, Default, PartialEq, Serialize)]
+pub struct RemoteGcReport {
+    /// Cache entries.
+    pub cache_entries: usize,
+    /// Artifact manifests.
+    pub artifacts: usize,
+    /// Blobs.
+    pub blobs: usize,
+    /// The blobs' bytes.
+    pub bytes: u64,
+    /// Leases of holders gone.
+    pub leases: usize,
+    /// Objects kept only because they are younger than the grace period.
+    pub young: usize,
+}
+
+impl Remote {
+    /// Writes run record `record` to `runs/<id>.json`.
+    pub async fn publish_run(&self, record: &RunRecord) -> Result<(), RemoteError> {
+        let name = format!("runs/{}.json", record.id);
+        let bytes = serde_json::to_vec_pretty(record).expect("plain data serializes");
+        self.put(&name, bytes, object_store::PutMode::Overwrite)
+            .await
+            .map_err(|e| self.failed(&format!("writing {name}"), e))
+    }
+
+    /// The run records in the shared store.
+    pub async fn runs(&self) -> Result<Vec<RunRecord>, RemoteError> {
+        let mut records = Vec::new();
+        for meta in self.list("runs").await? {
+            let name = self.relative(&meta.location);
+            let bytes = self.get(&name).await?.unwrap_or_default();
+            let record = serde_json::from_slice(&bytes)
+                .map_err(|e| self.failed(&format!("{name} is not a run record"), e))?;
+            records.push(record);
+        }
+        Ok(records)
+    }
+
+    /// Deletes what no run record references (those in the shared store, plus `local_digests`
+    /// from the local store's records) and what is older than `grace`; only counts with
+    /// `dry_run`.
+    pub async fn gc(
+        &self,
+        local_digests: &BTreeSet<String>,
+        grace: Duration,
+        dry_run: bool,
+    ) -> Result<RemoteGcReport, RemoteError> {
+        let mut referenced = local_digests.clone();
+        for record in self.runs().await? {
+            referenced.extend(record.digests().cloned());
+        }
+        let cutoff = jiff::SignedDuration::try_from(grace)
+            .ok()
+            .and_then(|grace| jiff::Timestamp::now().checked_sub(grace).ok())
+            .unwrap_or(jiff::Timestamp::MIN);
+        let old = |meta: &ObjectMeta| {
+            jiff::Timestamp::from_millisecond(meta.last_modified.timestamp_millis())
+                .is_ok_and(|modified| modified < cutoff)
+        };
+        let mut report = RemoteGcReport::default();
+        let mut doomed = Vec::new();
+        for meta in self.list("cache").await? {
+            let name = self.relative(&meta.location);
+            let entry: Option<CacheEntry> = self
+                .get(&name)
+                .await?
+                .and_then(|b| serde_json::from_slice(&b).ok());
+            let unreferenced =
+                entry.is_none_or(|e| e.outputs.values().any(|d| !referenced.contains(d)));
+            match (unreferenced, old(&meta)) {
+                (true, true) => {
+                    report.cache_entries += 1;
+                    doomed.push(meta.location);
+                }
+                (true, false) => report.young += 1,
+                _ => {}
+            }
+        }
+        let mut kept_blobs = BTreeSet::new();
+        for meta in self.list("artifacts").await? {
+            let name = self.relative(&meta.location);
+            let digest = name
+                .trim_start_matches("artifacts/")
+                .trim_end_matches(".json");
+            let unreferenced = !referenced.contains(digest);
+            if unreferenced && old(&meta) {
+                report.artifacts += 1;
+                doomed.push(meta.location);
+                continue;
+            }
+            report.young += usize::from(unreferenced);
+            if let Some(bytes) = self.get(&name).await? {
+                let manifest: RemoteManifest = serde_json::from_slice(&bytes)
+                    .map_err(|e| self.failed(&format!("{name} is not a manifest"), e))?;
+                kept_blobs.extend(manifest.files.into_iter().map(|f| f.blake3));
+            }
+        }
+        for meta in self.list("blobs").await? {
+            let name = self.relative(&meta.location);
+            let unreferenced = !kept_blobs.contains(name.trim_start_matches("blobs/"));
+            if unreferenced && old(&meta) {
+                report.blobs += 1;
+                report.bytes += meta.size;
+                doomed.push(meta.location);
+            } else {
+                report.young += usize::from(unreferenced);
+            }
+        }
+        for meta in self.list_below("leases").await? {
+            if old(&meta) {
+                report.leases += 1;
+                doomed.push(meta.location);
+            }
+        }
+        if !dry_run {
+            for location in doomed {
+                self.objects
+                    .delete(&location)
+                    .await
+                    .map_err(|e| self.failed(&format!("deleting {location}"), e))?;
+            }
+        }
+        Ok(report)
+    }
+
+    /// The objects directly in folder `dir` (below the prefix).
+    async fn list(&self, dir: &str) -> Result<Vec<ObjectMeta>, RemoteError> {
+        let listed = self
+            .objects
+            .list_with_delimiter(Some(&self.path(dir)))
+            .await
+            .map_err(|e| self.failed(&format!("listing {dir}/"), e))?;
+        Ok(listed.objects)
+    }
+
+    /// The objects one folder below `dir` (`leases/<key>/<generation>.json`).
+    async fn list_below(&self, dir: &str) -> Result<Vec<ObjectMeta>, RemoteError> {
+        let listed = self
+            .objects
+            .list_with_delimiter(Some(&self.path(dir)))
+            .await
+            .map_err(|e| self.failed(&format!("listing {dir}/"), e))?;
+        let mut objects = listed.objects;
+        for folder in listed.common_prefixes {
+            let folder = self.relative(&folder);
+            objects.extend(self.list(&folder).await?);
+        }
+        Ok(objects)
+    }
+
+    /// An object's name below the prefix (what [`Remote::path`] was given).
+    fn relative(&self, location: &ObjectPath) -> String {
+        let full = location.as_ref();
+        if self.prefix.is_empty() {
+            full.to_string()
+        } else {
+            full.strip_prefix(&format!("{}/", self.prefix))
+                .unwrap_or(full)
+                .to_string()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+    use crate::store::record::{NodeRecord, RunStatus};
+    use object_store::PutPayload;
+    use object_store::memory::InMemory;
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    fn produce(store: &Store, content: &str) -> CacheEntry {
+        let dir = store.temp_dir("out").unwrap();
+        std::fs::write(dir.join("x.txt"), content).unwrap();
+        let digest = store.commit_artifact(&dir).unwrap();
+        CacheEntry {
+            outputs: BTreeMap::from([("out".to_string(), digest)]),
+            duration_ms: 1,
+            created: "2026-01-01T00:00:00Z".into(),
+        }
+    }
+
+    fn record(id: &str, entry: &CacheEntry) -> RunRecord {
+        let mut node = NodeRecord::pending("n", "shell");
+        node.outputs = entry.outputs.clone();
+        RunRecord {
+            id: id.into(),
+            workflow: "w".into(),
+            file: "w.yaml".into(),
+            trigger: "manual".into(),
+            started_at: "2026-01-01T00:00:00Z".into(),
+            finished_at: None,
+            status: RunStatus::Succeeded,
+            params: Default::default(),
+            nodes: vec![node],
+        }
+    }
+
+    #[tokio::test]
+    async fn only_old_unreferenced_objects_go_and_entries_before_their_blobs() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::at(dir.path().join("s"));
+        store.create().unwrap();
+        let objects = Arc::new(InMemory::new());
+        let remote = Remote::with("memory://gc", objects.clone(), "team");
+        let kept = produce(&store, "kept");
+        let dropped = produce(&store, "dropped");
+        let local_only = produce(&store, "local");
+        for (key, entry) in [("k1", &kept), ("k2", &dropped), ("k3", &local_only)] {
+            remote.publish(key, entry, &store).await.unwrap();
+        }
+        remote.publish_run(&record("r1", &kept)).await.unwrap();
+        let orphan = remote.path("blobs/0000");
+        objects
+            .put(&orphan, PutPayload::from_static(b"half a publish"))
+            .await
+            .unwrap();
+        let local: BTreeSet<String> = local_only.outputs.values().cloned().collect();
+
+        // Everything is young: nothing goes, whatever references it.
+        let young = remote
+            .gc(&local, Duration::from_secs(3600), false)
+            .await
+            .unwrap();
+        assert_eq!((young.cache_entries, young.blobs, young.young), (0, 0, 3));
+
+        let dry = remote.gc(&local, Duration::ZERO, true).await.unwrap();
+        let expected = RemoteGcReport {
+            cache_entries: 1,
+            artifacts: 1,
+            blobs: 2,
+            bytes: "dropped".len() as u64 + "half a publish".len() as u64,
+            leases: 0,
+            young: 0,
+        };
+        assert_eq!(dry, expected);
+        assert!(
+            remote.entry("k2").await.unwrap().is_some(),
+            "a dry run deletes nothing"
+        );
+
+        assert_eq!(
+            remote.gc(&local, Duration::ZERO, false).await.unwrap(),
+            expected
+        );
+        assert!(remote.entry("k2").await.unwrap().is_none());
+        assert!(objects.head(&orphan).await.is_err());
+        let fresh = Store::at(dir.path().join("fresh"));
+        fresh.create().unwrap();
+        for key in ["k1", "k3"] {
+            assert!(remote.fetch(key, &fresh).await.unwrap().is_some(), "{key}");
+        }
+        assert_eq!(remote.runs().await.unwrap().len(), 1);
+    }
+}

@@ -56,6 +56,13 @@ fn jobs_named(name: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// An `s3://` remote of its own in the test S3 server, when `scripts/test-cluster.sh` started one.
+fn s3_remote(name: &str) -> Option<String> {
+    std::env::var_os("FLOW_TEST_S3")?;
+    let bucket = std::env::var("FLOW_TEST_S3_BUCKET").unwrap_or_else(|_| "flow".into());
+    Some(format!("s3://{bucket}/{}", unique(name)))
+}
+
 #[test]
 fn the_embedded_default_runs_every_node_as_a_slurm_job_then_is_cached() {
     if !cluster() {
@@ -64,7 +71,13 @@ fn the_embedded_default_runs_every_node_as_a_slurm_job_then_is_cached() {
     let p = Project::new();
     let flow_at_root = |args: &[&str]| -> Run { support::flow_at_root(&p, args) };
     let wf = "workflows/dpo-de-tiny.yaml";
-    flow_at_root(&["run", wf, "--executor", "slurm"]).expect_code(0);
+    // With the S3 server up, the run publishes there too (`--remote`).
+    let remote = s3_remote("tiny");
+    let mut run = vec!["run", wf, "--executor", "slurm"];
+    if let Some(remote) = &remote {
+        run.extend(["--remote", remote]);
+    }
+    flow_at_root(&run).expect_code(0);
     let record = flow_at_root(&["show", "last", "--json"])
         .expect_code(0)
         .json();
@@ -89,6 +102,51 @@ fn the_embedded_default_runs_every_node_as_a_slurm_job_then_is_cached() {
         assert_eq!(n["status"], "cached", "{n}");
         assert!(n.get("job_id").is_none(), "{n}");
     }
+    let Some(remote) = remote else {
+        let _ = writeln!(
+            std::io::stderr(),
+            "skipped the S3 half: FLOW_TEST_S3 is unset"
+        );
+        return;
+    };
+    // A second machine: an empty store, the same remote; nothing runs, nothing is submitted.
+    let fresh = Project::new();
+    let plan = support::flow_at_root(&fresh, &["plan", wf, "--remote", &remote, "--json"])
+        .expect_code(0)
+        .json();
+    assert!(
+        support::node_field(&plan, "action")
+            .iter()
+            .all(|a| a == "cached"),
+        "{plan}"
+    );
+    let taken = support::flow_at_root(
+        &fresh,
+        &[
+            "run",
+            wf,
+            "--executor",
+            "slurm",
+            "--remote",
+            &remote,
+            "--json",
+        ],
+    )
+    .expect_code(0)
+    .json();
+    for n in taken["nodes"].as_array().unwrap() {
+        assert_eq!(n["status"], "cached", "{n}");
+        assert!(n.get("job_id").is_none(), "{n}");
+    }
+    let outputs = |record: &serde_json::Value| {
+        record["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["outputs"].clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(outputs(&taken), outputs(&record));
 }
 
 #[test]

@@ -305,6 +305,42 @@ fn ctrl_c_cancels_the_slurm_jobs_of_the_run() {
     );
 }
 
+#[test]
+fn a_job_that_cannot_start_says_why_instead_of_waiting_silently() {
+    if !cluster() {
+        return;
+    }
+    let p = Project::new();
+    let name = unique("pending");
+    // More CPUs than the one node has: Slurm accepts the job and keeps it pending.
+    p.write(
+        "w.yaml",
+        &format!(
+            "name: {name}\nnodes:\n  big:\n    uses: shell\n    resources: {{cpus: 64}}\n    with:\n      run: \"true\"\n"
+        ),
+    );
+    let run = p.spawn(&["run", "w.yaml", "--executor", "slurm"]);
+    let said = |log: &std::path::Path| {
+        std::fs::read_to_string(log).is_ok_and(|t| t.contains("waits to start: PartitionConfig"))
+    };
+    wait_until(Duration::from_secs(60), "the node log to say why", || {
+        std::fs::read_dir(p.store().join("runs"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|run| said(&run.path().join("logs/big.log")))
+    });
+    support::signal(&run, libc::SIGINT);
+    let run = Run::from(run.wait_with_output().unwrap()).expect_code(130);
+    assert!(
+        run.stderr.contains("0 skipped, 1 cancelled")
+            && run.stderr.contains("⧗ big: slurm job ")
+            && run.stderr.contains("waits to start: PartitionConfig"),
+        "{}",
+        run.stderr
+    );
+}
+
 /// No cluster needed: a bad executor name is a diagnostic at its place, listing the names.
 #[test]
 fn an_unknown_executor_is_an_error_at_its_line() {

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::executor::{JobEnd, JobRequest, Watcher};
+use super::executor::{JobEnd, JobRequest, PendingListener, Watcher};
 use super::retry::backoff;
 use super::worker::{AttemptError, WorkerResult, WorkerSpec, run_merge};
 use super::{CancellationToken, Shared};
@@ -369,7 +369,7 @@ impl NodeJob {
             rec.job_id = Some(job.clone());
         }
         let end = watcher
-            .wait(&job, &self.shared.cancel)
+            .wait_telling(&job, &self.shared.cancel, self.pending_listener(&job, log))
             .await
             .ok_or(AttemptError::Cancelled)?;
         self.outcome(end, WorkerResult::read(&result_path))
@@ -408,7 +408,9 @@ impl NodeJob {
             rec.job_log = jobs.first().and_then(|job| executor.log(job));
             rec.job_id = Some(jobs.join(","));
         }
-        let slices = self.wait_for_shards(watcher, &jobs, &results).await?;
+        let slices = self
+            .wait_for_shards(watcher, &jobs, &results, &merge.log)
+            .await?;
         let store = &self.shared.store;
         let dirs = slices
             .iter()
@@ -440,12 +442,17 @@ impl NodeJob {
         watcher: &Arc<Watcher>,
         jobs: &[String],
         results: &[PathBuf],
+        log: &LogSink,
     ) -> Result<Vec<BTreeMap<String, String>>, AttemptError> {
         let cancel = self.shared.cancel.child_token();
         let mut waiting = tokio::task::JoinSet::new();
         for (index, job) in jobs.iter().enumerate() {
             let (watcher, job, cancel) = (watcher.clone(), job.clone(), cancel.clone());
-            waiting.spawn(async move { (index, watcher.wait(&job, &cancel).await) });
+            let pending = self.pending_listener(&job, log);
+            waiting.spawn(async move {
+                let end = watcher.wait_telling(&job, &cancel, pending).await;
+                (index, end)
+            });
         }
         let mut slices = vec![BTreeMap::new(); jobs.len()];
         let mut failure = None;
@@ -472,6 +479,26 @@ impl NodeJob {
             }
         }
         failure.map_or(Ok(slices), Err)
+    }
+
+    /// Tells the node's log and the run's observer why job `job` still waits to start
+    /// (executors with job ids only: an in-process job never waits).
+    fn pending_listener(&self, job: &str, log: &LogSink) -> Option<PendingListener> {
+        let executor = self.shared.executors.for_node(&self.node.id)?.executor();
+        if !executor.has_job_ids() {
+            return None;
+        }
+        let why = format!("{} job {job} waits to start", executor.kind().name());
+        let (observer, id, log) = (
+            self.shared.observer.clone(),
+            self.node.id.clone(),
+            log.clone(),
+        );
+        Some(Arc::new(move |reason: &str| {
+            let why = format!("{why}: {reason}");
+            log.line(&format!("[flow] {why}"));
+            observer.node_waiting(&id, &why);
+        }))
     }
 
     /// How the attempt went: what the executor says of its job, and the result file.

@@ -208,22 +208,22 @@ impl RunRecord {
         Ok(())
     }
 
-    /// `run ID succeeded: 2 ran, 3 cached, 0 failed, 0 skipped` (skipped counts cancelled nodes).
+    /// `run ID succeeded: 2 ran, 3 cached, 0 failed, 0 skipped`, and `, N cancelled` when
+    /// nodes were stopped while running.
     pub fn summary(&self) -> String {
-        let count = |wanted: &[NodeStatus]| {
-            self.nodes
-                .iter()
-                .filter(|n| wanted.contains(&n.status))
-                .count()
+        let count = |wanted: NodeStatus| self.nodes.iter().filter(|n| n.status == wanted).count();
+        let cancelled = match count(NodeStatus::Cancelled) {
+            0 => String::new(),
+            n => format!(", {n} cancelled"),
         };
         format!(
-            "run {} {}: {} ran, {} cached, {} failed, {} skipped",
+            "run {} {}: {} ran, {} cached, {} failed, {} skipped{cancelled}",
             self.id,
             crate::variant_name(&self.status),
-            count(&[NodeStatus::Succeeded]),
-            count(&[NodeStatus::Cached]),
-            count(&[NodeStatus::Failed]),
-            count(&[NodeStatus::Skipped, NodeStatus::Cancelled]),
+            count(NodeStatus::Succeeded),
+            count(NodeStatus::Cached),
+            count(NodeStatus::Failed),
+            count(NodeStatus::Skipped),
         )
     }
 

@@ -134,8 +134,19 @@ pub fn build(kind: ExecutorKind, config: &ExecutorConfig) -> Arc<dyn Executor> {
 /// Polls one executor's jobs in flight on one timer and wakes the attempts waiting for them.
 pub struct Watcher {
     executor: Arc<dyn Executor>,
-    waiting: Mutex<HashMap<String, oneshot::Sender<JobEnd>>>,
+    waiting: Mutex<HashMap<String, Waiter>>,
     wake: Notify,
+}
+
+/// Hears why a job still waits to start (the executor's reason, as `Resources` or `Priority`).
+pub type PendingListener = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// One attempt waiting for its job.
+struct Waiter {
+    ended: oneshot::Sender<JobEnd>,
+    pending: Option<PendingListener>,
+    /// The last pending reason told to `pending`.
+    told: String,
 }
 
 /// Polls that may fail in a row (a Slurm controller restarting) before the jobs count as lost.
@@ -192,8 +203,10 @@ impl Watcher {
         match self.executor.poll(&jobs).await {
             Ok(states) => {
                 for (job, state) in states {
-                    if let JobState::Ended(end) = state {
-                        self.deliver(&job, end);
+                    match state {
+                        JobState::Ended(end) => self.deliver(&job, end),
+                        JobState::Pending(reason) => self.tell_pending(&job, reason),
+                        JobState::Running => {}
                     }
                 }
                 0
@@ -213,19 +226,52 @@ impl Watcher {
 
     fn deliver(&self, job: &str, end: JobEnd) {
         let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(sender) = waiting.remove(job) {
-            let _ = sender.send(end);
+        if let Some(waiter) = waiting.remove(job) {
+            let _ = waiter.ended.send(end);
+        }
+    }
+
+    /// Tells the job's listener why it still waits, when the reason changed (`None`: none).
+    fn tell_pending(&self, job: &str, reason: String) {
+        let listener = {
+            let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(waiter) = waiting.get_mut(job) else {
+                return;
+            };
+            if reason.is_empty() || reason == "None" || reason == waiter.told {
+                return;
+            }
+            waiter.told = reason.clone();
+            waiter.pending.clone()
+        };
+        if let Some(listener) = listener {
+            listener(&reason);
         }
     }
 
     /// Waits for `job` to end. When `cancel` fires first, the job is cancelled and waited for
     /// a little longer (so it stops writing before its directory goes); `None` then.
     pub async fn wait(&self, job: &str, cancel: &CancellationToken) -> Option<JobEnd> {
+        self.wait_telling(job, cancel, None).await
+    }
+
+    /// [`Watcher::wait`], telling `pending` each new reason the job still waits to start for.
+    pub async fn wait_telling(
+        &self,
+        job: &str,
+        cancel: &CancellationToken,
+        pending: Option<PendingListener>,
+    ) -> Option<JobEnd> {
         let (sender, mut receiver) = oneshot::channel();
+        let waiter = Waiter {
+            ended: sender,
+            pending,
+            told: String::new(),
+        };
         self.waiting
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(job.to_string(), sender);
+            .insert(job.to_string(), waiter);
         self.wake.notify_one();
         let lost = || JobEnd::Failed(format!("job {job}: its watcher stopped"));
         tokio::select! {

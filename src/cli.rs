@@ -216,6 +216,12 @@ pub struct ScheduleArgs {
     /// second signal cancels them at once).
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
     pub grace: std::time::Duration,
+    /// Where the scheduled runs' nodes run (`local` or `slurm`), as `flow run --executor`.
+    #[arg(long, env = "FLOW_EXECUTOR", value_name = "NAME")]
+    pub executor: Option<String>,
+    /// The shared store of the scheduled runs, as `flow run --remote`.
+    #[arg(long, env = "FLOW_REMOTE", value_name = "URL")]
+    pub remote: Option<String>,
 }
 
 /// `flow cron …`.

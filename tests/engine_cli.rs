@@ -653,7 +653,10 @@ fn schedule_runs_each_time_as_a_normal_run_until_sigterm() {
         "name: ticking\nschedule: { cron: \"* * * * * *\", overlap: skip }\nnodes:\n  tick:\n    uses: shell\n    with: { run: \"date +%s%N > $FLOW_OUT/t; sleep 0.3\" }\n",
     );
     p.write("not-scheduled.yaml", SUM_WORKFLOW);
-    let child = p.spawn(&["schedule", ".", "--reload-every", "1s"]);
+    // The scheduled runs publish to a shared store, as `flow run --remote` does.
+    let shared = tempfile::tempdir().unwrap();
+    let remote = format!("file://{}", shared.path().display());
+    let child = p.spawn(&["schedule", ".", "--reload-every", "1s", "--remote", &remote]);
     let scheduled_runs = || {
         std::fs::read_dir(p.store().join("runs"))
             .into_iter()
@@ -689,6 +692,20 @@ fn schedule_runs_each_time_as_a_normal_run_until_sigterm() {
     }
     let table = p.flow(&["runs"]).expect_code(0).stdout;
     assert!(table.contains("schedule ticking"), "{table}");
+    let published = std::fs::read_dir(shared.path().join("runs"))
+        .unwrap()
+        .count();
+    assert_eq!(
+        published,
+        runs.len(),
+        "every scheduled run's record is in the remote"
+    );
+    assert!(
+        std::fs::read_dir(shared.path().join("cache"))
+            .unwrap()
+            .count()
+            >= 1
+    );
 }
 
 #[test]
@@ -775,6 +792,17 @@ fn bad_schedules_are_clear_errors() {
         "{}",
         out.stderr
     );
+    p.write("scheduled.yaml", SCHEDULED_WORKFLOW);
+    for (flag, value) in [("--executor", "pbs"), ("--remote", "gs://b")] {
+        let out = p
+            .flow(&["schedule", "scheduled.yaml", flag, value])
+            .expect_code(2);
+        assert!(
+            out.stderr.contains(flag) && out.stderr.contains(value),
+            "{}",
+            out.stderr
+        );
+    }
     let out = p.flow(&["schedule", "missing-dir"]).expect_code(2);
     assert!(
         out.stderr

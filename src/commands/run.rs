@@ -31,8 +31,15 @@ pub fn plan(args: PlanArgs, store: &Store) -> Result<(), Failure> {
     Ok(())
 }
 
+/// `--executor` / `FLOW_EXECUTOR`; a bad value is bad input.
+pub fn parse_executor(name: Option<&str>) -> Result<Option<ExecutorKind>, Failure> {
+    name.map(ExecutorKind::parse)
+        .transpose()
+        .map_err(|e| Failure::Input(format!("error: --executor / FLOW_EXECUTOR: {e}")))
+}
+
 /// `--remote` / `FLOW_REMOTE`; a bad value is bad input.
-fn parse_remote(url: Option<&str>) -> Result<Option<Remote>, Failure> {
+pub fn parse_remote(url: Option<&str>) -> Result<Option<Remote>, Failure> {
     url.filter(|u| !u.is_empty())
         .map(Remote::parse)
         .transpose()
@@ -156,12 +163,7 @@ fn parse_resources(text: Option<&str>) -> Result<BTreeMap<String, u32>, Failure>
 pub fn run(args: RunArgs, store: &Store) -> Result<(), Failure> {
     let wf = load_workflow(&args.select.file, &args.select.set)?;
     let resources = parse_resources(args.resources.as_deref())?;
-    let executor = args
-        .executor
-        .as_deref()
-        .map(ExecutorKind::parse)
-        .transpose()
-        .map_err(|e| Failure::Input(format!("error: --executor / FLOW_EXECUTOR: {e}")))?;
+    let executor = parse_executor(args.executor.as_deref())?;
     let remote = parse_remote(args.remote.as_deref())?;
     let select = selection(&args.select);
     if args.dry_run {

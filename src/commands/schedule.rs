@@ -27,6 +27,8 @@ pub fn schedule(args: ScheduleArgs, store: &Store) -> Result<(), Failure> {
         list(&files, args.count, args.json);
         return Ok(());
     }
+    let executor = super::run::parse_executor(args.executor.as_deref())?;
+    let remote = super::run::parse_remote(args.remote.as_deref())?;
     store.create()?;
     let config = SchedulerConfig {
         sources,
@@ -35,6 +37,8 @@ pub fn schedule(args: ScheduleArgs, store: &Store) -> Result<(), Failure> {
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
         reload_every: args.reload_every,
         grace: args.grace,
+        executor,
+        remote,
     };
     let events: EventSink = Arc::new(|event| {
         let now = jiff::Timestamp::now().strftime("%F %T UTC");

@@ -48,6 +48,10 @@ pub struct SchedulerConfig {
     pub reload_every: Duration,
     /// After a stop request, how long running runs may go on before they are cancelled.
     pub grace: Duration,
+    /// `--executor` / `FLOW_EXECUTOR` for every scheduled run.
+    pub executor: Option<crate::workflow::executor::ExecutorKind>,
+    /// `--remote` / `FLOW_REMOTE` for every scheduled run.
+    pub remote: Option<crate::store::remote::Remote>,
 }
 
 /// Asks a running scheduler to stop.
@@ -664,6 +668,8 @@ impl Scheduler {
                     entry.label,
                     entry.schedule.describe()
                 ),
+                executor: self.config.executor,
+                remote: self.config.remote.clone(),
                 ..RunOptions::default()
             },
             cancel: token,

@@ -135,6 +135,8 @@ impl Harness {
             jobs: 2,
             reload_every: Duration::from_secs(1),
             grace,
+            executor: None,
+            remote: None,
         };
         let scheduler = Scheduler::new(
             Arc::new(registry),

@@ -31,14 +31,23 @@
 //! live at `runs/<id>.json` too, and **garbage collection** ([`gc`]) deletes only what none of
 //! them references and what is older than a grace period.
 
+use futures_util::StreamExt;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, WriteMultipart};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::{ArtifactHealth, CacheEntry, Manifest, ManifestFile, Store};
+
+/// Files up to this size are uploaded in one request; larger ones in parts.
+const SINGLE_PUT_BYTES: usize = 16 << 20;
+/// The part size of multipart uploads (S3 wants at least 5 MiB but the last).
+const PART_BYTES: usize = 16 << 20;
+/// Parts uploading at once.
+const PARTS_IN_FLIGHT: usize = 4;
 
 mod gc;
 mod lease;
@@ -313,33 +322,51 @@ impl Remote {
             {
                 return Err(self.failed("a manifest", format!("unsafe path `{}`", file.path)));
             }
-            let name = format!("blobs/{}", file.blake3);
-            let bytes = self
-                .get(&name)
-                .await?
-                .ok_or_else(|| self.failed(&name, "missing"))?;
-            let actual = blake3::hash(&bytes).to_hex().to_string();
-            if actual != file.blake3 || bytes.len() as u64 != file.size {
-                return Err(self.failed(
-                    &name,
-                    format!(
-                        "corrupted: {} bytes hashing to {actual}, expected {} bytes hashing to {} (for {})",
-                        bytes.len(),
-                        file.size,
-                        file.blake3,
-                        file.path
-                    ),
-                ));
-            }
             let target = dir.join(relative);
             if let Some(parent) = target.parent() {
                 tokio::fs::create_dir_all(parent)
                     .await
                     .map_err(|e| RemoteError(format!("{}: {e}", parent.display())))?;
             }
-            tokio::fs::write(&target, &bytes)
-                .await
-                .map_err(|e| RemoteError(format!("{}: {e}", target.display())))?;
+            self.download_blob(file, &target).await?;
+        }
+        Ok(())
+    }
+
+    /// Streams blob `file.blake3` into `target`, hashing as it goes; a blob whose size or
+    /// blake3 is not the manifest's is an error naming it.
+    async fn download_blob(
+        &self,
+        file: &RemoteFile,
+        target: &std::path::Path,
+    ) -> Result<(), RemoteError> {
+        let name = format!("blobs/{}", file.blake3);
+        let mut chunks = match self.objects.get(&self.path(&name)).await {
+            Ok(found) => found.into_stream(),
+            Err(object_store::Error::NotFound { .. }) => {
+                return Err(self.failed(&name, "missing"));
+            }
+            Err(e) => return Err(self.failed(&format!("reading {name}"), e)),
+        };
+        let local = |e: std::io::Error| RemoteError(format!("{}: {e}", target.display()));
+        let mut out = tokio::fs::File::create(target).await.map_err(local)?;
+        let (mut hasher, mut size) = (blake3::Hasher::new(), 0u64);
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk.map_err(|e| self.failed(&format!("reading {name}"), e))?;
+            hasher.update(&chunk);
+            size += chunk.len() as u64;
+            out.write_all(&chunk).await.map_err(local)?;
+        }
+        out.flush().await.map_err(local)?;
+        let actual = hasher.finalize().to_hex().to_string();
+        if actual != file.blake3 || size != file.size {
+            return Err(self.failed(
+                &name,
+                format!(
+                    "corrupted: {size} bytes hashing to {actual}, expected {} bytes hashing to {} (for {})",
+                    file.size, file.blake3, file.path
+                ),
+            ));
         }
         Ok(())
     }
@@ -375,6 +402,49 @@ impl Remote {
         }
     }
 
+    /// Writes the file at `path` (`size` bytes) as object `name`: in one request up to
+    /// [`SINGLE_PUT_BYTES`], else as a multipart upload of [`PART_BYTES`] parts read from the file
+    /// as they go (a few parts in memory, never the whole file).
+    async fn upload_blob(
+        &self,
+        name: &str,
+        path: &std::path::Path,
+        size: u64,
+    ) -> Result<(), RemoteError> {
+        let local = |e: std::io::Error| RemoteError(format!("{}: {e}", path.display()));
+        let failed = |e: object_store::Error| self.failed(&format!("writing {name}"), e);
+        if size <= SINGLE_PUT_BYTES as u64 {
+            let bytes = tokio::fs::read(path).await.map_err(local)?;
+            return self
+                .put(name, bytes, PutMode::Overwrite)
+                .await
+                .map_err(failed);
+        }
+        let upload = self
+            .objects
+            .put_multipart(&self.path(name))
+            .await
+            .map_err(failed)?;
+        let mut parts = WriteMultipart::new_with_chunk_size(upload, PART_BYTES);
+        let mut file = tokio::fs::File::open(path).await.map_err(local)?;
+        let mut buffer = vec![0; PART_BYTES];
+        loop {
+            let read = match file.read(&mut buffer).await {
+                Ok(0) => break,
+                Ok(read) => read,
+                Err(e) => {
+                    let _ = parts.abort().await;
+                    return Err(local(e));
+                }
+            };
+            if let Err(e) = parts.wait_for_capacity(PARTS_IN_FLIGHT).await {
+                return Err(failed(e));
+            }
+            parts.write(&buffer[..read]);
+        }
+        parts.finish().await.map(|_| ()).map_err(failed)
+    }
+
     /// Uploads an artifact's blobs (those not there yet) and then its manifest.
     async fn upload(&self, digest: &str, local: &Store) -> Result<(), RemoteError> {
         let manifest = local.manifest(digest).ok_or_else(|| {
@@ -389,14 +459,8 @@ impl Remote {
             if self.exists(&name).await? {
                 continue;
             }
-            let path = root.join(&file.path);
-            let bytes = tokio::fs::read(&path)
-                .await
-                .map_err(|e| RemoteError(format!("{}: {e}", path.display())))?;
-            match self.put(&name, bytes, PutMode::Overwrite).await {
-                Ok(()) => {}
-                Err(e) => return Err(self.failed(&format!("writing {name}"), e)),
-            }
+            self.upload_blob(&name, &root.join(&file.path), file.size)
+                .await?;
         }
         let published = RemoteManifest {
             files: manifest
@@ -558,6 +622,30 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(entries.objects.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_file_larger_than_one_part_goes_up_in_parts_and_comes_back_whole() {
+        let f = fixture();
+        let big: Vec<u8> = (0..PART_BYTES * 2 + 12345)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
+        let dir = f.a.temp_dir("out").unwrap();
+        std::fs::write(dir.join("model.safetensors"), &big).unwrap();
+        let digest = f.a.commit_artifact(&dir).unwrap();
+        let entry = CacheEntry {
+            outputs: BTreeMap::from([("out".to_string(), digest.clone())]),
+            duration_ms: 1,
+            created: "2026-01-01T00:00:00Z".into(),
+        };
+        f.remote.publish("big", &entry, &f.a).await.unwrap();
+        let blob = f
+            .remote
+            .path(&format!("blobs/{}", blake3::hash(&big).to_hex()));
+        assert_eq!(f.objects.head(&blob).await.unwrap().size, big.len() as u64);
+        f.remote.fetch("big", &f.b).await.unwrap().unwrap();
+        let back = std::fs::read(f.b.artifact_dir(&digest).join("model.safetensors")).unwrap();
+        assert!(back == big, "the downloaded file differs");
     }
 
     #[test]

@@ -541,3 +541,28 @@ pub struct NoProgress;
 impl ProgressSink for NoProgress {
     fn progress(&self, _: &str, _: u64, _: u64) {}
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Shard;
+
+    #[test]
+    fn shard_ranges_cover_everything_once_in_order_with_sizes_one_apart() {
+        for len in [0, 1, 2, 7, 17, 100] {
+            for count in 1..=9 {
+                let ranges: Vec<_> = (0..count)
+                    .map(|index| Shard { index, count }.range(len))
+                    .collect();
+                let joined: Vec<usize> = ranges.iter().cloned().flatten().collect();
+                assert_eq!(
+                    joined,
+                    (0..len).collect::<Vec<_>>(),
+                    "len {len}, count {count}"
+                );
+                let sizes: Vec<usize> = ranges.iter().map(|r| r.len()).collect();
+                let (min, max) = (sizes.iter().min().unwrap(), sizes.iter().max().unwrap());
+                assert!(max - min <= 1, "len {len}, count {count}: {sizes:?}");
+            }
+        }
+    }
+}

@@ -9,11 +9,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::executor::{JobEnd, JobRequest, PendingListener, Watcher};
+mod sharded;
+
+use super::executor::{JobEnd, JobRequest, PendingListener};
 use super::retry::backoff;
-use super::worker::{AttemptError, WorkerResult, WorkerSpec, run_merge};
+use super::worker::{AttemptError, WorkerResult, WorkerSpec};
 use super::{CancellationToken, Shared};
-use crate::node::{Lineage, LogSink, Producer, Shard};
+use crate::node::{Lineage, LogSink, Producer};
 use crate::plan::fingerprint::{Fingerprint, Reason};
 use crate::plan::{Assessment, assess};
 use crate::store::record::{NodeRecord, NodeStatus, RunRecord, now_rfc3339};
@@ -373,112 +375,6 @@ impl NodeJob {
             .await
             .ok_or(AttemptError::Cancelled)?;
         self.outcome(end, WorkerResult::read(&result_path))
-    }
-
-    /// A sharded attempt: its `count` slices submitted together (a job array on Slurm, tasks at
-    /// once in this process), each committing its own outputs; when all succeeded, the node's
-    /// merge in this process writes the outputs of `merge` (the attempt's own request).
-    async fn sharded(
-        &self,
-        merge: JobRequest,
-        count: usize,
-        watcher: &Arc<Watcher>,
-        rec: &mut NodeRecord,
-    ) -> Result<BTreeMap<String, String>, AttemptError> {
-        let io = |e: std::io::Error| AttemptError::Failed(e.to_string());
-        let mut requests = Vec::with_capacity(count);
-        for index in 0..count {
-            let dir = merge.attempt_dir.join(format!("shard-{index}"));
-            let resume = merge.spec.resume_dir.join(format!("shard-{index}"));
-            std::fs::create_dir_all(&resume).map_err(io)?;
-            // Each slice's own token: an in-process slice stops its token when it ends.
-            let stop = merge.cancel.child_token();
-            let mut request = self.job_request(&dir, resume, &merge.log, stop)?;
-            request.spec.shard = Some(Shard { index, count });
-            requests.push(request);
-        }
-        let results: Vec<PathBuf> = requests.iter().map(|r| r.spec.result.clone()).collect();
-        let executor = watcher.executor().clone();
-        let jobs = executor
-            .submit_array(requests)
-            .await
-            .map_err(AttemptError::Failed)?;
-        if executor.has_job_ids() {
-            tracing::info!(jobs = %jobs.join(","), executor = executor.kind().name(), "submitted {count} shards");
-            rec.job_log = jobs.first().and_then(|job| executor.log(job));
-            rec.job_id = Some(jobs.join(","));
-        }
-        let slices = self
-            .wait_for_shards(watcher, &jobs, &results, &merge.log)
-            .await?;
-        let store = &self.shared.store;
-        let dirs = slices
-            .iter()
-            .map(|outputs| {
-                outputs
-                    .iter()
-                    .map(|(name, digest)| (name.clone(), absolute(store.artifact_dir(digest))))
-                    .collect()
-            })
-            .collect();
-        merge
-            .log
-            .line(&format!("[flow] merging the outputs of {count} shards"));
-        run_merge(
-            merge.node_type,
-            &merge.spec,
-            dirs,
-            merge.log,
-            merge.cancel,
-            merge.progress,
-        )
-        .await
-    }
-
-    /// Waits for every slice's job; returns each slice's outputs in slice order. The first
-    /// slice that fails cancels the others and is the attempt's error.
-    async fn wait_for_shards(
-        &self,
-        watcher: &Arc<Watcher>,
-        jobs: &[String],
-        results: &[PathBuf],
-        log: &LogSink,
-    ) -> Result<Vec<BTreeMap<String, String>>, AttemptError> {
-        let cancel = self.shared.cancel.child_token();
-        let mut waiting = tokio::task::JoinSet::new();
-        for (index, job) in jobs.iter().enumerate() {
-            let (watcher, job, cancel) = (watcher.clone(), job.clone(), cancel.clone());
-            let pending = self.pending_listener(&job, log);
-            waiting.spawn(async move {
-                let end = watcher.wait_telling(&job, &cancel, pending).await;
-                (index, end)
-            });
-        }
-        let mut slices = vec![BTreeMap::new(); jobs.len()];
-        let mut failure = None;
-        while let Some(joined) = waiting.join_next().await {
-            let (index, end) = joined
-                .map_err(|e| AttemptError::Failed(format!("waiting for a shard failed: {e}")))?;
-            let outcome = match end {
-                Some(end) => self.outcome(end, WorkerResult::read(&results[index])),
-                None => Err(AttemptError::Cancelled),
-            };
-            match outcome {
-                Ok(outputs) => slices[index] = outputs,
-                Err(error) if failure.is_none() => {
-                    cancel.cancel();
-                    failure = Some(match error {
-                        AttemptError::Failed(message) => AttemptError::Failed(format!(
-                            "shard {index} of {}: {message}",
-                            jobs.len()
-                        )),
-                        cancelled => cancelled,
-                    });
-                }
-                Err(_) => {}
-            }
-        }
-        failure.map_or(Ok(slices), Err)
     }
 
     /// Tells the node's log and the run's observer why job `job` still waits to start

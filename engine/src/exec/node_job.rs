@@ -10,6 +10,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 mod sharded;
+#[cfg(test)]
+mod sharded_tests;
 
 use super::executor::{JobEnd, JobRequest, PendingListener};
 use super::retry::backoff;

@@ -129,7 +129,7 @@ pub enum Command {
         remote: Option<String>,
         /// With `--remote`: keep everything younger than this (`24h`, `30m`, `0s`), so runs still
         /// publishing on other machines lose nothing.
-        #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_grace)]
+        #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_grace, requires = "remote")]
         grace: std::time::Duration,
     },
 }

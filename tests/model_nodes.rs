@@ -208,60 +208,75 @@ fn files_named(dir: &Path, name: &str) -> Vec<std::path::PathBuf> {
     found
 }
 
-/// A workflow scoring `data` with the base fixture model twice: `whole` unsharded and `split`
-/// with `shards` (batches of 4 pairs).
-fn sharded_workflow(data: &Path, shards: usize) -> String {
+/// A workflow scoring `data` with the base fixture model in batches of 4 pairs, in
+/// `${params.shards}` shards (default 1).
+fn sharded_workflow(data: &Path) -> String {
     let model = fixtures().join("mistral-tiny/base");
     format!(
-        "name: shards\nnodes:\n  whole:\n    uses: model.ref_logprobs\n    with: {{ model: {m}, dataset: {d}, batch_size: 4 }}\n  split:\n    uses: model.ref_logprobs\n    with: {{ model: {m}, dataset: {d}, batch_size: 4, shards: {shards} }}\n",
+        "name: shards\nparams: {{ shards: 1 }}\nnodes:\n  ref:\n    uses: model.ref_logprobs\n    with: {{ model: {m}, dataset: {d}, batch_size: 4, shards: \"${{params.shards}}\" }}\n",
         m = model.display(),
         d = data.display()
     )
 }
 
+/// `flow run` of the workflow in `p` with `args`: the digest of `ref.logprobs`.
+fn scored(p: &Project, args: &[&str]) -> String {
+    let mut all = vec!["run", "w.yaml", "--json"];
+    all.extend_from_slice(args);
+    let run = p.flow(&all).expect_code(0).json();
+    run["nodes"][0]["outputs"]["logprobs"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
 #[test]
 fn sharded_reference_scoring_equals_the_unsharded_artifact_byte_for_byte() {
-    let p = Project::new();
     // 66 pairs: 17 batches of 4, so 3 shards take 5, 6 and 6 batches (the last one short).
-    let data = golden_dataset(&p, 11);
-    p.write("w.yaml", &sharded_workflow(&data, 3));
-    let run = p.flow(&["run", "w.yaml", "--json"]).expect_code(0).json();
-    let nodes = run["nodes"].as_array().unwrap();
-    let outputs = |id: &str| {
-        nodes.iter().find(|n| n["id"] == id).unwrap()["outputs"]["logprobs"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    };
-    assert_eq!(outputs("split"), outputs("whole"), "{run}");
+    let (whole, split) = (Project::new(), Project::new());
+    for p in [&whole, &split] {
+        let data = golden_dataset(p, 11);
+        p.write("w.yaml", &sharded_workflow(&data));
+    }
+    let digest = scored(&whole, &[]);
+    assert_eq!(scored(&split, &["--set", "shards=3"]), digest);
     let rows = jsonl(
-        &p.store()
+        &split
+            .store()
             .join("artifacts")
-            .join(outputs("whole"))
+            .join(&digest)
             .join("logprobs.jsonl"),
     );
     assert_eq!(rows.len(), 66);
-    let logs = files_named(&p.store().join("runs"), "split.log");
+    let logs = files_named(&split.store().join("runs"), "ref.log");
     let log = std::fs::read_to_string(&logs[0]).unwrap();
-    for slice in [
-        "shard 0 of 3: batches 0..5 of 17",
-        "shard 2 of 3: batches 11..17 of 17",
+    for said in [
+        "[shard 0/3] shard 0 of 3: batches 0..5 of 17",
+        "[shard 2/3] shard 2 of 3: batches 11..17 of 17",
+        "[shard 1/3] scored 24 of 66 pairs",
         "merging the outputs of 3 shards",
     ] {
-        assert!(log.contains(slice), "{log}");
+        assert!(log.contains(said), "{said}: {log}");
     }
+    // How the work is split is not part of the result: other shard counts re-run nothing.
+    let plan = split
+        .flow(&["plan", "w.yaml", "--set", "shards=5", "--json"])
+        .expect_code(0)
+        .json();
+    assert_eq!(node_field(&plan, "action"), ["cached"]);
     // More shards than batches: the empty slices merge to the same artifact.
-    p.write("w.yaml", &sharded_workflow(&golden_dataset(&p, 1), 5));
-    let run = p.flow(&["run", "w.yaml", "--json"]).expect_code(0).json();
-    let digests: Vec<_> = run["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| n["outputs"]["logprobs"].clone())
-        .collect();
-    assert_eq!(digests[0], digests[1], "{run}");
-    p.write("bad.yaml", &sharded_workflow(&data, 0));
-    let error = p.flow(&["validate", "bad.yaml"]).expect_code(2).stderr;
+    let small = Project::new();
+    let data = golden_dataset(&small, 1);
+    small.write("w.yaml", &sharded_workflow(&data));
+    let digest = scored(&small, &[]);
+    assert_eq!(
+        scored(&small, &["--set", "shards=5", "--force", "ref"]),
+        digest
+    );
+    let error = small
+        .flow(&["plan", "w.yaml", "--set", "shards=0"])
+        .expect_code(2)
+        .stderr;
     assert!(
         error.contains("shards") && error.contains("at least 1"),
         "{error}"

@@ -265,6 +265,9 @@ fn a_corrupted_remote_blob_is_an_error_naming_it_and_nothing_is_cached() {
     );
 }
 
+/// The name of a blob a crashed publish left behind.
+const ORPHAN: &str = "feedfacefeedfacefeedfacefeedfacefeedfacefeedfacefeedfacefeedface";
+
 /// `flow gc --remote URL ARGS…` in `p`: its one-line report.
 fn gc_remote(p: &Project, remote: &str, args: &[&str]) -> String {
     let mut all = vec!["gc", "--remote", remote];
@@ -306,7 +309,7 @@ fn gc_of_a_remote_deletes_only_old_objects_no_run_record_references() {
         .unwrap()
         .to_string();
     std::fs::remove_file(root.join("runs").join(format!("{b_run}.json"))).unwrap();
-    std::fs::write(root.join("blobs/feedface"), "half a publish").unwrap();
+    std::fs::write(root.join("blobs").join(ORPHAN), "half a publish").unwrap();
 
     let young = gc_remote(&c, &remote, &[]);
     assert!(
@@ -340,7 +343,7 @@ fn gc_of_a_remote_deletes_only_old_objects_no_run_record_references() {
         fresh_plan(&remote, &["--set", "n=4"]),
         ["run", "cached", "run"]
     );
-    assert!(!root.join("blobs/feedface").exists());
+    assert!(!root.join("blobs").join(ORPHAN).exists());
     let bad = c
         .flow(&["gc", "--remote", &remote, "--grace", "soon"])
         .expect_code(2);

@@ -95,6 +95,10 @@ pub trait Node: Send + Sync + 'static {
         params: Self::Params,
     ) -> impl Future<Output = Result<(), NodeError>> + Send;
 
+    /// Params that decide only how the work runs, never what it produces (`shards`): they
+    /// stay out of the cache key, so changing them re-runs nothing. Each needs a default.
+    const LAYOUT_PARAMS: &'static [&'static str] = &[];
+
     /// Into how many slices the params split the work (a `shards` param, say); 1: not sharded.
     /// Each slice runs as its own job with [`NodeContext::shard`] set, then [`Node::merge`]
     /// joins them; the merged outputs must equal what one unsharded run writes, byte for byte.
@@ -180,6 +184,8 @@ pub trait DynNode: Send + Sync {
     fn remote_state(&self, params: &Json) -> Result<BTreeMap<String, String>, String>;
     /// Runs with params given as JSON.
     fn run_json(self: Arc<Self>, ctx: NodeContext, params: Json) -> BoxFuture;
+    /// Params that stay out of the cache key (see [`Node::LAYOUT_PARAMS`]).
+    fn layout_params(&self) -> &'static [&'static str];
     /// Into how many slices `params` split the work (see [`Node::shards`]); 1 when not sharded
     /// or when the params do not parse (the run then reports them).
     fn shards(&self, params: &Json) -> usize;
@@ -252,6 +258,9 @@ impl<N: Node> DynNode for Erased<N> {
             let typed = checked_params::<N>(&params)?;
             self.0.run(ctx, typed).await
         })
+    }
+    fn layout_params(&self) -> &'static [&'static str] {
+        N::LAYOUT_PARAMS
     }
     fn shards(&self, params: &Json) -> usize {
         deserialize_params::<N::Params>(params).map_or(1, |p| N::shards(&p).max(1))
@@ -328,6 +337,7 @@ pub trait ProgressSink: Send + Sync {
 pub struct LogSink {
     file: Arc<Mutex<std::fs::File>>,
     secrets: Arc<Vec<String>>,
+    prefix: Arc<str>,
 }
 
 impl LogSink {
@@ -343,6 +353,7 @@ impl LogSink {
         Ok(LogSink {
             file: Arc::new(Mutex::new(file)),
             secrets: Arc::new(secrets),
+            prefix: Arc::from(""),
         })
     }
 
@@ -355,7 +366,16 @@ impl LogSink {
         Ok(LogSink {
             file: Arc::new(Mutex::new(std::fs::File::from(fd))),
             secrets: Arc::new(Vec::new()),
+            prefix: Arc::from(""),
         })
+    }
+
+    /// The same log, each line starting with `prefix` (`[shard 2/8] `, say).
+    pub fn with_prefix(&self, prefix: &str) -> LogSink {
+        LogSink {
+            prefix: Arc::from(format!("{}{prefix}", self.prefix)),
+            ..self.clone()
+        }
     }
 
     /// Replaces every secret value in `text` with `***`.
@@ -367,7 +387,7 @@ impl LogSink {
     pub fn line(&self, text: &str) {
         let masked = self.mask(text.trim_end_matches('\n'));
         if let Ok(mut file) = self.file.lock() {
-            let _ = writeln!(file, "{masked}");
+            let _ = writeln!(file, "{}{masked}", self.prefix);
         }
     }
 }

@@ -77,7 +77,7 @@ pub fn gc_remote(
     grace: std::time::Duration,
     dry_run: bool,
 ) -> Result<(), Failure> {
-    let remote = Remote::parse(url).map_err(|e| Failure::Input(format!("error: --remote: {e}")))?;
+    let remote = Remote::open(url).map_err(|e| Failure::Input(format!("error: --remote: {e}")))?;
     let local: std::collections::BTreeSet<String> = if store.exists() {
         flow_engine::store::record::RunRecord::list(store)
             .iter()

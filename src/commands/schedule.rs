@@ -22,13 +22,13 @@ pub fn schedule(args: ScheduleArgs, store: &Store) -> Result<(), Failure> {
     } else {
         args.sources.clone()
     };
+    let executor = super::run::parse_executor(args.executor.as_deref())?;
+    let remote = super::run::parse_remote(args.remote.as_deref())?;
     let files = scheduled_files(&sources)?;
     if args.list {
         list(&files, args.count, args.json);
         return Ok(());
     }
-    let executor = super::run::parse_executor(args.executor.as_deref())?;
-    let remote = super::run::parse_remote(args.remote.as_deref())?;
     store.create()?;
     let config = SchedulerConfig {
         sources,

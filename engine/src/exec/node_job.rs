@@ -206,9 +206,11 @@ impl NodeJob {
             duration_ms: rec.duration_ms,
             created: now_rfc3339(),
         };
-        if let crate::store::remote::Published::Adopted(winner) =
+        if let crate::store::remote::Published::Adopted(winner) = if self.forced {
+            remote.replace(key, &entry, &self.shared.store).await?
+        } else {
             remote.publish(key, &entry, &self.shared.store).await?
-        {
+        } {
             tracing::info!(key = %key, "another publisher won the key; adopting its outputs");
             rec.outputs = winner.outputs;
         }

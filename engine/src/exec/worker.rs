@@ -143,6 +143,10 @@ fn context(
     cancel: CancellationToken,
     progress: Arc<dyn ProgressSink>,
 ) -> NodeContext {
+    let log = match spec.shard {
+        Some(shard) => log.with_prefix(&format!("[shard {}/{}] ", shard.index, shard.count)),
+        None => log,
+    };
     NodeContext::new(
         &spec.node_id,
         spec.work_dir.clone(),

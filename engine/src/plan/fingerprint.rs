@@ -27,8 +27,9 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use crate::diagnostic::Diagnostic;
-use crate::workflow::reference::{Reference, interpolate};
+use crate::workflow::reference::{Reference, interpolate, references_in};
 use crate::workflow::validate::{ValidNode, param_value};
+use crate::workflow::yaml::Yaml;
 
 /// What an input digest is while planning, when its producer has not run yet.
 pub const PENDING: &str = "pending";
@@ -63,10 +64,10 @@ impl Fingerprint {
         params: &BTreeMap<String, Json>,
         input_digests: &BTreeMap<String, String>,
     ) -> Result<Fingerprint, Vec<Diagnostic>> {
-        let mut fp = Self::compute_local(node, params, input_digests)?;
+        let (mut fp, with) = Self::compute_with(node, params, input_digests)?;
         fp.remote = node
             .node_type
-            .remote_state(&fp.with)
+            .remote_state(&with)
             .unwrap_or_else(|error| BTreeMap::from([("unresolved".to_string(), error)]));
         Ok(fp)
     }
@@ -78,6 +79,16 @@ impl Fingerprint {
         params: &BTreeMap<String, Json>,
         input_digests: &BTreeMap<String, String>,
     ) -> Result<Fingerprint, Vec<Diagnostic>> {
+        Self::compute_with(node, params, input_digests).map(|(fp, _)| fp)
+    }
+
+    /// The local fingerprint, and the node's `with` resolved in full (the fingerprint's own
+    /// `with` leaves out the node type's layout params, [`crate::node::Node::LAYOUT_PARAMS`]).
+    fn compute_with(
+        node: &ValidNode,
+        params: &BTreeMap<String, Json>,
+        input_digests: &BTreeMap<String, String>,
+    ) -> Result<(Fingerprint, Json), Vec<Diagnostic>> {
         let mut fp = Fingerprint {
             node_type: node.node_type.type_name().to_string(),
             node_version: node.node_type.version().to_string(),
@@ -123,8 +134,41 @@ impl Fingerprint {
                 fp.files.insert(text, crate::store::metadata_digest(&path));
             }
         }
-        fp.with = with;
-        Ok(fp)
+        fp.with = with.clone();
+        fp.leave_out_layout(node);
+        Ok((fp, with))
+    }
+
+    /// Leaves the node type's layout params ([`crate::node::Node::LAYOUT_PARAMS`]) out of the
+    /// key: out of `with`, and the workflow params, variables and inputs only they use.
+    fn leave_out_layout(&mut self, node: &ValidNode) {
+        let layout = node.node_type.layout_params();
+        let Some(Yaml::Map(map)) = node.with.as_ref().map(|w| &w.value) else {
+            return;
+        };
+        if layout.is_empty() || !map.iter().any(|(k, _)| layout.contains(&k.value.as_str())) {
+            return;
+        }
+        let used: Vec<Reference> = map
+            .iter()
+            .filter(|(key, _)| !layout.contains(&key.value.as_str()))
+            .flat_map(|(_, value)| references_in(value, ""))
+            .filter_map(|found| found.ok().map(|(reference, _, _)| reference))
+            .collect();
+        let uses = |wanted: &dyn Fn(&Reference) -> bool| used.iter().any(wanted);
+        self.params.retain(|name, _| {
+            uses(&|r| matches!(r, Reference::Param { name: n, .. } if n == name))
+        });
+        self.env
+            .retain(|name, _| uses(&|r| matches!(r, Reference::Env(n) if n == name)));
+        self.inputs.retain(|input, _| {
+            uses(&|r| matches!(r, Reference::Output { node, output } if *input == format!("{node}.{output}")))
+        });
+        if let Json::Object(with) = &mut self.with {
+            for key in layout {
+                with.remove(*key);
+            }
+        }
     }
 
     /// The cache key: blake3 of the canonical JSON.

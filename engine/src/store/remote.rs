@@ -121,22 +121,34 @@ impl Remote {
     /// variables) or `file:///ABSOLUTE/PATH`, with leases living `FLOW_LEASE_TTL` (a duration
     /// such as `90s`; default [`DEFAULT_LEASE_TTL`]). Touches no network.
     pub fn parse(url: &str) -> Result<Remote, RemoteError> {
-        let mut remote = Self::parse_url(url)?;
-        if let Some(ttl) = std::env::var_os("FLOW_LEASE_TTL") {
-            let ttl = ttl.to_string_lossy();
-            remote.lease_ttl = humantime::parse_duration(&ttl)
-                .ok()
-                .filter(|t| !t.is_zero())
-                .ok_or_else(|| {
-                    RemoteError(format!(
-                        "FLOW_LEASE_TTL=`{ttl}` is not a duration above zero (expected e.g. 60s or 5m)"
-                    ))
-                })?;
-        }
-        Ok(remote)
+        Self::parse_url(url, true)?.with_lease_ttl_from_env()
     }
 
-    fn parse_url(url: &str) -> Result<Remote, RemoteError> {
+    /// Like [`Remote::parse`], for commands that only read or delete (`flow gc --remote`): a
+    /// `file://` directory that does not exist is an error, not a new empty remote.
+    pub fn open(url: &str) -> Result<Remote, RemoteError> {
+        Self::parse_url(url, false)?.with_lease_ttl_from_env()
+    }
+
+    /// The lease time to live `FLOW_LEASE_TTL` gives (1s to 7d), if set.
+    fn with_lease_ttl_from_env(mut self) -> Result<Remote, RemoteError> {
+        let Some(ttl) = std::env::var_os("FLOW_LEASE_TTL") else {
+            return Ok(self);
+        };
+        let ttl = ttl.to_string_lossy();
+        let range = Duration::from_secs(1)..=Duration::from_secs(7 * 24 * 3600);
+        self.lease_ttl = humantime::parse_duration(&ttl)
+            .ok()
+            .filter(|t| range.contains(t))
+            .ok_or_else(|| {
+                RemoteError(format!(
+                    "FLOW_LEASE_TTL=`{ttl}` is not a duration from 1s to 7d (e.g. 60s or 5m)"
+                ))
+            })?;
+        Ok(self)
+    }
+
+    fn parse_url(url: &str, create: bool) -> Result<Remote, RemoteError> {
         let bad = |why: &str| {
             RemoteError(format!(
                 "invalid remote `{url}`: {why} (expected s3://BUCKET/PREFIX or file:///PATH)"
@@ -174,8 +186,15 @@ impl Remote {
             if !path.starts_with('/') {
                 return Err(bad("a file:// remote needs an absolute path"));
             }
-            std::fs::create_dir_all(path)
-                .map_err(|e| RemoteError(format!("remote `{url}`: cannot create {path}: {e}")))?;
+            if create {
+                std::fs::create_dir_all(path).map_err(|e| {
+                    RemoteError(format!("remote `{url}`: cannot create {path}: {e}"))
+                })?;
+            } else if !std::path::Path::new(path).is_dir() {
+                return Err(RemoteError(format!(
+                    "remote `{url}`: {path} is not a directory"
+                )));
+            }
             let fs = LocalFileSystem::new_with_prefix(path)
                 .map_err(|e| RemoteError(format!("remote `{url}`: {e}")))?;
             Ok(Remote::with(url, Arc::new(fs), ""))
@@ -379,13 +398,42 @@ impl Remote {
         entry: &CacheEntry,
         local: &Store,
     ) -> Result<Published, RemoteError> {
+        self.publish_with(key, entry, local, PutMode::Create).await
+    }
+
+    /// Publishes like [`Remote::publish`] but replaces an entry already there (`--force`: the
+    /// user asked for this result, not the remote's).
+    pub async fn replace(
+        &self,
+        key: &str,
+        entry: &CacheEntry,
+        local: &Store,
+    ) -> Result<Published, RemoteError> {
+        self.publish_with(key, entry, local, PutMode::Overwrite)
+            .await
+    }
+
+    async fn publish_with(
+        &self,
+        key: &str,
+        entry: &CacheEntry,
+        local: &Store,
+        mode: PutMode,
+    ) -> Result<Published, RemoteError> {
         for digest in entry.outputs.values() {
             self.upload(digest, local).await?;
         }
         let name = format!("cache/{key}.json");
         let bytes = serde_json::to_vec_pretty(entry).expect("plain data serializes");
-        match self.put(&name, bytes, PutMode::Create).await {
-            Ok(()) => Ok(Published::Created),
+        match self.put(&name, bytes, mode).await {
+            Ok(()) => {
+                // `flow gc --remote` elsewhere may have taken an old blob this publish found
+                // and skipped before the manifest naming it was written: put those back.
+                for digest in entry.outputs.values() {
+                    self.upload(digest, local).await?;
+                }
+                Ok(Published::Created)
+            }
             Err(object_store::Error::AlreadyExists { .. }) => {
                 let winner = self
                     .entry(key)
@@ -646,6 +694,17 @@ mod tests {
         f.remote.fetch("big", &f.b).await.unwrap().unwrap();
         let back = std::fs::read(f.b.artifact_dir(&digest).join("model.safetensors")).unwrap();
         assert!(back == big, "the downloaded file differs");
+    }
+
+    #[tokio::test]
+    async fn a_forced_publish_replaces_the_entry() {
+        let f = fixture();
+        let first = produce(&f.a, &[("x.txt", "first")]);
+        let second = produce(&f.a, &[("x.txt", "second")]);
+        f.remote.publish("k", &first, &f.a).await.unwrap();
+        let replaced = f.remote.replace("k", &second, &f.a).await.unwrap();
+        assert_eq!(replaced, Published::Created);
+        assert_eq!(f.remote.fetch("k", &f.b).await.unwrap(), Some(second));
     }
 
     #[test]

@@ -7,7 +7,7 @@
 use flow_engine::node::{LogSink, Node, NodeContext, NodeError, OutputSpec, ParamError};
 use flow_model::scoring::{ReferenceScorer, Sequence};
 use flow_model::tokenize::{PreferenceTokenizer, TokenizedPair};
-use flow_model::{Device, Model};
+use flow_model::{Device, Model, ModelConfig};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::io::Write;
@@ -183,6 +183,9 @@ impl Node for RefLogprobs {
         description: "`logprobs.jsonl` (one row per kept pair in input order: id, prompt_ids, chosen_ids, rejected_ids, chosen_logps, rejected_logps) and `summary.json` (pairs in, kept, dropped with reasons, truncated; tokens)",
     }];
 
+    /// Sharded or not, the artifact is the same.
+    const LAYOUT_PARAMS: &'static [&'static str] = &["shards"];
+
     fn check(params: &RefLogprobsParams) -> Result<(), ParamError> {
         params.check()
     }
@@ -251,12 +254,10 @@ fn score_dataset(
     token: &CancellationToken,
 ) -> Result<(), NodeError> {
     let tokenizer = PreferenceTokenizer::load(&params.model).map_err(model_error)?;
-    let model = Model::load(&params.model, device).map_err(model_error)?;
-    let scorer_config = model.config.clone();
-    let scorer = ReferenceScorer::new(model.cast(params.dtype.compute_dtype()));
+    let config = ModelConfig::load(&params.model).map_err(model_error)?;
     let pairs = read_pairs(&params.dataset)?;
     let pairs_in = pairs.len();
-    let lengths = params.lengths().resolve(&scorer_config)?;
+    let lengths = params.lengths().resolve(&config)?;
     let tokenized = tokenize_pairs(&tokenizer, pairs, &lengths);
     tokenized.report(ctx.log(), "dataset");
     tokenized.require_some("dataset")?;
@@ -285,7 +286,16 @@ fn score_dataset(
         None => &batches[..],
     };
     let partial = params_partial_path(ctx);
-    score_batches(ctx, &scorer, device, mine, &partial, token)?;
+    let scored: usize = mine.iter().map(|b| b.len()).sum();
+    if mine.is_empty() {
+        // More shards than batches: nothing to score, no model to load.
+        std::fs::write(&partial, "")
+            .map_err(|e| NodeError::new(format!("{}: {e}", partial.display())))?;
+    } else {
+        let model = Model::load(&params.model, device).map_err(model_error)?;
+        let scorer = ReferenceScorer::new(model.cast(params.dtype.compute_dtype()));
+        score_batches(ctx, &scorer, device, mine, &partial, token)?;
+    }
     std::fs::copy(&partial, out.join("logprobs.jsonl"))
         .map_err(|e| NodeError::new(e.to_string()))?;
     let summary = Summary {
@@ -303,7 +313,7 @@ fn score_dataset(
     )
     .map_err(|e| NodeError::new(e.to_string()))?;
     ctx.log().line(&format!(
-        "scored {} pairs, dropped {}",
+        "scored {scored} of {} pairs, dropped {}",
         summary.pairs_kept, summary.pairs_dropped
     ));
     Ok(())

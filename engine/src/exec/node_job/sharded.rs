@@ -45,7 +45,7 @@ impl NodeJob {
         if executor.has_job_ids() {
             tracing::info!(jobs = %jobs.join(","), executor = executor.kind().name(), "submitted {count} shards");
             rec.job_log = jobs.first().and_then(|job| executor.log(job));
-            rec.job_id = Some(jobs.join(","));
+            rec.job_id = Some(job_list(&jobs));
         }
         let slices = self
             .wait_for_shards(watcher, &jobs, &results, &merge.log)
@@ -87,7 +87,10 @@ impl NodeJob {
         let mut waiting = tokio::task::JoinSet::new();
         for (index, job) in jobs.iter().enumerate() {
             let (watcher, job, cancel) = (watcher.clone(), job.clone(), cancel.clone());
-            let pending = self.pending_listener(&job, log);
+            // The slices wait for the same reasons: the first one speaks for all.
+            let pending = (index == 0)
+                .then(|| self.pending_listener(&job, log))
+                .flatten();
             waiting.spawn(async move {
                 let end = watcher.wait_telling(&job, &cancel, pending).await;
                 (index, end)
@@ -118,5 +121,35 @@ impl NodeJob {
             }
         }
         failure.map_or(Ok(slices), Err)
+    }
+}
+
+/// The ids of a job array's tasks as Slurm writes them (`42_[0-7]`), else listed with commas.
+fn job_list(jobs: &[String]) -> String {
+    let array = jobs.first().and_then(|j| j.split_once('_')).map(|(a, _)| a);
+    let in_order = array.is_some_and(|array| {
+        jobs.iter()
+            .enumerate()
+            .all(|(i, job)| *job == format!("{array}_{i}"))
+    });
+    match array {
+        Some(array) if in_order && jobs.len() > 1 => {
+            format!("{array}_[0-{}]", jobs.len() - 1)
+        }
+        _ => jobs.join(","),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_job_arrays_tasks_are_written_as_slurm_writes_them() {
+        let ids = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(super::job_list(&ids(&["42_0", "42_1", "42_2"])), "42_[0-2]");
+        assert_eq!(super::job_list(&ids(&["42_0"])), "42_0");
+        assert_eq!(
+            super::job_list(&ids(&["local-1", "local-2"])),
+            "local-1,local-2"
+        );
     }
 }

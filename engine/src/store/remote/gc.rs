@@ -54,7 +54,7 @@ impl Remote {
     /// The run records in the shared store.
     pub async fn runs(&self) -> Result<Vec<RunRecord>, RemoteError> {
         let mut records = Vec::new();
-        for meta in self.list("runs").await? {
+        for meta in self.list("runs", is_json).await? {
             let name = self.relative(&meta.location);
             let bytes = self.get(&name).await?.unwrap_or_default();
             let record = serde_json::from_slice(&bytes)
@@ -77,17 +77,51 @@ impl Remote {
         for record in self.runs().await? {
             referenced.extend(record.digests().cloned());
         }
-        let cutoff = jiff::SignedDuration::try_from(grace)
-            .ok()
-            .and_then(|grace| jiff::Timestamp::now().checked_sub(grace).ok())
-            .unwrap_or(jiff::Timestamp::MIN);
-        let old = |meta: &ObjectMeta| {
-            jiff::Timestamp::from_millisecond(meta.last_modified.timestamp_millis())
-                .is_ok_and(|modified| modified < cutoff)
+        let mut sweep = Sweep {
+            cutoff: cutoff(grace),
+            grace,
+            report: RemoteGcReport::default(),
+            doomed: Vec::new(),
         };
-        let mut report = RemoteGcReport::default();
-        let mut doomed = Vec::new();
-        for meta in self.list("cache").await? {
+        self.sweep_entries(&referenced, &mut sweep).await?;
+        let (mut kept_blobs, seen) = self.sweep_manifests(&referenced, &mut sweep).await?;
+        self.sweep_leases(&mut sweep).await?;
+        let blobs = self.list("blobs", is_blob).await?;
+        // A publisher may have written a manifest since it was listed: its blobs stay.
+        for meta in self.list("artifacts", is_json).await? {
+            if !seen.contains(&meta.location) {
+                kept_blobs.extend(self.manifest_blobs(&meta.location).await?);
+            }
+        }
+        for meta in blobs {
+            let name = self.relative(&meta.location);
+            let unreferenced = !kept_blobs.contains(name.trim_start_matches("blobs/"));
+            if unreferenced && sweep.old(&meta) {
+                sweep.report.blobs += 1;
+                sweep.report.bytes += meta.size;
+                sweep.doomed.push(meta.location);
+            } else {
+                sweep.report.young += usize::from(unreferenced);
+            }
+        }
+        if !dry_run {
+            for location in &sweep.doomed {
+                self.objects
+                    .delete(location)
+                    .await
+                    .map_err(|e| self.failed(&format!("deleting {location}"), e))?;
+            }
+        }
+        Ok(sweep.report)
+    }
+
+    /// Dooms old cache entries whose outputs are not all referenced.
+    async fn sweep_entries(
+        &self,
+        referenced: &BTreeSet<String>,
+        sweep: &mut Sweep,
+    ) -> Result<(), RemoteError> {
+        for meta in self.list("cache", is_json).await? {
             let name = self.relative(&meta.location);
             let entry: Option<CacheEntry> = self
                 .get(&name)
@@ -95,83 +129,100 @@ impl Remote {
                 .and_then(|b| serde_json::from_slice(&b).ok());
             let unreferenced =
                 entry.is_none_or(|e| e.outputs.values().any(|d| !referenced.contains(d)));
-            match (unreferenced, old(&meta)) {
-                (true, true) => {
-                    report.cache_entries += 1;
-                    doomed.push(meta.location);
-                }
-                (true, false) => report.young += 1,
-                _ => {}
+            if unreferenced && sweep.old(&meta) {
+                sweep.report.cache_entries += 1;
+                sweep.doomed.push(meta.location);
+            } else {
+                sweep.report.young += usize::from(unreferenced);
             }
         }
-        let mut kept_blobs = BTreeSet::new();
-        for meta in self.list("artifacts").await? {
+        Ok(())
+    }
+
+    /// Dooms old unreferenced manifests; returns the blobs the kept ones list and every
+    /// manifest seen.
+    async fn sweep_manifests(
+        &self,
+        referenced: &BTreeSet<String>,
+        sweep: &mut Sweep,
+    ) -> Result<(BTreeSet<String>, BTreeSet<ObjectPath>), RemoteError> {
+        let (mut kept_blobs, mut seen) = (BTreeSet::new(), BTreeSet::new());
+        for meta in self.list("artifacts", is_json).await? {
+            seen.insert(meta.location.clone());
             let name = self.relative(&meta.location);
             let digest = name
                 .trim_start_matches("artifacts/")
                 .trim_end_matches(".json");
             let unreferenced = !referenced.contains(digest);
-            if unreferenced && old(&meta) {
-                report.artifacts += 1;
-                doomed.push(meta.location);
+            if unreferenced && sweep.old(&meta) {
+                sweep.report.artifacts += 1;
+                sweep.doomed.push(meta.location);
                 continue;
             }
-            report.young += usize::from(unreferenced);
-            if let Some(bytes) = self.get(&name).await? {
-                let manifest: RemoteManifest = serde_json::from_slice(&bytes)
-                    .map_err(|e| self.failed(&format!("{name} is not a manifest"), e))?;
-                kept_blobs.extend(manifest.files.into_iter().map(|f| f.blake3));
-            }
+            sweep.report.young += usize::from(unreferenced);
+            kept_blobs.extend(self.manifest_blobs(&meta.location).await?);
         }
-        for meta in self.list("blobs").await? {
-            let name = self.relative(&meta.location);
-            let unreferenced = !kept_blobs.contains(name.trim_start_matches("blobs/"));
-            if unreferenced && old(&meta) {
-                report.blobs += 1;
-                report.bytes += meta.size;
-                doomed.push(meta.location);
-            } else {
-                report.young += usize::from(unreferenced);
-            }
-        }
-        for meta in self.list_below("leases").await? {
-            if old(&meta) {
-                report.leases += 1;
-                doomed.push(meta.location);
-            }
-        }
-        if !dry_run {
-            for location in doomed {
-                self.objects
-                    .delete(&location)
-                    .await
-                    .map_err(|e| self.failed(&format!("deleting {location}"), e))?;
-            }
-        }
-        Ok(report)
+        Ok((kept_blobs, seen))
     }
 
-    /// The objects directly in folder `dir` (below the prefix).
-    async fn list(&self, dir: &str) -> Result<Vec<ObjectMeta>, RemoteError> {
+    /// The blobs a manifest lists (none when it is gone).
+    async fn manifest_blobs(&self, location: &ObjectPath) -> Result<Vec<String>, RemoteError> {
+        let name = self.relative(location);
+        let Some(bytes) = self.get(&name).await? else {
+            return Ok(Vec::new());
+        };
+        let manifest: RemoteManifest = serde_json::from_slice(&bytes)
+            .map_err(|e| self.failed(&format!("{name} is not a manifest"), e))?;
+        Ok(manifest.files.into_iter().map(|f| f.blake3).collect())
+    }
+
+    /// Dooms leases not renewed within the grace period nor twice their own time to live.
+    async fn sweep_leases(&self, sweep: &mut Sweep) -> Result<(), RemoteError> {
+        for meta in self.list_below("leases").await? {
+            let name = self.relative(&meta.location);
+            let ttl = self
+                .get(&name)
+                .await?
+                .and_then(|b| serde_json::from_slice::<super::LeaseBody>(&b).ok())
+                .map_or(Duration::ZERO, |body| Duration::from_millis(body.ttl_ms));
+            if sweep.old(&meta) && sweep.older_than(&meta, ttl * 2) {
+                sweep.report.leases += 1;
+                sweep.doomed.push(meta.location);
+            }
+        }
+        Ok(())
+    }
+
+    /// The objects directly in folder `dir` (below the prefix) whose names `ours` accepts
+    /// (folder markers some S3 servers keep, and anything else, are left alone).
+    async fn list(
+        &self,
+        dir: &str,
+        ours: fn(&str) -> bool,
+    ) -> Result<Vec<ObjectMeta>, RemoteError> {
         let listed = self
             .objects
             .list_with_delimiter(Some(&self.path(dir)))
             .await
             .map_err(|e| self.failed(&format!("listing {dir}/"), e))?;
-        Ok(listed.objects)
+        Ok(listed
+            .objects
+            .into_iter()
+            .filter(|meta| meta.location.filename().is_some_and(ours))
+            .collect())
     }
 
-    /// The objects one folder below `dir` (`leases/<key>/<generation>.json`).
+    /// The lease objects, one folder below `leases` (`leases/<key>/<generation>.json`).
     async fn list_below(&self, dir: &str) -> Result<Vec<ObjectMeta>, RemoteError> {
         let listed = self
             .objects
             .list_with_delimiter(Some(&self.path(dir)))
             .await
             .map_err(|e| self.failed(&format!("listing {dir}/"), e))?;
-        let mut objects = listed.objects;
+        let mut objects = Vec::new();
         for folder in listed.common_prefixes {
             let folder = self.relative(&folder);
-            objects.extend(self.list(&folder).await?);
+            objects.extend(self.list(&folder, is_generation).await?);
         }
         Ok(objects)
     }
@@ -187,6 +238,53 @@ impl Remote {
                 .to_string()
         }
     }
+}
+
+/// What one collection decided so far.
+struct Sweep {
+    cutoff: jiff::Timestamp,
+    grace: Duration,
+    report: RemoteGcReport,
+    doomed: Vec<ObjectPath>,
+}
+
+impl Sweep {
+    /// Whether the object is older than the grace period.
+    fn old(&self, meta: &ObjectMeta) -> bool {
+        modified(meta).is_some_and(|modified| modified < self.cutoff)
+    }
+
+    /// Whether the object is older than `age` (beyond the grace period).
+    fn older_than(&self, meta: &ObjectMeta, age: Duration) -> bool {
+        age <= self.grace || modified(meta).is_some_and(|modified| modified < cutoff(age))
+    }
+}
+
+fn modified(meta: &ObjectMeta) -> Option<jiff::Timestamp> {
+    jiff::Timestamp::from_millisecond(meta.last_modified.timestamp_millis()).ok()
+}
+
+/// Now minus `age` (the distant past when that does not fit).
+fn cutoff(age: Duration) -> jiff::Timestamp {
+    jiff::SignedDuration::try_from(age)
+        .ok()
+        .and_then(|age| jiff::Timestamp::now().checked_sub(age).ok())
+        .unwrap_or(jiff::Timestamp::MIN)
+}
+
+fn is_json(name: &str) -> bool {
+    name.ends_with(".json")
+}
+
+/// A blake3 in hex: a blob's name.
+fn is_blob(name: &str) -> bool {
+    name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// `<generation>.json`: a lease's name.
+fn is_generation(name: &str) -> bool {
+    name.strip_suffix(".json")
+        .is_some_and(|g| !g.is_empty() && g.bytes().all(|b| b.is_ascii_digit()))
 }
 
 #[cfg(test)]
@@ -240,7 +338,7 @@ mod tests {
             remote.publish(key, entry, &store).await.unwrap();
         }
         remote.publish_run(&record("r1", &kept)).await.unwrap();
-        let orphan = remote.path("blobs/0000");
+        let orphan = remote.path(&format!("blobs/{}", "0".repeat(64)));
         objects
             .put(&orphan, PutPayload::from_static(b"half a publish"))
             .await

@@ -144,7 +144,10 @@ impl Slurm {
     /// flow's view of a state Slurm reported.
     fn job_state(&self, job: &str, state: SlurmState, reason: String) -> JobState {
         match state {
-            SlurmState::Pending => JobState::Pending(reason),
+            SlurmState::Pending => JobState::Pending(match parse::pending_hint(&reason) {
+                Some(hint) => format!("{reason} ({hint})"),
+                None => reason,
+            }),
             SlurmState::Active(_) => JobState::Running,
             SlurmState::Completed => JobState::Ended(JobEnd::Exited),
             SlurmState::Failed(name) => JobState::Ended(JobEnd::Failed(format!(

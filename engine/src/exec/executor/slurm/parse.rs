@@ -107,7 +107,29 @@ pub fn scontrol_job(line: &str) -> Option<JobInfo> {
 
 /// Whether squeue / scontrol said the job is unknown (purged after `MinJobAge`, or never was).
 pub fn is_unknown_job(stderr: &str) -> bool {
-    stderr.contains("Invalid job id specified")
+    // `Invalid job id specified` for a job id; `Job 5_1 not found` for an array task cancelled
+    // while pending (Slurm keeps no record of it).
+    stderr.contains("Invalid job id specified") || stderr.trim_end().ends_with(" not found")
+}
+
+/// What a pending reason that does not clear by itself means, in the user's terms (squeue's
+/// "JOB REASON CODES"); `None` for the ones that do (`Priority`, `Resources`, …).
+pub fn pending_hint(reason: &str) -> Option<&'static str> {
+    Some(match reason {
+        "PartitionConfig" => {
+            "the job asks for more than this partition's nodes have (cpus, mem_gb or gpu in `resources:`); see `sinfo -o '%P %c %m %G'`"
+        }
+        "PartitionTimeLimit" => "the node's `timeout` is longer than the partition's time limit",
+        "PartitionNodeLimit" => {
+            "the partition allows fewer nodes, or its nodes are down or drained"
+        }
+        "PartitionDown" | "PartitionInactive" => "the partition is not taking jobs now",
+        "ReqNodeNotAvail" => "a node the job needs is down, drained or reserved",
+        "BadConstraints" => "the job's constraints (`sbatch_args`) cannot be satisfied",
+        "InvalidAccount" => "the account is not valid for this user (`executor.account`)",
+        "InvalidQOS" => "the QOS is not valid for this user (`sbatch_args`)",
+        _ => return None,
+    })
 }
 
 /// The job id from `sbatch --parsable` (`42`, or `42;cluster`).
@@ -119,6 +141,28 @@ pub fn sbatch_job_id(stdout: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn reasons_that_do_not_clear_by_themselves_get_a_hint() {
+        assert!(
+            super::pending_hint("PartitionConfig")
+                .unwrap()
+                .contains("resources:")
+        );
+        assert_eq!(super::pending_hint("Priority"), None);
+        assert_eq!(super::pending_hint("Resources"), None);
+    }
+
+    #[test]
+    fn unknown_jobs_and_array_tasks_are_recognised() {
+        assert!(super::is_unknown_job(
+            "slurm_load_jobs error: Invalid job id specified\n"
+        ));
+        assert!(super::is_unknown_job("Job 2067_1 not found\n"));
+        assert!(!super::is_unknown_job(
+            "slurm_load_jobs error: Unable to contact slurm controller"
+        ));
+    }
+
     use super::*;
 
     /// `squeue --noheader --states=all --format='%i|%T|%r' --jobs=1,2,3,4,5,6,7` on Slurm

@@ -344,6 +344,22 @@ mod tests {
             .await
             .unwrap();
         let local: BTreeSet<String> = local_only.outputs.values().cloned().collect();
+        // A live lease (60 s to live), and folder markers some S3 servers keep: all stay.
+        let lease =
+            serde_json::json!({"owner": "x", "ttl_ms": 60_000, "renewals": 0, "renewed_at": "now"});
+        objects
+            .put(
+                &remote.path("leases/k9/0000000001.json"),
+                PutPayload::from(lease.to_string()),
+            )
+            .await
+            .unwrap();
+        for marker in ["leases/k9", "blobs/", "cache/x"] {
+            objects
+                .put(&remote.path(marker), PutPayload::from_static(b""))
+                .await
+                .unwrap();
+        }
 
         // Everything is young: nothing goes, whatever references it.
         let young = remote
@@ -379,5 +395,8 @@ mod tests {
             assert!(remote.fetch(key, &fresh).await.unwrap().is_some(), "{key}");
         }
         assert_eq!(remote.runs().await.unwrap().len(), 1);
+        for kept in ["leases/k9/0000000001.json", "leases/k9", "cache/x"] {
+            assert!(objects.head(&remote.path(kept)).await.is_ok(), "{kept}");
+        }
     }
 }

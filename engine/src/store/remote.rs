@@ -17,11 +17,14 @@
 //! that dies earlier leaves blobs and manifests nobody trusts yet, and a later publish completes
 //! the job. When two publishers race on a key, the first writer wins; the loser reads the
 //! winner's entry and adopts its outputs (downloading them), so every store ends with one answer
-//! per key.
+//! per key (`--force` replaces the entry instead). After its entry is written, a publisher checks
+//! its blobs once more and puts back any that a concurrent `flow gc --remote` took after this
+//! publish found it there. Files above 16 MiB go up as multipart uploads, read part by part.
 //!
 //! **Lookup** (before a node runs, after the local cache missed): if `cache/<key>.json` exists,
 //! each output is downloaded — manifest, then blobs, each checked against its blake3 (and the
-//! manifest against the artifact digest) — into the local store's `tmp/` and committed through
+//! manifest against the artifact digest, blobs streamed and hashed on the way) — into the local
+//! store's `tmp/` and committed through
 //! [`Store::commit_artifact`], so the local digest is the remote one; then the local cache entry is
 //! written and the node counts as cached. A byte that does not match is an error naming the
 //! object, never a silent cache hit.

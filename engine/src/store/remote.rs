@@ -24,9 +24,8 @@
 //! **Lookup** (before a node runs, after the local cache missed): if `cache/<key>.json` exists,
 //! each output is downloaded — manifest, then blobs, each checked against its blake3 (and the
 //! manifest against the artifact digest, blobs streamed and hashed on the way) — into the local
-//! store's `tmp/` and committed through
-//! [`Store::commit_artifact`], so the local digest is the remote one; then the local cache entry is
-//! written and the node counts as cached. A byte that does not match is an error naming the
+//! store's `tmp/` and committed through [`Store::commit_artifact`], so the local digest is the
+//! remote one; then the local cache entry is written and the node counts as cached. A byte that does not match is an error naming the
 //! object, never a silent cache hit.
 //!
 //! **Leases** ([`lease`]) keep two machines from building the same key at once: before running

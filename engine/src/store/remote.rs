@@ -28,10 +28,10 @@
 //! remote one; then the local cache entry is written and the node counts as cached. A byte that does not match is an error naming the
 //! object, never a silent cache hit.
 //!
-//! **Leases** ([`Remote::claim`]) keep two machines from building the same key at once: before running
-//! a node, a machine claims the key's lease and waits while another holds it. **Run records**
-//! live at `runs/<id>.json` too, and **garbage collection** ([`Remote::gc`]) deletes only what none of
-//! them references and what is older than a grace period.
+//! **Leases** ([`Remote::claim`]) keep two machines from building the same key at once: before
+//! running a node, a machine claims the key's lease and waits while another holds it. **Run
+//! records** live at `runs/<id>.json` too, and **garbage collection** ([`Remote::gc`]) deletes only
+//! what none of them references and what is older than a grace period.
 
 use futures_util::StreamExt;
 use object_store::local::LocalFileSystem;

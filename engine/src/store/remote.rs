@@ -25,8 +25,8 @@
 //! each output is downloaded — manifest, then blobs, each checked against its blake3 (and the
 //! manifest against the artifact digest, blobs streamed and hashed on the way) — into the local
 //! store's `tmp/` and committed through [`Store::commit_artifact`], so the local digest is the
-//! remote one; then the local cache entry is written and the node counts as cached. A byte that does not match is an error naming the
-//! object, never a silent cache hit.
+//! remote one; then the local cache entry is written and the node counts as cached. A byte that
+//! does not match is an error naming the object, never a silent cache hit.
 //!
 //! **Leases** ([`Remote::claim`]) keep two machines from building the same key at once: before
 //! running a node, a machine claims the key's lease and waits while another holds it. **Run

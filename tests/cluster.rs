@@ -341,6 +341,45 @@ fn a_job_that_cannot_start_says_why_instead_of_waiting_silently() {
     );
 }
 
+#[test]
+fn a_job_whose_driver_was_killed_still_leaves_its_result_cached() {
+    if !cluster() {
+        return;
+    }
+    let p = Project::new();
+    let name = unique("orphan");
+    p.write(
+        "w.yaml",
+        &format!(
+            "name: {name}\nnodes:\n  nap:\n    uses: shell\n    with:\n      run: \"sleep 4; echo done > $FLOW_OUT/x.txt\"\n"
+        ),
+    );
+    let driver = p.spawn(&["run", "w.yaml", "--executor", "slurm"]);
+    let job_name = format!("flow-{name}-nap");
+    wait_until(Duration::from_secs(120), "the job to run", || {
+        jobs_named(&job_name).iter().any(|(_, s)| s == "RUNNING")
+    });
+    support::signal(&driver, libc::SIGKILL);
+    drop(driver.wait_with_output());
+    wait_until(
+        Duration::from_secs(120),
+        "the orphaned job to finish",
+        || jobs_named(&job_name).iter().all(|(_, s)| s == "COMPLETED"),
+    );
+    let again = p
+        .flow(&["run", "w.yaml", "--executor", "slurm", "--json"])
+        .expect_code(0)
+        .json();
+    let nap = node(&again, "nap");
+    assert_eq!(nap["status"], "cached", "{again}");
+    assert!(nap.get("job_id").is_none(), "{nap}");
+    assert_eq!(jobs_named(&job_name).len(), 1, "no second job");
+    assert_eq!(
+        std::fs::read_to_string(p.artifact_file("x.txt")).unwrap(),
+        "done\n"
+    );
+}
+
 /// No cluster needed: a bad executor name is a diagnostic at its place, listing the names.
 #[test]
 fn an_unknown_executor_is_an_error_at_its_line() {

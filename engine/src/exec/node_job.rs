@@ -329,7 +329,7 @@ impl NodeJob {
         let tmp = self.shared.store.temp_dir(&self.node.id).map_err(failed)?;
         let resume = self.shared.store.resume_dir(key).map_err(failed)?;
         let result = self
-            .attempt_in(&absolute(tmp.clone()), absolute(resume), log, rec)
+            .attempt_in(key, &absolute(tmp.clone()), absolute(resume), log, rec)
             .await;
         let _ = std::fs::remove_dir_all(&tmp);
         if result.is_ok() {
@@ -342,6 +342,7 @@ impl NodeJob {
     /// only when its result file names outputs that are in the store.
     async fn attempt_in(
         &self,
+        key: &str,
         tmp: &Path,
         resume: PathBuf,
         log: &LogSink,
@@ -359,11 +360,12 @@ impl NodeJob {
         // An in-process job stops when this attempt does, even when its task is dropped.
         let stop = self.shared.cancel.child_token();
         let _stop_with_the_attempt = stop.clone().drop_guard();
-        let request = self.job_request(tmp, resume, log, stop)?;
+        let mut request = self.job_request(tmp, resume, log, stop)?;
         let shards = self.node.node_type.shards(&request.spec.params);
         if shards > 1 {
             return self.sharded(request, shards, watcher, rec).await;
         }
+        request.spec.cache_key = Some(key.to_string());
         let result_path = request.spec.result.clone();
         let job = executor
             .submit(request)
@@ -486,6 +488,7 @@ impl NodeJob {
             result: tmp.join("result.json"),
             cwd: std::env::current_dir().map_err(io)?,
             shard: None,
+            cache_key: None,
         };
         Ok(JobRequest {
             spec,

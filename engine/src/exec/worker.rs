@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::node::{
     DynNode, Lineage, LogSink, NoProgress, NodeContext, ProgressSink, Registry, Shard,
 };
-use crate::store::{Store, read_json, write_json_atomic};
+use crate::store::{CacheEntry, Store, read_json, write_json_atomic};
 
 /// Everything one node attempt needs, as JSON (`flow worker SPEC.json`).
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -52,6 +52,11 @@ pub struct WorkerSpec {
     /// The slice of a sharded node this attempt runs (`None`: all of it).
     #[serde(default)]
     pub shard: Option<Shard>,
+    /// The node's cache key: `flow worker` writes the cache entry itself after a success, so a
+    /// job that outlives its driver (`kill -9`, a lost login session) leaves its result cached
+    /// for the next `flow run` (none for slices, which are not cached on their own).
+    #[serde(default)]
+    pub cache_key: Option<String>,
 }
 
 /// How an attempt ended, as the result file says.
@@ -210,7 +215,19 @@ pub async fn run_worker(
         .map_err(|e| format!("cannot read worker spec {}: {e}", spec_path.display()))?;
     let spec: WorkerSpec = serde_json::from_slice(&text)
         .map_err(|e| format!("invalid worker spec {}: {e}", spec_path.display()))?;
+    let started = std::time::Instant::now();
     let outcome = attempt_from_spec(registry, &spec, cancel).await;
+    if let (Ok(outputs), Some(key)) = (&outcome, &spec.cache_key) {
+        let entry = CacheEntry {
+            outputs: outputs.clone(),
+            duration_ms: started.elapsed().as_millis() as u64,
+            created: crate::store::record::now_rfc3339(),
+        };
+        // The driver writes it too; this one only matters when the driver is gone.
+        if let Err(e) = Store::at(&spec.store).put_cache_entry(key, &entry) {
+            tracing::warn!("cannot write the cache entry of {key}: {e}");
+        }
+    }
     let result = WorkerResult::of(outcome);
     write_json_atomic(&spec.result, &result).map_err(|e| e.to_string())?;
     Ok(result)

@@ -264,15 +264,55 @@ impl Remote {
             .map(|_| ())
     }
 
-    /// The remote cache entry of a fingerprint key, without downloading its outputs.
-    pub async fn entry(&self, key: &str) -> Result<Option<CacheEntry>, RemoteError> {
-        let name = format!("cache/{key}.json");
-        match self.get(&name).await? {
+    /// Object `name` read as JSON, or `None` when absent; one that does not parse is an error
+    /// saying it is not `what` (`a manifest`, say).
+    async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        name: &str,
+        what: &str,
+    ) -> Result<Option<T>, RemoteError> {
+        match self.get(name).await? {
             None => Ok(None),
             Some(bytes) => serde_json::from_slice(&bytes)
                 .map(Some)
-                .map_err(|e| self.failed(&format!("{name} is not a cache entry"), e)),
+                .map_err(|e| self.failed(&format!("{name} is not {what}"), e)),
         }
+    }
+
+    /// Writes `value` as pretty JSON to object `name`.
+    async fn put_json(
+        &self,
+        name: &str,
+        value: &impl Serialize,
+        mode: PutMode,
+    ) -> object_store::Result<()> {
+        let bytes = serde_json::to_vec_pretty(value).expect("plain data serializes");
+        self.put(name, bytes, mode).await
+    }
+
+    /// The objects directly in folder `dir` (below the prefix) whose names `ours` accepts
+    /// (folder markers some S3 servers keep, and anything else, are left alone).
+    async fn list(
+        &self,
+        dir: &str,
+        ours: fn(&str) -> bool,
+    ) -> Result<Vec<object_store::ObjectMeta>, RemoteError> {
+        let listed = self
+            .objects
+            .list_with_delimiter(Some(&self.path(dir)))
+            .await
+            .map_err(|e| self.failed(&format!("listing {dir}/"), e))?;
+        Ok(listed
+            .objects
+            .into_iter()
+            .filter(|meta| meta.location.filename().is_some_and(ours))
+            .collect())
+    }
+
+    /// The remote cache entry of a fingerprint key, without downloading its outputs.
+    pub async fn entry(&self, key: &str) -> Result<Option<CacheEntry>, RemoteError> {
+        self.get_json(&format!("cache/{key}.json"), "a cache entry")
+            .await
     }
 
     /// Looks a key up: when the remote has it, downloads and verifies its outputs into `local`,
@@ -296,14 +336,13 @@ impl Remote {
             return Ok(());
         }
         let name = format!("artifacts/{digest}.json");
-        let bytes = self.get(&name).await?.ok_or_else(|| {
-            self.failed(
-                &format!("{name} is missing, but a cache entry names it"),
-                "the remote is damaged",
-            )
-        })?;
-        let manifest: RemoteManifest = serde_json::from_slice(&bytes)
-            .map_err(|e| self.failed(&format!("{name} is not a manifest"), e))?;
+        let manifest: RemoteManifest =
+            self.get_json(&name, "a manifest").await?.ok_or_else(|| {
+                self.failed(
+                    &format!("{name} is missing, but a cache entry names it"),
+                    "the remote is damaged",
+                )
+            })?;
         if manifest.digest() != digest {
             return Err(self.failed(&name, "does not match its digest (corrupted)"));
         }
@@ -426,8 +465,7 @@ impl Remote {
             self.upload(digest, local).await?;
         }
         let name = format!("cache/{key}.json");
-        let bytes = serde_json::to_vec_pretty(entry).expect("plain data serializes");
-        match self.put(&name, bytes, mode).await {
+        match self.put_json(&name, entry, mode).await {
             Ok(()) => {
                 // `flow gc --remote` elsewhere may have taken an old blob this publish found
                 // and skipped before the manifest naming it was written: put those back.
@@ -524,8 +562,7 @@ impl Remote {
                 .collect(),
         };
         let name = format!("artifacts/{digest}.json");
-        let bytes = serde_json::to_vec_pretty(&published).expect("plain data serializes");
-        self.put(&name, bytes, PutMode::Overwrite)
+        self.put_json(&name, &published, PutMode::Overwrite)
             .await
             .map_err(|e| self.failed(&format!("writing {name}"), e))
     }

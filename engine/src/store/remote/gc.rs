@@ -20,6 +20,7 @@ use serde::Serialize;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use super::lease::is_generation;
 use super::{Remote, RemoteError, RemoteManifest};
 use crate::store::CacheEntry;
 use crate::store::record::RunRecord;
@@ -45,8 +46,7 @@ impl Remote {
     /// Writes run record `record` to `runs/<id>.json`.
     pub async fn publish_run(&self, record: &RunRecord) -> Result<(), RemoteError> {
         let name = format!("runs/{}.json", record.id);
-        let bytes = serde_json::to_vec_pretty(record).expect("plain data serializes");
-        self.put(&name, bytes, object_store::PutMode::Overwrite)
+        self.put_json(&name, record, object_store::PutMode::Overwrite)
             .await
             .map_err(|e| self.failed(&format!("writing {name}"), e))
     }
@@ -56,10 +56,8 @@ impl Remote {
         let mut records = Vec::new();
         for meta in self.list("runs", is_json).await? {
             let name = self.relative(&meta.location);
-            let bytes = self.get(&name).await?.unwrap_or_default();
-            let record = serde_json::from_slice(&bytes)
-                .map_err(|e| self.failed(&format!("{name} is not a run record"), e))?;
-            records.push(record);
+            // One deleted since the listing references nothing.
+            records.extend(self.get_json(&name, "a run record").await?);
         }
         Ok(records)
     }
@@ -167,13 +165,12 @@ impl Remote {
 
     /// The blobs a manifest lists (none when it is gone).
     async fn manifest_blobs(&self, location: &ObjectPath) -> Result<Vec<String>, RemoteError> {
-        let name = self.relative(location);
-        let Some(bytes) = self.get(&name).await? else {
-            return Ok(Vec::new());
-        };
-        let manifest: RemoteManifest = serde_json::from_slice(&bytes)
-            .map_err(|e| self.failed(&format!("{name} is not a manifest"), e))?;
-        Ok(manifest.files.into_iter().map(|f| f.blake3).collect())
+        let manifest: Option<RemoteManifest> = self
+            .get_json(&self.relative(location), "a manifest")
+            .await?;
+        Ok(manifest.map_or_else(Vec::new, |m| {
+            m.files.into_iter().map(|f| f.blake3).collect()
+        }))
     }
 
     /// Dooms leases not renewed within the grace period nor twice their own time to live.
@@ -191,25 +188,6 @@ impl Remote {
             }
         }
         Ok(())
-    }
-
-    /// The objects directly in folder `dir` (below the prefix) whose names `ours` accepts
-    /// (folder markers some S3 servers keep, and anything else, are left alone).
-    async fn list(
-        &self,
-        dir: &str,
-        ours: fn(&str) -> bool,
-    ) -> Result<Vec<ObjectMeta>, RemoteError> {
-        let listed = self
-            .objects
-            .list_with_delimiter(Some(&self.path(dir)))
-            .await
-            .map_err(|e| self.failed(&format!("listing {dir}/"), e))?;
-        Ok(listed
-            .objects
-            .into_iter()
-            .filter(|meta| meta.location.filename().is_some_and(ours))
-            .collect())
     }
 
     /// The lease objects, one folder below `leases` (`leases/<key>/<generation>.json`).
@@ -279,12 +257,6 @@ fn is_json(name: &str) -> bool {
 /// A blake3 in hex: a blob's name.
 fn is_blob(name: &str) -> bool {
     name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit())
-}
-
-/// `<generation>.json`: a lease's name.
-fn is_generation(name: &str) -> bool {
-    name.strip_suffix(".json")
-        .is_some_and(|g| !g.is_empty() && g.bytes().all(|b| b.is_ascii_digit()))
 }
 
 #[cfg(test)]

@@ -133,14 +133,9 @@ impl Remote {
 
     /// The lease generations of `key` there are, ascending.
     async fn generations(&self, key: &str) -> Result<Vec<u64>, RemoteError> {
-        let prefix = self.path(&format!("leases/{key}"));
-        let listed = self
-            .objects
-            .list_with_delimiter(Some(&prefix))
-            .await
-            .map_err(|e| self.failed(&format!("listing the leases of {key}"), e))?;
-        let mut generations: Vec<u64> = listed
-            .objects
+        let mut generations: Vec<u64> = self
+            .list(&format!("leases/{key}"), is_generation)
+            .await?
             .iter()
             .filter_map(|o| o.location.filename()?.strip_suffix(".json")?.parse().ok())
             .collect();
@@ -153,14 +148,11 @@ impl Remote {
         let Some(&generation) = self.generations(key).await?.last() else {
             return Ok(None);
         };
-        let name = Self::lease_name(key, generation);
-        match self.get(&name).await? {
-            // Released between the listing and the read: free now.
-            None => Ok(None),
-            Some(bytes) => serde_json::from_slice(&bytes)
-                .map(|body| Some((generation, body)))
-                .map_err(|e| self.failed(&format!("{name} is not a lease"), e)),
-        }
+        // `None` when released between the listing and the read: free now.
+        let body: Option<LeaseBody> = self
+            .get_json(&Self::lease_name(key, generation), "a lease")
+            .await?;
+        Ok(body.map(|body| (generation, body)))
     }
 
     /// Creates generation `generation` of `key`'s lease; `None` when another claimer did first.
@@ -177,8 +169,7 @@ impl Remote {
             renewed_at: now_rfc3339(),
         };
         let name = Self::lease_name(key, generation);
-        let bytes = serde_json::to_vec_pretty(&body).expect("plain data serializes");
-        match self.put(&name, bytes, PutMode::Create).await {
+        match self.put_json(&name, &body, PutMode::Create).await {
             Ok(()) => {}
             Err(object_store::Error::AlreadyExists { .. }) => return Ok(None),
             Err(e) => return Err(self.failed(&format!("writing {name}"), e)),
@@ -226,11 +217,16 @@ async fn renew(
         }
         body.renewals += 1;
         body.renewed_at = now_rfc3339();
-        let bytes = serde_json::to_vec_pretty(&body).expect("plain data serializes");
-        if let Err(e) = remote.put(&name, bytes, PutMode::Overwrite).await {
+        if let Err(e) = remote.put_json(&name, &body, PutMode::Overwrite).await {
             tracing::warn!(key = %key, "cannot renew the lease: {e}");
         }
     }
+}
+
+/// `<generation>.json`: a lease's name.
+pub(super) fn is_generation(name: &str) -> bool {
+    name.strip_suffix(".json")
+        .is_some_and(|g| !g.is_empty() && g.bytes().all(|b| b.is_ascii_digit()))
 }
 
 impl Lease {

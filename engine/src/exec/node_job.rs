@@ -20,7 +20,7 @@ use super::{CancellationToken, Shared};
 use crate::node::{Lineage, LogSink, Producer};
 use crate::plan::fingerprint::{Fingerprint, Reason};
 use crate::plan::{Assessment, assess};
-use crate::store::record::{NodeRecord, NodeStatus, RunRecord, now_rfc3339};
+use crate::store::record::{NodeRecord, NodeStatus, RunRecord};
 use crate::store::remote::{Claim, Lease};
 use crate::store::{ArtifactHealth, CacheEntry, StoreError};
 use crate::workflow::reference::{Reference, interpolate};
@@ -201,11 +201,7 @@ impl NodeJob {
         let Some(remote) = &self.shared.remote else {
             return Ok(());
         };
-        let entry = CacheEntry {
-            outputs: rec.outputs.clone(),
-            duration_ms: rec.duration_ms,
-            created: now_rfc3339(),
-        };
+        let entry = CacheEntry::now(rec.outputs.clone(), rec.duration_ms);
         if let crate::store::remote::Published::Adopted(winner) = if self.forced {
             remote.replace(key, &entry, &self.shared.store).await?
         } else {
@@ -219,11 +215,7 @@ impl NodeJob {
 
     /// Writes the cache entry and the node state after a success.
     fn remember(&self, key: &str, fp: &Fingerprint, rec: &NodeRecord) -> Result<(), StoreError> {
-        let entry = CacheEntry {
-            outputs: rec.outputs.clone(),
-            duration_ms: rec.duration_ms,
-            created: now_rfc3339(),
-        };
+        let entry = CacheEntry::now(rec.outputs.clone(), rec.duration_ms);
         self.shared.store.put_cache_entry(key, &entry)?;
         self.shared
             .store

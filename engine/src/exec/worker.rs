@@ -218,11 +218,7 @@ pub async fn run_worker(
     let started = std::time::Instant::now();
     let outcome = attempt_from_spec(registry, &spec, cancel).await;
     if let (Ok(outputs), Some(key)) = (&outcome, &spec.cache_key) {
-        let entry = CacheEntry {
-            outputs: outputs.clone(),
-            duration_ms: started.elapsed().as_millis() as u64,
-            created: crate::store::record::now_rfc3339(),
-        };
+        let entry = CacheEntry::now(outputs.clone(), started.elapsed().as_millis() as u64);
         // The driver writes it too; this one only matters when the driver is gone.
         if let Err(e) = Store::at(&spec.store).put_cache_entry(key, &entry) {
             tracing::warn!("cannot write the cache entry of {key}: {e}");

@@ -95,6 +95,17 @@ pub struct CacheEntry {
     pub created: String,
 }
 
+impl CacheEntry {
+    /// The entry of outputs that took `duration_ms` to make, stored now.
+    pub fn now(outputs: std::collections::BTreeMap<String, String>, duration_ms: u64) -> Self {
+        CacheEntry {
+            outputs,
+            duration_ms,
+            created: record::now_rfc3339(),
+        }
+    }
+}
+
 /// The store at a root directory.
 #[derive(Clone, Debug)]
 pub struct Store {

@@ -599,8 +599,9 @@ mod tests {
         }
     }
 
-    /// Commits an output with `files` into `store`; returns its cache entry.
-    fn produce(store: &Store, files: &[(&str, &str)]) -> CacheEntry {
+    /// Commits an output with `files` into `store`; returns its cache entry (output `out`).
+    /// The tests of the lease and gc rooms use it too.
+    pub(super) fn produce(store: &Store, files: &[(&str, &str)]) -> CacheEntry {
         let dir = store.temp_dir("out").unwrap();
         for (name, content) in files {
             let path = dir.join(name);

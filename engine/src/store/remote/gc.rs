@@ -266,18 +266,10 @@ mod tests {
     use crate::store::record::{NodeRecord, RunStatus};
     use object_store::PutPayload;
     use object_store::memory::InMemory;
-    use std::collections::BTreeMap;
     use std::sync::Arc;
 
     fn produce(store: &Store, content: &str) -> CacheEntry {
-        let dir = store.temp_dir("out").unwrap();
-        std::fs::write(dir.join("x.txt"), content).unwrap();
-        let digest = store.commit_artifact(&dir).unwrap();
-        CacheEntry {
-            outputs: BTreeMap::from([("out".to_string(), digest)]),
-            duration_ms: 1,
-            created: "2026-01-01T00:00:00Z".into(),
-        }
+        crate::store::remote::tests::produce(store, &[("x.txt", content)])
     }
 
     fn record(id: &str, entry: &CacheEntry) -> RunRecord {

@@ -262,7 +262,6 @@ impl Lease {
 mod tests {
     use super::*;
     use object_store::memory::InMemory;
-    use std::collections::BTreeMap;
     use std::sync::Arc;
 
     fn remote(objects: &Arc<InMemory>, ttl_ms: u64) -> Remote {
@@ -313,14 +312,7 @@ mod tests {
         // The holder works for three lifetimes of its lease, renewing it; the waiter waits.
         tokio::time::sleep(Duration::from_millis(1200)).await;
         assert!(!waiter.is_finished());
-        let out = a.temp_dir("out").unwrap();
-        std::fs::write(out.join("x.txt"), "result").unwrap();
-        let digest = a.commit_artifact(&out).unwrap();
-        let entry = CacheEntry {
-            outputs: BTreeMap::from([("out".to_string(), digest.clone())]),
-            duration_ms: 1,
-            created: now_rfc3339(),
-        };
+        let entry = crate::store::remote::tests::produce(&a, &[("x.txt", "result")]);
         remote.publish("k", &entry, &a).await.unwrap();
         lease.release().await;
         let (claim, said) = waiter.await.unwrap();

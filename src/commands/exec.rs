@@ -155,10 +155,7 @@ fn run_staged(
     std::fs::create_dir_all(&work).map_err(io)?;
     std::fs::create_dir_all(&resume).map_err(io)?;
     let log = LogSink::stderr().map_err(io)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(io)?;
+    let runtime = super::runtime()?;
     let cancel = CancellationToken::new();
     let ctx = NodeContext::new(
         node_type.type_name(),

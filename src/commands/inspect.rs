@@ -2,11 +2,12 @@
 
 use flow_engine::store::Store;
 use flow_engine::store::record::RunRecord;
+use flow_engine::store::remote::Remote;
 use flow_engine::workflow::schema::{generate, markdown_reference, param_docs};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use super::{Failure, load_workflow, print_json, print_table};
+use super::{Failure, load_workflow, print_json, print_table, runtime};
 use crate::cli::GraphFormat;
 
 /// `flow validate FILE…`: every error of every file, exit 2 if any.
@@ -269,15 +270,42 @@ pub fn gc(store: &Store, dry_run: bool) -> Result<(), Failure> {
         return Ok(());
     }
     let _lock = store.lock(true, &|m| eprintln!("{m}"))?;
-    let keep: BTreeSet<String> = RunRecord::list(store)
-        .iter()
-        .flat_map(|r| r.digests().cloned())
-        .collect();
-    let report = store.gc(&keep, dry_run)?;
+    let report = store.gc(&RunRecord::referenced_digests(store), dry_run)?;
     let verb = if dry_run { "would remove" } else { "removed" };
     println!(
         "{verb} {} artifacts ({} bytes), {} cache entries, {} temporary directories",
         report.artifacts, report.bytes, report.cache_entries, report.temp_dirs
+    );
+    Ok(())
+}
+
+/// `flow gc --remote URL`: collects the shared store, keeping what its run records and the
+/// local store's reference, and everything younger than `grace`.
+pub fn gc_remote(
+    store: &Store,
+    url: &str,
+    grace: std::time::Duration,
+    dry_run: bool,
+) -> Result<(), Failure> {
+    let remote = Remote::open(url).map_err(|e| Failure::Input(format!("error: --remote: {e}")))?;
+    let local = if store.exists() {
+        RunRecord::referenced_digests(store)
+    } else {
+        BTreeSet::new()
+    };
+    let report = runtime()?
+        .block_on(remote.gc(&local, grace, dry_run))
+        .map_err(|e| Failure::Run(format!("error: {e}")))?;
+    let verb = if dry_run { "would remove" } else { "removed" };
+    println!(
+        "{verb} from {url}: {} cache entries, {} artifacts, {} blobs ({} bytes), {} expired leases; kept {} unreferenced objects younger than {}",
+        report.cache_entries,
+        report.artifacts,
+        report.blobs,
+        report.bytes,
+        report.leases,
+        report.young,
+        humantime::format_duration(grace)
     );
     Ok(())
 }

@@ -17,6 +17,14 @@ use std::process::ExitCode;
 
 use crate::cli::{Command, CronCommand};
 
+/// The async runtime the commands that run nodes or talk to a remote block on.
+fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Run(format!("error: cannot start the async runtime: {e}")))
+}
+
 /// How a command failed; decides the exit status.
 #[derive(Debug)]
 pub enum Failure {
@@ -91,7 +99,7 @@ pub fn dispatch(command: Command, store: &Store) -> Result<(), Failure> {
             dry_run,
             remote: Some(url),
             grace,
-        } => run::gc_remote(store, &url, grace, dry_run),
+        } => inspect::gc_remote(store, &url, grace, dry_run),
         Command::Worker { spec } => worker::worker(&spec),
         Command::Bench { what } => bench::bench(what),
         Command::Schedule(args) => schedule::schedule(args, store),

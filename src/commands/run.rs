@@ -9,7 +9,7 @@ use flow_engine::workflow::executor::ExecutorKind;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::{Failure, cancel_on_signals, load_workflow, print_json, print_table};
+use super::{Failure, cancel_on_signals, load_workflow, print_json, print_table, runtime};
 use crate::cli::{PlanArgs, RunArgs, SelectArgs};
 use crate::progress::ProgressUi;
 
@@ -67,47 +67,6 @@ fn plan_nodes(
         PlanError::Workflow(d) => Failure::from(d),
         PlanError::Remote(message) => Failure::Run(format!("error: {message}")),
     })
-}
-
-/// `flow gc --remote URL`: collects the shared store, keeping what its run records and the
-/// local store's reference, and everything younger than `grace`.
-pub fn gc_remote(
-    store: &Store,
-    url: &str,
-    grace: std::time::Duration,
-    dry_run: bool,
-) -> Result<(), Failure> {
-    let remote = Remote::open(url).map_err(|e| Failure::Input(format!("error: --remote: {e}")))?;
-    let local: std::collections::BTreeSet<String> = if store.exists() {
-        flow_engine::store::record::RunRecord::list(store)
-            .iter()
-            .flat_map(|r| r.digests().cloned())
-            .collect()
-    } else {
-        Default::default()
-    };
-    let report = runtime()?
-        .block_on(remote.gc(&local, grace, dry_run))
-        .map_err(|e| Failure::Run(format!("error: {e}")))?;
-    let verb = if dry_run { "would remove" } else { "removed" };
-    println!(
-        "{verb} from {url}: {} cache entries, {} artifacts, {} blobs ({} bytes), {} expired leases; kept {} unreferenced objects younger than {}",
-        report.cache_entries,
-        report.artifacts,
-        report.blobs,
-        report.bytes,
-        report.leases,
-        report.young,
-        humantime::format_duration(grace)
-    );
-    Ok(())
-}
-
-fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Failure::Run(format!("error: cannot start the async runtime: {e}")))
 }
 
 fn print_plan(planned: &[PlannedNode], json: bool) {

@@ -44,10 +44,7 @@ pub fn schedule(args: ScheduleArgs, store: &Store) -> Result<(), Failure> {
         let now = jiff::Timestamp::now().strftime("%F %T UTC");
         eprintln!("[{now}] {event}");
     });
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Failure::Run(format!("error: cannot start the async runtime: {e}")))?;
+    let runtime = super::runtime()?;
     let scheduler = Scheduler::new(
         Arc::new(flow_nodes::library()),
         store.clone(),

@@ -10,10 +10,7 @@ use super::{Failure, cancel_on_signals};
 
 /// Runs the attempt; fails (exit 1) when the node did not succeed.
 pub fn worker(spec: &Path) -> Result<(), Failure> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Failure::Run(format!("error: cannot start the async runtime: {e}")))?;
+    let runtime = super::runtime()?;
     let result = runtime.block_on(async {
         let cancel = CancellationToken::new();
         cancel_on_signals(vec![cancel.clone()], || {

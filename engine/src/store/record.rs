@@ -178,6 +178,14 @@ impl RunRecord {
         read_json(&Self::dir(store, id).join("record.json"))
     }
 
+    /// Every artifact digest some run record in `store` references (what `flow gc` keeps).
+    pub fn referenced_digests(store: &Store) -> std::collections::BTreeSet<String> {
+        Self::list(store)
+            .iter()
+            .flat_map(|r| r.digests().cloned())
+            .collect()
+    }
+
     /// Every run, oldest first.
     pub fn list(store: &Store) -> Vec<RunRecord> {
         let Ok(entries) = std::fs::read_dir(store.root().join("runs")) else {

@@ -278,24 +278,37 @@ fn a_node_can_stay_local_when_the_workflow_runs_on_slurm() {
     assert_eq!(read("there.txt").trim(), format!("job={job}"));
 }
 
+/// Starts `flow run --executor slurm` in `p` on a workflow of its own (named after `label`)
+/// whose one shell node `nap` runs `command`, and waits (at most `limit`) until that job runs;
+/// returns the driver and the job's name.
+fn start_nap(
+    p: &Project,
+    label: &str,
+    command: &str,
+    limit: Duration,
+) -> (std::process::Child, String) {
+    let name = unique(label);
+    p.write(
+        "w.yaml",
+        &format!(
+            "name: {name}\nnodes:\n  nap:\n    uses: shell\n    with:\n      run: \"{command}\"\n"
+        ),
+    );
+    let driver = p.spawn(&["run", "w.yaml", "--executor", "slurm"]);
+    let job_name = format!("flow-{name}-nap");
+    wait_until(limit, "the job to run", || {
+        jobs_named(&job_name).iter().any(|(_, s)| s == "RUNNING")
+    });
+    (driver, job_name)
+}
+
 #[test]
 fn ctrl_c_cancels_the_slurm_jobs_of_the_run() {
     if !cluster() {
         return;
     }
     let p = Project::new();
-    let name = unique("ctrlc");
-    p.write(
-        "w.yaml",
-        &format!(
-            "name: {name}\nnodes:\n  nap:\n    uses: shell\n    with:\n      run: \"sleep 300\"\n"
-        ),
-    );
-    let run = p.spawn(&["run", "w.yaml", "--executor", "slurm"]);
-    let job_name = format!("flow-{name}-nap");
-    wait_until(Duration::from_secs(300), "the job to run", || {
-        jobs_named(&job_name).iter().any(|(_, s)| s == "RUNNING")
-    });
+    let (run, job_name) = start_nap(&p, "ctrlc", "sleep 300", Duration::from_secs(300));
     support::signal(&run, libc::SIGINT);
     Run::from(run.wait_with_output().unwrap()).expect_code(130);
     let jobs = jobs_named(&job_name);
@@ -347,18 +360,12 @@ fn a_job_whose_driver_was_killed_still_leaves_its_result_cached() {
         return;
     }
     let p = Project::new();
-    let name = unique("orphan");
-    p.write(
-        "w.yaml",
-        &format!(
-            "name: {name}\nnodes:\n  nap:\n    uses: shell\n    with:\n      run: \"sleep 4; echo done > $FLOW_OUT/x.txt\"\n"
-        ),
+    let (driver, job_name) = start_nap(
+        &p,
+        "orphan",
+        "sleep 4; echo done > $FLOW_OUT/x.txt",
+        Duration::from_secs(120),
     );
-    let driver = p.spawn(&["run", "w.yaml", "--executor", "slurm"]);
-    let job_name = format!("flow-{name}-nap");
-    wait_until(Duration::from_secs(120), "the job to run", || {
-        jobs_named(&job_name).iter().any(|(_, s)| s == "RUNNING")
-    });
     support::signal(&driver, libc::SIGKILL);
     drop(driver.wait_with_output());
     wait_until(

@@ -1,7 +1,8 @@
-//! One node of a run: its fingerprint, the cache lookup ([`crate::plan::assess`]), attempts
-//! with retries in fresh temporary directories, each submitted as a job to the node's executor
-//! (a sharded node's slices as one array of jobs, then merged) and done only when its result
-//! names outputs published in the store, and the cache entry after a success. The in-process lock of a cache key lives here too.
+//! One node of a run: its fingerprint, the cache lookup ([`crate::plan::assess`]) and, with
+//! `--remote`, the shared store's entry or lease; attempts with retries in fresh temporary
+//! directories, each submitted as a job to the node's executor (a sharded node's slices as one
+//! array of jobs, then merged) and done only when its result names outputs published in the
+//! store; the cache entry after a success. The in-process lock of a cache key lives here too.
 
 use serde_json::Value as Json;
 use std::collections::{BTreeMap, HashMap};

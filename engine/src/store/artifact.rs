@@ -66,11 +66,19 @@ impl Store {
         self.root.join("artifacts").join(format!("{digest}.json"))
     }
 
-    /// Moves a finished output directory into the store; returns its digest.
+    /// Moves a finished output directory into the store; returns its digest. Hashing runs
+    /// first, unlocked; the check-rename-stamp-manifest sequence runs under the store's commit
+    /// lock, so concurrent commits of equal content (two nodes with equal outputs, empty shard
+    /// slices, two processes sharing a store) never see or move aside each other's half-committed
+    /// artifact.
+    ///
+    /// # Errors
+    /// Unreadable or unsupported files under `dir` (symlinks, special files), and I/O errors.
     pub fn commit_artifact(&self, dir: &Path) -> Result<String, StoreError> {
         let manifest = hash_dir(dir)?;
         let digest = manifest.digest();
         let target = self.artifact_dir(&digest);
+        let _committing = self.commit_lock()?;
         if self.check_artifact(&digest, true) == ArtifactHealth::Healthy {
             remove_dir(dir)?;
             return Ok(digest);

@@ -1,5 +1,7 @@
-//! The store's one lock: a second `flow run` on the same store waits for the first (or fails
-//! with `--no-wait`). Taking it also marks runs that a dead process left `running` as interrupted.
+//! The store's locks: the run lock (a second `flow run` on the same store waits for the first,
+//! or fails with `--no-wait`; taking it also marks runs that a dead process left `running` as
+//! interrupted) and the commit lock, which serialises the few file operations that put an
+//! artifact in place (workers of one run commit concurrently, in threads and in Slurm jobs).
 
 use std::fs;
 use std::io::{Read, Write};
@@ -51,5 +53,20 @@ impl Store {
             .at(&path)?;
         RunRecord::mark_interrupted(self)?;
         Ok(StoreLock { _file: file })
+    }
+
+    /// Takes the commit lock (`commit.lock`, an advisory `flock` released when the returned file
+    /// is dropped or the process dies), waiting for its holder. `flock` locks an open file, so
+    /// threads of one process exclude each other as processes do.
+    pub(super) fn commit_lock(&self) -> Result<fs::File, StoreError> {
+        let path = self.root.join("commit.lock");
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .at(&path)?;
+        file.lock().at(&path)?;
+        Ok(file)
     }
 }

@@ -5,6 +5,7 @@
 //! ```text
 //! .flow/
 //!   lock                      one writer at a time (holds the owner's pid)
+//!   commit.lock               held while an artifact is put in place (see commit_artifact)
 //!   artifacts/<digest>/       an output directory, files read-only
 //!   artifacts/<digest>.json   its manifest: path, size, blake3, mtime of every file
 //!   cache/<key>.json          fingerprint key → output digests
@@ -139,10 +140,11 @@ impl Store {
         for dir in SUBDIRS {
             fs::create_dir_all(self.root.join(dir)).map_err(not_writable)?;
         }
-        let probe = self
-            .root
-            .join("tmp")
-            .join(format!(".probe-{}", std::process::id()));
+        let probe = self.root.join("tmp").join(format!(
+            ".probe-{}-{:016x}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
         fs::write(&probe, b"").map_err(not_writable)?;
         fs::remove_file(&probe).map_err(not_writable)?;
         Ok(())
@@ -378,5 +380,48 @@ mod tests {
             store.lock(false, &|_| {}),
             Err(StoreError::Locked { .. })
         ));
+    }
+
+    /// Many threads committing the same content at once (empty shard slices, nodes with equal
+    /// outputs) all get the one digest, and the artifact ends healthy: none of them moves aside
+    /// another's half-committed directory.
+    #[test]
+    fn concurrent_commits_of_equal_content_agree() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::at(tmp.path().join("store"));
+        store.create().unwrap();
+        for round in 0..20 {
+            let content = format!("round {round}");
+            let dirs: Vec<PathBuf> = (0..8)
+                .map(|_| output(tmp.path(), &[("a.txt", &content), ("d/b.txt", "same")]))
+                .collect();
+            let barrier = std::sync::Barrier::new(dirs.len());
+            let digests: Vec<String> = std::thread::scope(|scope| {
+                let handles: Vec<_> = dirs
+                    .iter()
+                    .map(|dir| {
+                        let (store, barrier) = (&store, &barrier);
+                        scope.spawn(move || {
+                            barrier.wait();
+                            store.commit_artifact(dir).unwrap()
+                        })
+                    })
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            assert!(digests.iter().all(|d| d == &digests[0]), "{digests:?}");
+            assert_eq!(
+                store.check_artifact(&digests[0], false),
+                ArtifactHealth::Healthy
+            );
+            assert_eq!(
+                store.check_artifact(&digests[0], true),
+                ArtifactHealth::Healthy
+            );
+            assert!(
+                dirs.iter().all(|d| !d.exists()),
+                "every output dir was consumed"
+            );
+        }
     }
 }

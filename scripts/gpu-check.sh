@@ -18,13 +18,19 @@
 #    PyTorch + transformers + PEFT (eager attention and SDPA), tokens/s, MFU against 790 TFLOP/s
 #    (H200 bf16 dense) and peak GPU memory (nvidia-smi, polled every 100 ms).
 # DEVICE (default cuda:0) and TORCH_DEVICE (default cuda) let the script be tried on the CPU.
+# STEPS (default "fidelity bf16 speed") picks and orders the parts; LIMIT (seconds, default 600)
+# bounds each command, so one slow part cannot spend a short lease: a command stopped by it says
+# so, and the benchmarks print each step's seconds as they go.
 set -euo pipefail
 BIN=${1:?usage: scripts/gpu-check.sh BIN_DIR [LAYERS]}
 LAYERS=${2:-32}
 DEVICE=${DEVICE:-cuda:0}
 TORCH_DEVICE=${TORCH_DEVICE:-cuda}
+STEPS=${STEPS:-fidelity bf16 speed}
+LIMIT=${LIMIT:-600}
 FIXTURES=$PWD/tests/fixtures
 OUT=${OUT:-$(mktemp -d)}
+mkdir -p "$OUT"
 PEAK_TFLOPS=790
 SHAPE=(--hidden 4096 --intermediate 14336 --heads 32 --kv-heads 8 --vocab 32000
   --layers "$LAYERS" --pairs 1 --seq 1024 --device "$DEVICE" --dtype bf16 --repeats 3 --json)
@@ -35,14 +41,16 @@ setup_cuda() {
     local site
     site=$(python3 -c 'import nvidia, os; print(os.path.dirname(list(nvidia.__path__)[0]))' 2>/dev/null || true)
     local header
-    header=$(find "$site/nvidia" -name cuda_fp16.h 2>/dev/null | head -1)
-    [[ -n $header ]] && export CUDA_PATH=$(dirname "$(dirname "$header")")
+    header=$(find "$site/nvidia" -name cuda_fp16.h 2>/dev/null | head -1 || true)
+    if [[ -n $header ]]; then export CUDA_PATH=$(dirname "$(dirname "$header")"); fi
   fi
   local nvrtc
   nvrtc=$(find "${CUDA_PATH:-/usr/local/cuda}" /usr/local/cuda /usr/lib/x86_64-linux-gnu \
     "$(python3 -c 'import nvidia, os; print(os.path.dirname(list(nvidia.__path__)[0]))' 2>/dev/null || echo /nonexistent)" \
     -name 'libnvrtc.so*' 2>/dev/null | head -1 || true)
-  [[ -n $nvrtc ]] && export LD_LIBRARY_PATH=$(dirname "$nvrtc")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+  if [[ -n $nvrtc ]]; then
+    export LD_LIBRARY_PATH=$(dirname "$nvrtc")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+  fi
   echo "CUDA_PATH=${CUDA_PATH:-(default)} NVRTC=${nvrtc:-(not found)}"
 }
 
@@ -57,9 +65,17 @@ with_peak_memory() {
   fi
   local poller=$!
   local status=0
-  "$@" || status=$?
+  limited "$@" || status=$?
   kill "$poller" 2>/dev/null || true
   echo "peak_gpu_mib $(sort -n "$log" | tail -1)" >&2
+  return "$status"
+}
+
+# Runs a command for at most LIMIT seconds; says so when the limit stopped it.
+limited() {
+  local status=0
+  timeout --kill-after=10 "$LIMIT" "$@" || status=$?
+  if [[ $status == 124 || $status == 137 ]]; then echo "stopped after ${LIMIT} s: $*" >&2; fi
   return "$status"
 }
 
@@ -68,12 +84,16 @@ if command -v nvidia-smi >/dev/null; then
 fi
 setup_cuda
 
+fidelity() {
 echo "== 1. fidelity, $DEVICE f32 (the model core's fidelity tests on the device)"
 for test in fidelity training generation; do
-  FLOW_TEST_DEVICE=$DEVICE FLOW_FIXTURES=$FIXTURES "$BIN/$test" on_the_test_device --test-threads 1 2>&1 |
-    grep -E '^test |test result|panicked|vs ' || true
+  limited env FLOW_TEST_DEVICE="$DEVICE" FLOW_FIXTURES="$FIXTURES" "$BIN/$test" on_the_test_device \
+    --test-threads 1 2>&1 |
+    grep -E '^test |test result|panicked|vs |stopped after' || true
 done
+}
 
+bf16() {
 echo "== 2. fidelity, $DEVICE bf16 (reference log-probs of the Mistral fixture)"
 python3 - "$FIXTURES" "$OUT/pairs.jsonl" <<'EOF'
 import json, sys
@@ -82,8 +102,9 @@ with open(sys.argv[2], "w") as f:
     for i, p in enumerate(g["pairs"]):
         f.write(json.dumps({"id": f"p{i}", "prompt": p["prompt"], "chosen": p["chosen"], "rejected": p["rejected"]}) + "\n")
 EOF
-"$BIN/flow" exec model.ref_logprobs --input "model=$FIXTURES/mistral-tiny/base" \
-  --input "dataset=$OUT/pairs.jsonl" --with "device=$DEVICE" --with dtype=bf16 --out "$OUT/ref-bf16" >/dev/null
+limited "$BIN/flow" exec model.ref_logprobs --input "model=$FIXTURES/mistral-tiny/base" \
+  --input "dataset=$OUT/pairs.jsonl" --with "device=$DEVICE" --with dtype=bf16 --out "$OUT/ref-bf16" >/dev/null ||
+  { echo "bf16: flow exec failed"; return 0; }
 python3 - "$FIXTURES" "$OUT/ref-bf16/logprobs/logprobs.jsonl" <<'EOF'
 import json, sys
 g = json.load(open(f"{sys.argv[1]}/mistral-tiny/golden.json"))
@@ -92,18 +113,21 @@ worst = max(abs(r[a] - p[b]) / abs(p[b]) for r, p in zip(rows, g["pairs"])
             for a, b in [("chosen_logps", "ref_chosen_logps"), ("rejected_logps", "ref_rejected_logps")])
 print(f"bf16: largest relative difference of a summed log-prob {worst:.2e} (tolerance 1e-2) {'ok' if worst < 1e-2 else 'FAIL'}")
 EOF
+}
 
+speed() {
 echo "== 3. speed at 7B layer shapes ($LAYERS layers, seq 1024, bf16)"
-with_peak_memory "$BIN/flow" bench dpo-step "${SHAPE[@]}" --lora-r 16 --gradient-checkpointing \
-  >"$OUT/flow-step.json" 2>"$OUT/flow-step.mem" || echo "flow dpo-step failed"
-with_peak_memory "$BIN/flow" bench logprobs "${SHAPE[@]}" >"$OUT/flow-logprobs.json" \
-  2>"$OUT/flow-logprobs.mem" || echo "flow logprobs failed"
 for attn in eager sdpa; do
-  python3 scripts/bench_pytorch_dpo_step.py --device "$TORCH_DEVICE" --dtype bf16 --attn "$attn" \
+  limited python3 scripts/bench_pytorch_dpo_step.py --device "$TORCH_DEVICE" --dtype bf16 --attn "$attn" \
     --hidden 4096 --intermediate 14336 --heads 32 --kv-heads 8 --vocab 32000 --layers "$LAYERS" \
     --pairs 1 --seq 1024 --lora-r 16 --gradient-checkpointing --repeats 3 \
     >"$OUT/torch-$attn.json" || echo "PyTorch ($attn) failed"
 done
+with_peak_memory "$BIN/flow" bench dpo-step "${SHAPE[@]}" --lora-r 16 --gradient-checkpointing \
+  >"$OUT/flow-step.json" 2>"$OUT/flow-step.mem" || echo "flow dpo-step failed"
+with_peak_memory "$BIN/flow" bench logprobs "${SHAPE[@]}" >"$OUT/flow-logprobs.json" \
+  2>"$OUT/flow-logprobs.mem" || echo "flow logprobs failed"
+cat "$OUT/flow-step.mem" "$OUT/flow-logprobs.mem"
 
 python3 - "$OUT" "$LAYERS" "$PEAK_TFLOPS" <<'EOF'
 import json, os, sys
@@ -132,4 +156,12 @@ for label, name, flops in rows:
     memory = d.get("peak_gpu_mib", peak_mib(name))
     print(f"{label:18} {d['tokens_per_s']:10.0f} {100 * d['tokens_per_s'] * flops / (peak * 1e12):6.1f}% {memory:13.0f}")
 EOF
+}
+
+for step in $STEPS; do
+  case $step in
+    fidelity | bf16 | speed) "$step" ;;
+    *) echo "unknown step \`$step\` in STEPS: expected fidelity, bf16 or speed" >&2; exit 2 ;;
+  esac
+done
 echo "outputs in $OUT"

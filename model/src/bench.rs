@@ -116,13 +116,9 @@ pub fn bench_logprobs(shape: &BenchShape, run: &BenchRun) -> crate::Result<Bench
     let model = Model::random(&bench_config(shape), 0, 0.02, &device).cast(run.dtype);
     let scorer = ReferenceScorer::new(model);
     let batch = bench_batch(shape, 1);
-    let run = || scorer.score(&batch, &device).map(|s| s.sums);
-    run()?;
-    let start = Instant::now();
-    for _ in 0..shape.repeats.max(1) {
-        run()?;
-    }
-    let batch_s = start.elapsed().as_secs_f64() / shape.repeats.max(1) as f64;
+    let batch_s = mean_seconds("batch", shape.repeats, || {
+        scorer.score(&batch, &device).map(|_| ())
+    })?;
     Ok(BenchResult {
         tokens_per_s: (2 * shape.pairs * shape.seq) as f64 / batch_s,
         batch_s,
@@ -200,18 +196,37 @@ pub fn bench_dpo_step(shape: &BenchShape, run: &BenchRun) -> crate::Result<StepB
         beta: BetaSchedule::Constant(0.1),
     };
     let mut trainer = Trainer::new(model, config, objective, examples, Vec::new(), device)?;
-    trainer.train_step()?;
-    let start = Instant::now();
-    for _ in 1..steps {
-        trainer.train_step()?;
-    }
-    let step_s = start.elapsed().as_secs_f64() / (steps - 1) as f64;
+    let step_s = mean_seconds("step", steps - 1, || trainer.train_step().map(|_| ()))?;
     Ok(StepBenchResult {
         tokens_per_s: (2 * shape.pairs * shape.seq) as f64 / step_s,
         step_s,
         peak_rss_mib: peak_rss_mib(),
         threads: rayon::current_num_threads(),
     })
+}
+
+/// Runs `run` once to warm up (kernel compilation, autotuning, allocation), then `repeats`
+/// times (at least once), and returns the mean seconds of the timed runs. Each run's seconds go
+/// to stderr as it ends, so a benchmark stopped by a time limit still says how far it got.
+fn mean_seconds(
+    what: &str,
+    repeats: usize,
+    mut run: impl FnMut() -> crate::Result<()>,
+) -> crate::Result<f64> {
+    let repeats = repeats.max(1);
+    let mut total = 0.0;
+    for i in 0..=repeats {
+        let start = Instant::now();
+        run()?;
+        let seconds = start.elapsed().as_secs_f64();
+        if i == 0 {
+            eprintln!("{what} 0 (warm-up): {seconds:.3} s");
+        } else {
+            eprintln!("{what} {i} of {repeats}: {seconds:.3} s");
+            total += seconds;
+        }
+    }
+    Ok(total / repeats as f64)
 }
 
 /// Sets the number of CPU threads tensor work uses (call before any tensor work).

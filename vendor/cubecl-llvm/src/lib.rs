@@ -140,6 +140,9 @@ pub struct NvptxModule {
 /// A compiled kernel artifact.
 #[derive(Clone, Debug)]
 pub enum PlironArtifact {
+    /// The published crate's host JIT engine: never made here (it cannot be constructed), kept
+    /// so that cubecl-cuda's `match` on artifacts has the variants it was written for.
+    Jit(std::convert::Infallible),
     /// PTX for the CUDA driver.
     NvptxCode(NvptxModule),
 }

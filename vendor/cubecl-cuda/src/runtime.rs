@@ -261,9 +261,9 @@ impl DeviceService for CudaServer {
         if arch_version >= 80 {
             // Patched for flow (VENDORED.md): matrix products of f32 tensors run on TF32 tensor
             // cores (10-bit mantissas) only when `CUBECL_CUDA_TF32=1` asks for it. Advertising
-            // TF32 makes cubek-matmul promote every f32 matmul to it, which moved a 7-token
-            // log-prob sum by 4e-4 relative on an H200; PyTorch keeps f32 matmuls in f32 unless
-            // `torch.backends.cuda.matmul.allow_tf32` is set, and so do we.
+            // TF32 makes cubek-matmul promote every f32 matmul to it, which moved a log-prob
+            // sum of flow's Mistral fixture by 4e-4 relative on an H200; PyTorch keeps f32
+            // matmuls in f32 unless `torch.backends.cuda.matmul.allow_tf32` is set, and so do we.
             if tf32_allowed() {
                 device_props
                     .register_type_usage(ElemType::Float(FloatKind::TF32), TypeUsage::Conversion);

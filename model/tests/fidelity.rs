@@ -2,6 +2,7 @@
 //! `MistralForCausalLM` and `DPOTrainer`): tokenization, per-token log-probs of the reference
 //! and the policy, batched against unbatched, sharded against single-file loading.
 
+use burn::tensor::DType;
 use flow_model::device::to_f64;
 use flow_model::scoring::{HostScorer, Scorer, Sequence, score};
 use flow_model::tokenize::{Message, PairText, PreferenceTokenizer};
@@ -256,6 +257,24 @@ fn sharded_checkpoint_loads_the_same_weights() {
             to_f64(b.flatten::<1>(0, 1)),
             "{name}"
         );
+    }
+}
+
+#[test]
+fn loading_in_bf16_equals_loading_in_f32_then_casting() {
+    let device = cpu();
+    for family in FAMILIES {
+        let dir = fixtures().join(family).join("base");
+        let cast = Model::load(&dir, &device).unwrap().cast(DType::BF16);
+        let loaded = Model::load_as(&dir, &device, DType::BF16).unwrap();
+        for ((name, a), (_, b)) in cast.weights().into_iter().zip(loaded.weights()) {
+            assert_eq!(b.dtype(), DType::BF16, "{family} {name}");
+            assert_eq!(
+                to_f64(a.flatten::<1>(0, 1)),
+                to_f64(b.flatten::<1>(0, 1)),
+                "{family} {name}"
+            );
+        }
     }
 }
 

@@ -577,16 +577,30 @@ impl Model {
         mapped
     }
 
-    /// Loads `config.json` and the safetensors checkpoint of a model directory.
+    /// Loads `config.json` and the safetensors checkpoint of a model directory, in f32.
     pub fn load(dir: &Path, device: &Device) -> Result<Model> {
+        Model::load_as(dir, device, DType::F32)
+    }
+
+    /// Loads a model directory with every weight in `dtype`, cast one tensor at a time as it
+    /// is read: a frozen model in bf16 never holds an f32 copy of itself (`load` then
+    /// [`Model::cast`] peaks at 6 bytes a parameter, and a GPU's memory pool keeps the freed f32
+    /// blocks; this peaks at 2 bytes a parameter plus one f32 tensor). Equal to
+    /// `Model::load(dir, device)?.cast(dtype)`.
+    ///
+    /// # Errors
+    /// A missing or invalid `config.json`, a checkpoint without a weight the config implies,
+    /// or a weight of another shape.
+    pub fn load_as(dir: &Path, device: &Device, dtype: DType) -> Result<Model> {
         let config = ModelConfig::load(dir)?;
         let checkpoint = Checkpoint::open(dir)?;
         Model::from_fn(&config, |spec| {
             let values = checkpoint.read_f32(&spec.name, &spec.file_shape)?;
-            Ok(Tensor::<2>::from_data(
-                TensorData::new(values, spec.shape),
-                device,
-            ))
+            let tensor = Tensor::<2>::from_data(TensorData::new(values, spec.shape), device);
+            Ok(match dtype {
+                DType::F32 => tensor,
+                _ => tensor.cast(dtype),
+            })
         })
     }
 

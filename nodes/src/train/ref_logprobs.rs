@@ -292,8 +292,9 @@ fn score_dataset(
         std::fs::write(&partial, "")
             .map_err(|e| NodeError::new(format!("{}: {e}", partial.display())))?;
     } else {
-        let model = Model::load(&params.model, device).map_err(model_error)?;
-        let scorer = ReferenceScorer::new(model.cast(params.dtype.compute_dtype()));
+        let model = Model::load_as(&params.model, device, params.dtype.compute_dtype())
+            .map_err(model_error)?;
+        let scorer = ReferenceScorer::new(model);
         score_batches(ctx, &scorer, device, mine, &partial, token)?;
     }
     std::fs::copy(&partial, out.join("logprobs.jsonl"))

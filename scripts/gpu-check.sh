@@ -37,16 +37,17 @@ SHAPE=(--hidden 4096 --intermediate 14336 --heads 32 --kv-heads 8 --vocab 32000
 
 # NVRTC and the CUDA headers: a toolkit if there is one, else the pip wheels next to torch.
 setup_cuda() {
+  # The site-packages folder holding the `nvidia` wheels (/nonexistent without them).
+  local site
+  site=$(python3 -c 'import nvidia, os; print(os.path.dirname(list(nvidia.__path__)[0]))' 2>/dev/null ||
+    echo /nonexistent)
   if [[ -z ${CUDA_PATH:-} && ! -d /usr/local/cuda && ! -d /opt/cuda ]]; then
-    local site
-    site=$(python3 -c 'import nvidia, os; print(os.path.dirname(list(nvidia.__path__)[0]))' 2>/dev/null || true)
     local header
     header=$(find "$site/nvidia" -name cuda_fp16.h 2>/dev/null | head -1 || true)
     if [[ -n $header ]]; then export CUDA_PATH=$(dirname "$(dirname "$header")"); fi
   fi
   local nvrtc
-  nvrtc=$(find "${CUDA_PATH:-/usr/local/cuda}" /usr/local/cuda /usr/lib/x86_64-linux-gnu \
-    "$(python3 -c 'import nvidia, os; print(os.path.dirname(list(nvidia.__path__)[0]))' 2>/dev/null || echo /nonexistent)" \
+  nvrtc=$(find "${CUDA_PATH:-/usr/local/cuda}" /usr/local/cuda /usr/lib/x86_64-linux-gnu "$site" \
     -name 'libnvrtc.so*' 2>/dev/null | head -1 || true)
   if [[ -n $nvrtc ]]; then
     export LD_LIBRARY_PATH=$(dirname "$nvrtc")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}

@@ -16,8 +16,7 @@ fn nvrtc_is_the_default_cuda_compiler() {
 #[test]
 fn the_lock_has_no_llvm_download() {
     // What made `--features cuda` need network: cubecl-llvm's LLVM bundle and its bindings.
-    let lock = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.lock"))
-        .expect("the workspace lock");
+    let lock = workspace_lock();
     for package in ["tracel-llvm-bundler", "llvm-sys", "pliron-llvm"] {
         assert!(
             !lock.contains(&format!("name = \"{package}\"")),
@@ -31,8 +30,7 @@ fn the_lock_has_no_llvm_download() {
 fn f32_matmuls_stay_f32_unless_tf32_is_asked_for() {
     // vendor/cubecl-cuda (VENDORED.md): TF32 is advertised only with CUBECL_CUDA_TF32=1, so
     // `dtype: f32` reproduces transformers on NVIDIA GPUs as it does elsewhere.
-    let lock = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.lock"))
-        .expect("the workspace lock");
+    let lock = workspace_lock();
     assert!(
         lock.contains("name = \"cubecl-cuda\"\nversion = \"0.11.3\"\ndependencies"),
         "cubecl-cuda must come from vendor/cubecl-cuda (a registry package names its source)"
@@ -40,4 +38,10 @@ fn f32_matmuls_stay_f32_unless_tf32_is_asked_for() {
     if std::env::var_os("CUBECL_CUDA_TF32").is_none() {
         assert!(!cubecl_cuda::tf32_allowed());
     }
+}
+
+/// The workspace's `Cargo.lock`.
+fn workspace_lock() -> String {
+    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.lock"))
+        .expect("the workspace lock")
 }

@@ -71,12 +71,17 @@ fn golden_trainer_on(family: &str, g: &Value, config: TrainConfig, device: &Devi
     Trainer::new(
         policy_on(family, device),
         config,
-        sigmoid_objective(0.1),
+        sigmoid_objective(trl_beta(g)),
         golden_examples(g),
         Vec::new(),
         device.clone(),
     )
     .unwrap()
+}
+
+/// The β of TRL's `train_3_steps`.
+fn trl_beta(g: &Value) -> f64 {
+    g["train_3_steps"]["args"]["beta"].as_f64().unwrap()
 }
 
 /// TRL's `train_3_steps` settings.
@@ -230,16 +235,16 @@ fn three_trl_steps_through_autodiff_give_trls_weights() {
     }
 }
 
-/// The absolute error a device may add to a reward metric of the sigmoid objective (β = 0.1):
+/// The absolute error a device may add to a reward metric of the sigmoid objective with `beta`:
 /// β · 1e-4 for each log-prob sum in it (`rewards/chosen` and `rewards/rejected` take two, a
 /// policy and a reference sum; `rewards/margins` four); `None` for the other metrics.
-fn reward_floor(metric: &str) -> Option<f64> {
+fn reward_floor(metric: &str, beta: f64) -> Option<f64> {
     let sums = match metric {
         "rewards/chosen" | "rewards/rejected" => 2.0,
         "rewards/margins" => 4.0,
         _ => return None,
     };
-    Some(0.1 * 1e-4 * sums)
+    Some(beta * 1e-4 * sums)
 }
 
 /// TRL's three steps on `family` on `device`, on the host path or (`tape`, and always off the
@@ -268,7 +273,7 @@ fn three_trl_steps(family: &str, tape: bool, device: &Device) {
             let tolerance = if step == 3.0 { 1e-3 } else { 1e-4 };
             let (ours, theirs) = (ours.get(name).unwrap(), theirs[name].as_f64().unwrap());
             let what = format!("{family} step {step} {name}");
-            match reward_floor(name) {
+            match reward_floor(name, trl_beta(&g)) {
                 // A reward is β times a difference of nearly equal log-prob sums, so its
                 // relative error is theirs magnified: off the host, where sums differ by up to
                 // 1e-4 (their tolerance in fidelity.rs), it may differ by β·1e-4 per sum.

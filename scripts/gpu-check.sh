@@ -20,7 +20,8 @@
 # DEVICE (default cuda:0) and TORCH_DEVICE (default cuda) let the script be tried on the CPU.
 # STEPS (default "fidelity bf16 speed") picks and orders the parts; LIMIT (seconds, default 600)
 # bounds each command, so one slow part cannot spend a short lease: a command stopped by it says
-# so, and the benchmarks print each step's seconds as they go.
+# so, and the benchmarks print each step's seconds as they go. A part that fails is reported,
+# the others still run, and the script then exits 1.
 set -euo pipefail
 BIN=${1:?usage: scripts/gpu-check.sh BIN_DIR [LAYERS]}
 LAYERS=${2:-32}
@@ -72,6 +73,13 @@ with_peak_memory() {
   return "$status"
 }
 
+# What failed, said at the end; any makes the script exit 1 once every part has run.
+FAILED=()
+failed() {
+  echo "$1"
+  FAILED+=("$1")
+}
+
 # Runs a command for at most LIMIT seconds; says so when the limit stopped it.
 limited() {
   local status=0
@@ -88,9 +96,11 @@ setup_cuda
 fidelity() {
 echo "== 1. fidelity, $DEVICE f32 (the model core's fidelity tests on the device)"
 for test in fidelity training generation; do
+  local status=0
   limited env FLOW_TEST_DEVICE="$DEVICE" FLOW_FIXTURES="$FIXTURES" "$BIN/$test" on_the_test_device \
-    --test-threads 1 2>&1 |
-    grep -E '^test |test result|panicked|vs |stopped after' || true
+    --test-threads 1 >"$OUT/$test.log" 2>&1 || status=$?
+  grep -E '^test |test result|panicked|vs |stopped after' "$OUT/$test.log" || true
+  if [[ $status != 0 ]]; then failed "fidelity: $test failed (exit $status, log $OUT/$test.log)"; fi
 done
 }
 
@@ -105,14 +115,15 @@ with open(sys.argv[2], "w") as f:
 EOF
 limited "$BIN/flow" exec model.ref_logprobs --input "model=$FIXTURES/mistral-tiny/base" \
   --input "dataset=$OUT/pairs.jsonl" --with "device=$DEVICE" --with dtype=bf16 --out "$OUT/ref-bf16" >/dev/null ||
-  { echo "bf16: flow exec failed"; return 0; }
-python3 - "$FIXTURES" "$OUT/ref-bf16/logprobs/logprobs.jsonl" <<'EOF'
+  { failed "bf16: flow exec failed"; return 0; }
+python3 - "$FIXTURES" "$OUT/ref-bf16/logprobs/logprobs.jsonl" <<'EOF' || failed "bf16: outside the tolerance"
 import json, sys
 g = json.load(open(f"{sys.argv[1]}/mistral-tiny/golden.json"))
 rows = [json.loads(l) for l in open(sys.argv[2])]
 worst = max(abs(r[a] - p[b]) / abs(p[b]) for r, p in zip(rows, g["pairs"])
             for a, b in [("chosen_logps", "ref_chosen_logps"), ("rejected_logps", "ref_rejected_logps")])
 print(f"bf16: largest relative difference of a summed log-prob {worst:.2e} (tolerance 1e-2) {'ok' if worst < 1e-2 else 'FAIL'}")
+sys.exit(0 if worst < 1e-2 else 1)
 EOF
 }
 
@@ -122,12 +133,12 @@ for attn in eager sdpa; do
   limited python3 scripts/bench_pytorch_dpo_step.py --device "$TORCH_DEVICE" --dtype bf16 --attn "$attn" \
     --hidden 4096 --intermediate 14336 --heads 32 --kv-heads 8 --vocab 32000 --layers "$LAYERS" \
     --pairs 1 --seq 1024 --lora-r 16 --gradient-checkpointing --repeats 3 \
-    >"$OUT/torch-$attn.json" || echo "PyTorch ($attn) failed"
+    >"$OUT/torch-$attn.json" || failed "PyTorch ($attn) failed"
 done
 with_peak_memory "$BIN/flow" bench dpo-step "${SHAPE[@]}" --lora-r 16 --gradient-checkpointing \
-  >"$OUT/flow-step.json" 2>"$OUT/flow-step.mem" || echo "flow dpo-step failed"
+  >"$OUT/flow-step.json" 2>"$OUT/flow-step.mem" || failed "flow dpo-step failed"
 with_peak_memory "$BIN/flow" bench logprobs "${SHAPE[@]}" >"$OUT/flow-logprobs.json" \
-  2>"$OUT/flow-logprobs.mem" || echo "flow logprobs failed"
+  2>"$OUT/flow-logprobs.mem" || failed "flow logprobs failed"
 cat "$OUT/flow-step.mem" "$OUT/flow-logprobs.mem"
 
 python3 - "$OUT" "$LAYERS" "$PEAK_TFLOPS" <<'EOF'
@@ -166,3 +177,7 @@ for step in $STEPS; do
   esac
 done
 echo "outputs in $OUT"
+if ((${#FAILED[@]})); then
+  printf 'failed: %s\n' "${FAILED[@]}" >&2
+  exit 1
+fi
